@@ -1,0 +1,168 @@
+"""The ``confero`` command: ``server``, ``meetings list|create``, ``chat``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from confero import __version__
+from confero import client as api
+
+DEFAULT_URL = "ws://127.0.0.1:8750/ws"
+
+
+def server_url(text: str) -> str:
+    """Accept ``host:port``, ``http(s)://host:port`` or a full ``ws(s)://.../ws`` URL."""
+    if "://" not in text:
+        text = f"ws://{text}"
+    parts = urlsplit(text)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise argparse.ArgumentTypeError(f"unsupported URL scheme {parts.scheme!r}")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def _add_client_options(parser: argparse.ArgumentParser, *, name_required: bool) -> None:
+    parser.add_argument(
+        "--server", type=server_url, default=os.environ.get("CONFERO_SERVER", DEFAULT_URL),
+        help="server URL, e.g. ws://127.0.0.1:8750/ws (env CONFERO_SERVER)",
+    )
+    parser.add_argument(
+        "--name", required=name_required, default=os.environ.get("CONFERO_NAME", "cli"),
+        help="your display name",
+    )
+    parser.add_argument("--cafile", help="trust this certificate (PEM) for wss:// servers")
+    parser.add_argument(
+        "--token", default=os.environ.get("CONFERO_TOKEN"),
+        help="resume token from an earlier session (makes you the creator again; "
+        "env CONFERO_TOKEN)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="confero", description="Self-hosted video meetings.")
+    parser.add_argument("--version", action="version", version=f"confero {__version__}")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    server = commands.add_parser("server", help="run the meeting server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8750, help="port (0 picks a free one)")
+    server.add_argument("--data-dir", type=Path, default=Path("data"),
+                        help="where the SQLite store lives (created if missing)")
+    server.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https/wss")
+    server.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    server.add_argument("--heartbeat", type=float, default=2.0,
+                        help="seconds between WebSocket pings; a silent client is dropped "
+                        "after 1.5x this")
+    server.add_argument("--empty-grace", type=float, default=30.0,
+                        help="seconds an emptied meeting waits for its people to reconnect")
+
+    meetings = commands.add_parser("meetings", help="list or create meetings (for scripts)")
+    meeting_commands = meetings.add_subparsers(dest="meetings_command", required=True)
+    listing = meeting_commands.add_parser("list", help="print the open meetings")
+    _add_client_options(listing, name_required=False)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    create = meeting_commands.add_parser(
+        "create", help="create a meeting and print its id; it waits --empty-grace seconds "
+        "on the server for its first participant"
+    )
+    _add_client_options(create, name_required=True)
+    create.add_argument("--title", required=True)
+    create.add_argument("--password")
+    create.add_argument("--json", action="store_true",
+                        help="print JSON with the id and the creator's resume token")
+
+    chat = commands.add_parser("chat", help="interactive terminal client")
+    _add_client_options(chat, name_required=True)
+    chat.add_argument("--join", metavar="ID", help="join this meeting at start")
+    chat.add_argument("--create", metavar="TITLE", help="create this meeting at start")
+    chat.add_argument("--password", help="password for --join or --create")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "server":
+            return _server(args)
+        if args.command == "meetings":
+            return asyncio.run(_meetings(args))
+        if args.command == "chat":
+            from confero.terminal import run_terminal
+
+            return asyncio.run(
+                run_terminal(
+                    args.server, args.name, cafile=args.cafile, token=args.token,
+                    join=args.join, create=args.create, password=args.password,
+                )
+            )
+    except api.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _server(args: argparse.Namespace) -> int:
+    from confero.server.app import ServerConfig, serve
+
+    config = ServerConfig(
+        host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"error: cannot start the server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _meetings(args: argparse.Namespace) -> int:
+    client = api.Client(args.server, args.name, cafile=args.cafile, resume_token=args.token,
+                        reconnect=False)
+    try:
+        await client.connect()
+    except api.ConnectionFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.meetings_command == "list":
+            meetings = await client.list_meetings()
+            if args.json:
+                print(msgspec.json.encode(meetings).decode())
+            else:
+                from confero.terminal import format_meetings
+
+                print("\n".join(format_meetings(meetings)))
+        else:
+            result = await client.create_meeting(args.title, args.password)
+            if args.json:
+                print(json.dumps({"id": result.meeting.id, "title": result.meeting.title,
+                                  "resume_token": client.resume_token}))
+            else:
+                print(result.meeting.id)
+    except api.RequestError as exc:
+        print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Signaling messages of confero's WebSocket protocol (see docs/protocol.md).
+
+Every message is one JSON object in one text frame, with a ``type``. Requests from the
+client carry an integer ``id``; the server answers each with ``ok`` (same id, a ``result``)
+or ``error`` (same id, a stable ``code`` and a readable ``message``). Events pushed by the
+server have no id.
+
+Decoding is done in two steps on purpose: a permissive envelope first (to learn ``type``
+and ``id`` even from a message that is otherwise wrong, so the error reply can name the
+request), then the strict schema of that type. Every string has a length bound, so the
+schema itself rejects oversized fields.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+_T = TypeVar("_T")
+
+PROTOCOL_VERSION: Final = 1
+
+#: Largest frame the server reads as a message; larger ones get ``too_large``.
+MAX_MESSAGE_BYTES: Final = 16 * 1024
+
+MAX_NAME_CHARS: Final = 64
+MAX_TITLE_CHARS: Final = 200
+MAX_CHAT_CHARS: Final = 4000
+MAX_PASSWORD_CHARS: Final = 128
+
+RequestId = Annotated[int, Meta(ge=0, le=2**53)]
+DisplayName = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+Title = Annotated[str, Meta(min_length=1, max_length=MAX_TITLE_CHARS)]
+ChatText = Annotated[str, Meta(min_length=1, max_length=MAX_CHAT_CHARS)]
+Password = Annotated[str, Meta(max_length=MAX_PASSWORD_CHARS)]
+MeetingId = Annotated[str, Meta(pattern=r"^[a-z0-9]{1,32}$")]
+#: A resume token is a secret the client keeps across reconnects: the server knows it
+#: only by its hash, and uses it to recognise the creator of a meeting.
+ResumeToken = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{32,64}$")]
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes. Clients branch on these, never on the message text."""
+
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FIELD = "invalid_field"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    VERSION_MISMATCH = "version_mismatch"
+    HELLO_REQUIRED = "hello_required"
+    ALREADY_GREETED = "already_greeted"
+    NOT_FOUND = "not_found"
+    MEETING_ENDED = "meeting_ended"
+    WRONG_PASSWORD = "wrong_password"
+    NOT_CREATOR = "not_creator"
+    NOT_IN_MEETING = "not_in_meeting"
+    ALREADY_IN_MEETING = "already_in_meeting"
+    NAME_TAKEN = "name_taken"
+    INTERNAL = "internal"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class Request(Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    """Base of every client request; ``id`` is echoed in the reply."""
+
+    id: RequestId
+
+
+class Hello(Request, tag="hello", frozen=True):
+    version: int
+    name: DisplayName
+    resume_token: ResumeToken | None = None
+
+
+class ListMeetings(Request, tag="list_meetings", frozen=True):
+    pass
+
+
+class CreateMeeting(Request, tag="create_meeting", frozen=True):
+    title: Title
+    password: Password | None = None
+
+
+class JoinMeeting(Request, tag="join_meeting", frozen=True):
+    meeting_id: MeetingId
+    password: Password | None = None
+
+
+class LeaveMeeting(Request, tag="leave_meeting", frozen=True):
+    pass
+
+
+class CancelMeeting(Request, tag="cancel_meeting", frozen=True):
+    meeting_id: MeetingId
+
+
+class SendChat(Request, tag="chat", frozen=True):
+    text: ChatText
+
+
+class Ping(Request, tag="ping", frozen=True):
+    pass
+
+
+ClientRequest = (
+    Hello | ListMeetings | CreateMeeting | JoinMeeting | LeaveMeeting | CancelMeeting | SendChat
+    | Ping
+)
+
+REQUEST_TYPES: Final[dict[str, type[Request]]] = {
+    str(cls.__struct_config__.tag): cls
+    for cls in (
+        Hello, ListMeetings, CreateMeeting, JoinMeeting, LeaveMeeting, CancelMeeting, SendChat,
+        Ping,
+    )
+}
+
+
+# --------------------------------------------------------------------------- shared records
+
+
+class MeetingInfo(Struct, frozen=True):
+    """What the lobby shows of a meeting."""
+
+    id: str
+    title: str
+    creator: str
+    participant_count: int
+    has_password: bool
+    created_at: float
+
+
+class ParticipantInfo(Struct, frozen=True):
+    id: str
+    name: str
+    joined_at: float
+
+
+class ChatMessage(Struct, frozen=True):
+    """A chat line as stored and delivered: ``seq`` orders a meeting's chat (1, 2, ...)."""
+
+    meeting_id: str
+    seq: int
+    sender: str
+    sender_id: str
+    text: str
+    ts: float
+
+
+# --------------------------------------------------------------------------- results
+
+
+class HelloResult(Struct, frozen=True):
+    participant_id: str
+    resume_token: str
+    protocol_version: int
+    server: str
+    heartbeat_interval: float
+
+
+class MeetingsResult(Struct, frozen=True):
+    meetings: list[MeetingInfo]
+
+
+class JoinResult(Struct, frozen=True):
+    meeting: MeetingInfo
+    participants: list[ParticipantInfo]
+    history: list[ChatMessage]
+    history_complete: bool
+    is_creator: bool
+
+
+class ChatResult(Struct, frozen=True):
+    seq: int
+    ts: float
+
+
+class Empty(Struct, frozen=True):
+    pass
+
+
+# --------------------------------------------------------------------------- server messages
+
+
+class ServerMessage(Struct, tag_field="type", frozen=True):
+    pass
+
+
+class Ok(ServerMessage, tag="ok", frozen=True):
+    id: int
+    result: Any
+
+
+class Error(ServerMessage, tag="error", frozen=True):
+    id: int | None
+    #: One of :class:`ErrorCode`; typed ``str`` so that an older client still parses a code
+    #: that a newer server introduces.
+    code: str
+    message: str
+
+
+class ParticipantJoined(ServerMessage, tag="participant_joined", frozen=True):
+    meeting_id: str
+    participant: ParticipantInfo
+
+
+LeaveReason = Literal["left", "disconnected", "replaced", "cancelled"]
+
+
+class ParticipantLeft(ServerMessage, tag="participant_left", frozen=True):
+    meeting_id: str
+    participant_id: str
+    name: str
+    reason: LeaveReason
+
+
+EndReason = Literal["cancelled", "empty"]
+
+
+class MeetingEnded(ServerMessage, tag="meeting_ended", frozen=True):
+    meeting_id: str
+    reason: EndReason
+    message: str
+
+
+class MeetingsChanged(ServerMessage, tag="meetings_changed", frozen=True):
+    meetings: list[MeetingInfo]
+
+
+class ChatEvent(ServerMessage, tag="chat", frozen=True):
+    message: ChatMessage
+
+
+ServerEvent = ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
+AnyServerMessage = Ok | Error | ServerEvent
+
+
+# --------------------------------------------------------------------------- codec
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; carries the reply to send."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def to_error(self) -> Error:
+        return Error(id=self.request_id, code=self.code, message=self.message)
+
+
+class _Envelope(Struct):
+    type: Any = None
+    id: Any = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_request_decoders = {tag: msgspec.json.Decoder(cls) for tag, cls in REQUEST_TYPES.items()}
+_encoder = msgspec.json.Encoder()
+
+
+def decode_request(data: bytes | str) -> Request:
+    """Parse one client frame or raise :class:`ProtocolError` saying exactly what is wrong."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"message of {len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes",
+        )
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except msgspec.ValidationError:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"invalid JSON: {exc}") from None
+    request_id = envelope.id if _is_request_id(envelope.id) else None
+    if not isinstance(envelope.type, str):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'", request_id
+        )
+    decoder = _request_decoders.get(envelope.type)
+    if decoder is None:
+        known = ", ".join(sorted(_request_decoders))
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE,
+            f"unknown message type {envelope.type[:40]!r}; known types: {known}",
+            request_id,
+        )
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, str(exc), request_id) from None
+
+
+def _is_request_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**53
+
+
+def encode(message: Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+_server_decoder = msgspec.json.Decoder(AnyServerMessage)
+
+
+def decode_server_message(data: bytes | str) -> AnyServerMessage:
+    """Client side: parse a server frame (raises ``msgspec.DecodeError`` on garbage)."""
+    message: AnyServerMessage = _server_decoder.decode(data)
+    return message
+
+
+def convert_result(result: Any, kind: type[_T]) -> _T:
+    """Turn the loosely typed ``result`` of an ``ok`` into its schema."""
+    return msgspec.convert(result, kind)

@@ -1,0 +1,321 @@
+"""The signaling server's logic, sans-I/O: frames and the time in, frames to send out.
+
+The aiohttp shell (``server.app``) owns sockets and the clock; this class owns every
+decision: parsing, rate limiting, the hello handshake, the registry calls, persistence,
+fan-out of events and of the lobby list. Tests drive it directly with a fake clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confero import __version__
+from confero.protocol import signaling as sig
+from confero.protocol.signaling import ErrorCode, ProtocolError
+from confero.server.passwords import hash_password
+from confero.server.ratelimit import TokenBucket
+from confero.server.registry import (
+    MeetingRegistry,
+    Notice,
+    Participant,
+    RegistryError,
+)
+from confero.server.store import Store
+
+log = logging.getLogger(__name__)
+
+#: WebSocket close code when a newer connection presents the same resume token.
+CLOSE_REPLACED = 4001
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send the same encoded frame to each connection."""
+
+    conn_ids: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    conn_id: int
+    code: int
+    reason: str
+
+
+Action = Send | Close
+
+
+@dataclass(slots=True)
+class Connection:
+    id: int
+    bucket: TokenBucket
+    participant: Participant | None = None
+
+
+@dataclass(slots=True)
+class CoreSettings:
+    rate: float = 20.0  # sustained messages per second per connection
+    burst: float = 40.0
+    history_limit: int = 500
+    heartbeat_interval: float = 2.0
+
+
+@dataclass
+class CoreCounters:
+    """Plain counters; the shell exports them to Prometheus."""
+
+    received: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    chat_messages: int = 0
+    connections_opened: int = 0
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _clean_name(name: str) -> str:
+    """Display names are shown everywhere: no control characters, no blank names."""
+    name = name.strip()
+    if not name or any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            "a display name needs visible characters and no control characters - at `$.name`",
+        )
+    return name
+
+
+class SignalingCore:
+    def __init__(
+        self,
+        registry: MeetingRegistry,
+        store: Store,
+        settings: CoreSettings | None = None,
+        new_participant_id: Callable[[], str] = lambda: secrets.token_urlsafe(6),
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.settings = settings or CoreSettings()
+        self.counters = CoreCounters()
+        self._connections: dict[int, Connection] = {}
+        self._conn_by_participant: dict[str, int] = {}
+        self._conn_by_token: dict[bytes, int] = {}
+        self._next_conn_id = 1
+        self._new_participant_id = new_participant_id
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, now: float) -> int:
+        """Reload open meetings after a restart; they wait ``empty_grace`` for their people."""
+        count = 0
+        self.registry.restore_ended(self.store.recently_ended(10_000))
+        for meeting in self.store.open_meetings():
+            self.registry.restore(meeting, now)
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------ connections
+
+    def open_connection(self, now: float) -> int:
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        bucket = TokenBucket(self.settings.rate, self.settings.burst, now)
+        self._connections[conn_id] = Connection(conn_id, bucket)
+        self.counters.connections_opened += 1
+        return conn_id
+
+    def close_connection(self, conn_id: int, now: float) -> list[Action]:
+        """The socket is gone (closed, timed out, or failed): leave as ``disconnected``."""
+        lobby_before = self.registry.lobby_version
+        actions = self._drop(conn_id, "disconnected", now)
+        return actions + self._lobby_update(lobby_before)
+
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # ------------------------------------------------------------------ input
+
+    def handle(self, conn_id: int, data: bytes | str, now: float) -> list[Action]:
+        conn = self._connections.get(conn_id)
+        if conn is None:
+            return []
+        try:
+            request = sig.decode_request(data)
+        except ProtocolError as exc:
+            return [self._error(conn_id, exc.to_error())]
+        self.counters.received[str(type(request).__struct_config__.tag)] += 1
+        lobby_before = self.registry.lobby_version
+        actions: list[Action] = []
+        try:
+            if not conn.bucket.allow(now):
+                raise ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"too many messages: at most {self.settings.rate:g} per second "
+                    f"(bursts of {self.settings.burst:g}); this one was dropped",
+                )
+            result = self._dispatch(conn, request, now, actions)
+            reply = sig.encode(sig.Ok(id=request.id, result=result))
+        except (ProtocolError, RegistryError) as exc:
+            reply = self._encode_error(request.id, exc.code, exc.message)
+        except Exception:  # a bug must cost one request, never the connection or the server
+            log.exception("internal error handling %r on connection %d", request, conn_id)
+            reply = self._encode_error(request.id, ErrorCode.INTERNAL, "internal server error")
+        actions.insert(0, Send((conn_id,), reply))
+        return actions + self._lobby_update(lobby_before)
+
+    def tick(self, now: float) -> list[Action]:
+        lobby_before = self.registry.lobby_version
+        actions = self._deliver(self._persist_ends(self.registry.tick(now), now))
+        return actions + self._lobby_update(lobby_before)
+
+    # ------------------------------------------------------------------ requests
+
+    def _dispatch(
+        self, conn: Connection, request: sig.Request, now: float, out: list[Action]
+    ) -> object:
+        if isinstance(request, sig.Hello):
+            return self._hello(conn, request, now, out)
+        participant = conn.participant
+        if participant is None:
+            raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send 'hello' before anything else")
+        match request:
+            case sig.Ping():
+                return sig.Empty()
+            case sig.ListMeetings():
+                return sig.MeetingsResult(self.registry.open_meetings())
+            case sig.CreateMeeting(title=title, password=password):
+                title = title.strip()
+                if not title:
+                    raise ProtocolError(
+                        ErrorCode.INVALID_FIELD, "a meeting title cannot be blank - at `$.title`"
+                    )
+                pw_hash = hash_password(password) if password else None
+                meeting, notices = self.registry.create(participant, title, pw_hash, now)
+                self.store.add_meeting(meeting)
+                out += self._deliver(notices)
+                return self._join_result(meeting.id, participant)
+            case sig.JoinMeeting(meeting_id=meeting_id, password=password):
+                meeting, notices = self.registry.join(participant, meeting_id, password, now)
+                out += self._deliver(notices)
+                return self._join_result(meeting.id, participant)
+            case sig.LeaveMeeting():
+                out += self._deliver(
+                    self._persist_ends(self.registry.leave(participant.id, "left", now), now)
+                )
+                return sig.Empty()
+            case sig.CancelMeeting(meeting_id=meeting_id):
+                notices = self.registry.cancel(participant, meeting_id, now)
+                out += self._deliver(self._persist_ends(notices, now))
+                return sig.Empty()
+            case sig.SendChat(text=text):
+                if not text.strip():
+                    raise ProtocolError(
+                        ErrorCode.INVALID_FIELD, "a chat message cannot be blank - at `$.text`"
+                    )
+                message, notices = self.registry.chat(participant.id, participant.name, text, now)
+                self.store.add_chat(message)
+                self.counters.chat_messages += 1
+                out += self._deliver(notices)
+                return sig.ChatResult(seq=message.seq, ts=message.ts)
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled message type")
+
+    def _hello(self, conn: Connection, hello: sig.Hello, now: float, out: list[Action]) -> object:
+        if conn.participant is not None:
+            raise ProtocolError(
+                ErrorCode.ALREADY_GREETED, "'hello' was already sent on this connection"
+            )
+        if hello.version != sig.PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.VERSION_MISMATCH,
+                f"this server speaks protocol version {sig.PROTOCOL_VERSION}, "
+                f"the client version {hello.version}; update the client",
+            )
+        name = _clean_name(hello.name)
+        token = hello.resume_token or secrets.token_urlsafe(32)
+        token_hash = _token_hash(token)
+        previous = self._conn_by_token.get(token_hash)
+        if previous is not None:
+            # The same client came back on a new socket before the old one timed out.
+            out += self._drop(previous, "replaced", now)
+            out.append(Close(previous, CLOSE_REPLACED, "replaced by a newer connection"))
+        conn.participant = Participant(
+            id=self._new_participant_id(), name=name, token_hash=token_hash, joined_at=now
+        )
+        self._conn_by_participant[conn.participant.id] = conn.id
+        self._conn_by_token[token_hash] = conn.id
+        return sig.HelloResult(
+            participant_id=conn.participant.id,
+            resume_token=token,
+            protocol_version=sig.PROTOCOL_VERSION,
+            server=f"confero/{__version__}",
+            heartbeat_interval=self.settings.heartbeat_interval,
+        )
+
+    def _join_result(self, meeting_id: str, participant: Participant) -> sig.JoinResult:
+        meeting = self.registry.meeting(meeting_id)
+        assert meeting is not None
+        history, complete = self.store.history(meeting_id, self.settings.history_limit)
+        return sig.JoinResult(
+            meeting=meeting.info(),
+            participants=[p.info() for p in meeting.participants.values()],
+            history=history,
+            history_complete=complete,
+            is_creator=meeting.is_creator(participant.token_hash),
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _drop(self, conn_id: int, reason: sig.LeaveReason, now: float) -> list[Action]:
+        conn = self._connections.pop(conn_id, None)
+        if conn is None or conn.participant is None:
+            return []
+        participant = conn.participant
+        del self._conn_by_participant[participant.id]
+        if self._conn_by_token.get(participant.token_hash) == conn_id:
+            del self._conn_by_token[participant.token_hash]
+        if self.registry.meeting_of(participant.id) is None:
+            return []
+        return self._deliver(self._persist_ends(self.registry.leave(participant.id, reason, now),
+                                                now))
+
+    def _persist_ends(self, notices: list[Notice], now: float) -> list[Notice]:
+        for notice in notices:
+            if isinstance(notice.event, sig.MeetingEnded):
+                self.store.end_meeting(notice.event.meeting_id, notice.event.reason, now)
+        return notices
+
+    def _deliver(self, notices: list[Notice]) -> list[Action]:
+        actions: list[Action] = []
+        for notice in notices:
+            conn_ids = tuple(
+                self._conn_by_participant[pid]
+                for pid in notice.recipients
+                if pid in self._conn_by_participant
+            )
+            if conn_ids:
+                actions.append(Send(conn_ids, sig.encode(notice.event)))
+        return actions
+
+    def _lobby_update(self, version_before: int) -> list[Action]:
+        if self.registry.lobby_version == version_before:
+            return []
+        greeted = tuple(c.id for c in self._connections.values() if c.participant is not None)
+        if not greeted:
+            return []
+        event = sig.MeetingsChanged(meetings=self.registry.open_meetings())
+        return [Send(greeted, sig.encode(event))]
+
+    def _error(self, conn_id: int, error: sig.Error) -> Send:
+        self.counters.errors[error.code] += 1
+        return Send((conn_id,), sig.encode(error))
+
+    def _encode_error(self, request_id: int, code: ErrorCode, message: str) -> bytes:
+        self.counters.errors[code] += 1
+        return sig.encode(sig.Error(id=request_id, code=code, message=message))
