@@ -276,6 +276,13 @@ async def serve(config: ServerConfig) -> None:
         ),
         flush=True,
     )
+    print(
+        f"confero server listening on {scheme}://{url_host}:{port}/ - open it in a browser, or "
+        f"join from a terminal: confero chat --server {'wss' if context else 'ws'}://"
+        f"{url_host}:{port}/ws --name YOUR_NAME",
+        file=sys.stderr,
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
