@@ -169,7 +169,7 @@ def test_chat_sequence_is_per_meeting_and_reaches_only_that_meeting(
     registry: MeetingRegistry,
 ) -> None:
     m1, _ = registry.create(person("alice"), "one", None, 0)
-    m2, _ = registry.create(person("bob"), "two", None, 0)
+    registry.create(person("bob"), "two", None, 0)
     registry.join(person("carol"), m1.id, None, 0)
     first, [n1] = registry.chat("p-alice", "alice", "hi", 1)
     second, [n2] = registry.chat("p-carol", "carol", "hey", 2)
