@@ -1,0 +1,274 @@
+"""The real server process over real WebSockets: the meeting life cycle end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from confero.client import (
+    ChatEvent,
+    Client,
+    ClientEvent,
+    MeetingEnded,
+    MeetingsChanged,
+    ParticipantJoined,
+    ParticipantLeft,
+    RequestError,
+)
+from tests.conftest import ClientFactory, ServerProcess
+
+
+def is_type(kind: type) -> Any:
+    return lambda event: isinstance(event, kind)
+
+
+async def expect_error(code: str, coro: Any) -> RequestError:
+    with pytest.raises(RequestError) as err:
+        await coro
+    assert err.value.code == code, err.value
+    assert err.value.message
+    return err.value
+
+
+async def test_create_list_join_chat_leave_cancel(connect: ClientFactory) -> None:
+    alice, bob, carol = await connect("alice"), await connect("bob"), await connect("carol")
+    created = await alice.create_meeting("Planning", password="hunter2")
+    mid = created.meeting.id
+    assert created.is_creator and created.meeting.participant_count == 1
+
+    [listed] = await bob.list_meetings()
+    assert (listed.id, listed.title, listed.creator, listed.participant_count,
+            listed.has_password) == (mid, "Planning", "alice", 1, True)
+
+    await expect_error("wrong_password", bob.join(mid))
+    await expect_error("wrong_password", bob.join(mid, "hunter3"))
+    joined = await bob.join(mid, "hunter2")
+    assert [p.name for p in joined.participants] == ["alice", "bob"] and not joined.is_creator
+    event = await alice.wait_for(is_type(ParticipantJoined))
+    assert isinstance(event, ParticipantJoined) and event.participant.name == "bob"
+
+    sent = await alice.send_chat("hello bob")
+    for client in (alice, bob):
+        chat = await client.wait_for(is_type(ChatEvent))
+        assert isinstance(chat, ChatEvent)
+        assert (chat.message.sender, chat.message.text, chat.message.seq) == (
+            "alice", "hello bob", sent.seq
+        )
+        assert chat.message.ts == sent.ts
+
+    await carol.join(mid, "hunter2")
+    assert {p.name for p in alice.participants.values()} >= {"alice", "bob"}
+    history = (await carol.leave(), await carol.join(mid, "hunter2"))[1].history
+    assert [m.text for m in history] == ["hello bob"]
+
+    await bob.leave()
+    left = await alice.wait_for(lambda e: isinstance(e, ParticipantLeft) and e.name == "bob")
+    assert isinstance(left, ParticipantLeft) and left.reason == "left"
+
+    await expect_error("not_creator", carol.cancel())
+    await alice.cancel()
+    for client in (alice, carol):
+        ended = await client.wait_for(is_type(MeetingEnded))
+        assert isinstance(ended, MeetingEnded) and ended.reason == "cancelled"
+        assert client.meeting is None
+    await expect_error("meeting_ended", bob.join(mid, "hunter2"))
+    assert await bob.list_meetings() == []
+
+
+async def test_meeting_ends_when_the_last_participant_leaves(connect: ClientFactory) -> None:
+    alice, watcher = await connect("alice"), await connect("watcher")
+    mid = (await alice.create_meeting("short")).meeting.id
+    await watcher.wait_for(lambda e: isinstance(e, MeetingsChanged) and len(e.meetings) == 1)
+    await alice.leave()
+    await watcher.wait_for(lambda e: isinstance(e, MeetingsChanged) and e.meetings == [])
+    await expect_error("meeting_ended", watcher.join(mid))
+
+
+async def test_http_endpoints_report_meetings_and_metrics(
+    server: ServerProcess, connect: ClientFactory
+) -> None:
+    alice = await connect("alice")
+    mid = (await alice.create_meeting("Metrics")).meeting.id
+    await alice.send_chat("one")
+    await alice.send_chat("two")
+    await expect_error("not_found", (await connect("bob")).join("doesnotexist"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.http + "healthz") as response:
+            health = await response.json()
+        assert health["status"] == "ok" and health["meetings"] == 1
+        assert health["connections"] == 2
+        async with http.get(server.http + "api/meetings") as response:
+            listing = await response.json()
+        assert [m["id"] for m in listing["meetings"]] == [mid]
+        async with http.get(server.http + "metrics") as response:
+            metrics = await response.text()
+        async with http.get(server.http) as response:
+            page = await response.text()
+    assert mid in page and "Metrics" in page
+    values = dict(
+        line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("confero_")
+    )
+    assert float(values["confero_meetings_open"]) == 1
+    assert float(values["confero_participants"]) == 1
+    assert float(values["confero_chat_messages_total"]) == 2
+    assert float(values['confero_errors_total{code="not_found"}']) == 1
+    assert float(values['confero_messages_received_total{type="hello"}']) == 2
+
+
+async def raw_request(ws: aiohttp.ClientWebSocketResponse, frame: str | bytes) -> dict[str, Any]:
+    if isinstance(frame, bytes):
+        await ws.send_bytes(frame)
+    else:
+        await ws.send_str(frame)
+    reply = await ws.receive(timeout=5)
+    assert reply.type == aiohttp.WSMsgType.TEXT, reply
+    return dict(json.loads(reply.data))
+
+
+async def test_malformed_messages_get_errors_and_the_connection_stays_usable(
+    server: ServerProcess, connect: ClientFactory
+) -> None:
+    bystander = await connect("bystander")
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+        cases: list[tuple[str | bytes, str]] = [
+            ("not json at all", "bad_json"),
+            ('"a string"', "bad_message"),
+            ('{"type": "teleport", "id": 5}', "unknown_type"),
+            ('{"type": "hello", "id": 6}', "invalid_field"),
+            ('{"type": "hello", "id": 7, "version": "one", "name": "x"}', "invalid_field"),
+            ('{"type": "list_meetings", "id": 8}', "hello_required"),
+            (json.dumps({"type": "chat", "id": 9, "text": "x" * 20_000}), "too_large"),
+            (b"\x00\x01binary junk", "bad_json"),
+        ]
+        for frame, code in cases:
+            reply = await raw_request(ws, frame)
+            assert (reply["type"], reply["code"]) == ("error", code), (frame, reply)
+            assert reply["message"]
+        hello = '{"type": "hello", "id": 10, "version": 1, "name": "mallory"}'
+        assert (await raw_request(ws, hello))["type"] == "ok"
+        ok = await raw_request(ws, '{"type": "list_meetings", "id": 11}')
+        assert ok == {"type": "ok", "id": 11, "result": {"meetings": []}}
+    assert await bystander.list_meetings() == []
+
+
+async def test_a_flood_is_rate_limited_without_harming_anyone(
+    server: ServerProcess, connect: ClientFactory
+) -> None:
+    victim = await connect("victim")
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+        await raw_request(ws, '{"type": "hello", "id": 1, "version": 1, "name": "flood"}')
+        for i in range(300):
+            await ws.send_str(json.dumps({"type": "ping", "id": 100 + i}))
+        codes = []
+        for _ in range(300):
+            reply = json.loads((await ws.receive(timeout=5)).data)
+            codes.append(reply.get("code", reply["type"]))
+        assert codes.count("rate_limited") > 200
+        assert set(codes) == {"ok", "rate_limited"}
+        # the flooder's connection is alive and served again once it slows down
+        await asyncio.sleep(0.3)  # let the token bucket refill (not a synchronisation)
+        reply = await raw_request(ws, '{"type": "ping", "id": 9999}')
+        assert reply["type"] == "ok"
+    await victim.ping()
+
+
+async def test_a_frame_beyond_the_hard_limit_closes_only_that_connection(
+    server: ServerProcess, connect: ClientFactory
+) -> None:
+    victim = await connect("victim")
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+        await ws.send_str("x" * 300_000)
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+    await victim.ping()
+
+
+async def test_duplicate_display_name_in_a_meeting(connect: ClientFactory) -> None:
+    first, second = await connect("Sam"), await connect("sam")
+    mid = (await first.create_meeting("names")).meeting.id
+    error = await expect_error("name_taken", second.join(mid))
+    assert "Sam" in error.message
+    assert first.participants.keys() == {first.participant_id}
+
+
+async def test_two_meetings_are_isolated(connect: ClientFactory) -> None:
+    """Chat and events of one meeting never reach a participant of the other."""
+    a1, a2, b1, b2 = [await connect(n) for n in ("a1", "a2", "b1", "b2")]
+    seen: dict[str, list[ClientEvent]] = {c.name: [] for c in (a1, a2, b1, b2)}
+    for c in (a1, a2, b1, b2):
+        c.add_listener(seen[c.name].append)
+    ma = (await a1.create_meeting("A")).meeting.id
+    mb = (await b1.create_meeting("B")).meeting.id
+    await a2.join(ma)
+    await b2.join(mb)
+    for i in range(5):
+        await a1.send_chat(f"secret A{i}")
+        await b2.send_chat(f"secret B{i}")
+    await a2.leave()
+    await b1.cancel()
+    for c in (a1, b1):
+        await c.wait_for(lambda e: isinstance(e, (ParticipantLeft, MeetingEnded)))
+    await a1.ping()
+    await b2.wait_for(is_type(MeetingEnded))
+
+    def meeting_ids(name: str) -> set[str]:
+        """Which meetings the events a client received speak of."""
+        ids = set()
+        for event in seen[name]:
+            if isinstance(event, ChatEvent):
+                ids.add(event.message.meeting_id)
+            elif isinstance(event, (ParticipantJoined, ParticipantLeft, MeetingEnded)):
+                ids.add(event.meeting_id)
+        return ids
+
+    assert meeting_ids("a1") == meeting_ids("a2") == {ma}
+    assert meeting_ids("b1") == meeting_ids("b2") == {mb}
+    texts = {name: [e.message.text for e in events if isinstance(e, ChatEvent)]
+             for name, events in seen.items()}
+    assert texts["a1"] == texts["a2"] == [f"secret A{i}" for i in range(5)]
+    assert texts["b1"] == texts["b2"] == [f"secret B{i}" for i in range(5)]
+
+
+async def test_ten_meetings_of_five_chat_concurrently_exactly_once_in_one_order(
+    connect: ClientFactory,
+) -> None:
+    meetings, size, per_client = 10, 5, 10
+    groups: list[list[Client]] = []
+    for m in range(meetings):
+        members = [await connect(f"m{m}u{u}") for u in range(size)]
+        mid = (await members[0].create_meeting(f"load {m}")).meeting.id
+        for member in members[1:]:
+            await member.join(mid)
+        groups.append(members)
+    received: dict[int, list[tuple[int, str]]] = {}
+    for members in groups:
+        for member in members:
+            log: list[tuple[int, str]] = []
+            received[id(member)] = log
+            member.add_listener(
+                lambda e, log=log: log.append((e.message.seq, e.message.text))
+                if isinstance(e, ChatEvent) else None
+            )
+
+    async def chatter(client: Client) -> None:
+        for i in range(per_client):
+            await client.send_chat(f"{client.name}#{i}")
+
+    await asyncio.gather(*(chatter(c) for members in groups for c in members))
+    expected = size * per_client
+    async with asyncio.timeout(20):
+        while any(len(log) < expected for log in received.values()):
+            await asyncio.sleep(0.05)
+    for m, members in enumerate(groups):
+        reference = received[id(members[0])]
+        assert [seq for seq, _ in reference] == list(range(1, expected + 1))
+        assert sorted(text for _, text in reference) == sorted(
+            f"m{m}u{u}#{i}" for u in range(size) for i in range(per_client)
+        )
+        for member in members[1:]:
+            assert received[id(member)] == reference  # same messages, same order, once each
