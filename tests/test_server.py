@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -245,25 +246,34 @@ async def test_ten_meetings_of_five_chat_concurrently_exactly_once_in_one_order(
         for member in members[1:]:
             await member.join(mid)
         groups.append(members)
+    expected = size * per_client
     received: dict[int, list[tuple[int, str]]] = {}
+    complete = asyncio.Event()
+    pending = {id(member) for members in groups for member in members}
+
+    def recorder(member: Client) -> Callable[[ClientEvent], None]:
+        log = received.setdefault(id(member), [])
+
+        def record(event: ClientEvent) -> None:
+            if isinstance(event, ChatEvent):
+                log.append((event.message.seq, event.message.text))
+                if len(log) == expected:
+                    pending.discard(id(member))
+                    if not pending:
+                        complete.set()
+
+        return record
+
     for members in groups:
         for member in members:
-            log: list[tuple[int, str]] = []
-            received[id(member)] = log
-            member.add_listener(
-                lambda e, log=log: log.append((e.message.seq, e.message.text))
-                if isinstance(e, ChatEvent) else None
-            )
+            member.add_listener(recorder(member))
 
     async def chatter(client: Client) -> None:
         for i in range(per_client):
             await client.send_chat(f"{client.name}#{i}")
 
     await asyncio.gather(*(chatter(c) for members in groups for c in members))
-    expected = size * per_client
-    async with asyncio.timeout(20):
-        while any(len(log) < expected for log in received.values()):
-            await asyncio.sleep(0.05)
+    await asyncio.wait_for(complete.wait(), 30)
     for m, members in enumerate(groups):
         reference = received[id(members[0])]
         assert [seq for seq, _ in reference] == list(range(1, expected + 1))
