@@ -1,0 +1,85 @@
+"""VP8 RTP payload format (RFC 7741): packetizer and payload-descriptor parser.
+
+Every packet carries a 15-bit PictureID so a receiver can tell frames apart and notice a
+whole lost frame even when RTP timestamps repeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Largest RTP payload (descriptor included) we emit: leaves room for the RTP header,
+#: extensions and SRTP's auth tag inside a 1280-byte IPv6 minimum MTU.
+MAX_PAYLOAD = 1200
+_DESCRIPTOR_SIZE = 4  # X-byte, I-byte, and 2 bytes of 15-bit PictureID
+
+
+class Vp8Error(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Vp8Descriptor:
+    start_of_partition: bool
+    partition_index: int
+    picture_id: int | None
+    header_size: int
+
+    @property
+    def starts_frame(self) -> bool:
+        return self.start_of_partition and self.partition_index == 0
+
+
+def packetize(frame: bytes, picture_id: int, max_payload: int = MAX_PAYLOAD) -> list[bytes]:
+    """Split one encoded frame into RTP payloads of at most ``max_payload`` bytes."""
+    if not frame:
+        raise Vp8Error("cannot packetize an empty frame")
+    chunk = max_payload - _DESCRIPTOR_SIZE
+    pid = picture_id & 0x7FFF
+    tail = bytes([0x80, 0x80 | (pid >> 8), pid & 0xFF])  # I=1; M=1, 15-bit PictureID
+    payloads = []
+    for offset in range(0, len(frame), chunk):
+        first = 0x90 if offset == 0 else 0x80  # X=1, S=1 on the frame's first packet
+        payloads.append(bytes([first]) + tail + frame[offset : offset + chunk])
+    return payloads
+
+
+def parse_descriptor(payload: bytes) -> Vp8Descriptor:
+    if not payload:
+        raise Vp8Error("empty VP8 payload")
+    first = payload[0]
+    offset = 1
+    picture_id = None
+    if first & 0x80:  # X: extension byte present
+        if len(payload) < 2:
+            raise Vp8Error("truncated VP8 descriptor")
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: PictureID
+            if offset >= len(payload):
+                raise Vp8Error("truncated PictureID")
+            if payload[offset] & 0x80:
+                if offset + 1 >= len(payload):
+                    raise Vp8Error("truncated 15-bit PictureID")
+                picture_id = ((payload[offset] & 0x7F) << 8) | payload[offset + 1]
+                offset += 2
+            else:
+                picture_id = payload[offset]
+                offset += 1
+        if ext & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX byte
+            offset += 1
+    if offset >= len(payload):
+        raise Vp8Error("VP8 payload has a descriptor but no data")
+    return Vp8Descriptor(
+        start_of_partition=bool(first & 0x10),
+        partition_index=first & 0x07,
+        picture_id=picture_id,
+        header_size=offset,
+    )
+
+
+def is_keyframe(payload: bytes, descriptor: Vp8Descriptor) -> bool:
+    """Only meaningful on a frame's first packet: the VP8 header's P bit is 0 on keyframes."""
+    return descriptor.starts_frame and not payload[descriptor.header_size] & 0x01

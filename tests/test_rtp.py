@@ -1,0 +1,245 @@
+"""RTP, RTCP, VP8 payloads, NACK bookkeeping and frame assembly: sans-I/O unit tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from confero.protocol import rtcp
+from confero.protocol.nack import NackGenerator, RetransmitBuffer
+from confero.protocol.rtp import (
+    RtpError,
+    RtpPacket,
+    SequenceUnwrapper,
+    is_rtcp,
+    peek_ssrc,
+    seq_distance,
+    seq_newer,
+)
+from confero.protocol.video_jitter import FrameAssembler
+from confero.protocol.vp8 import MAX_PAYLOAD, Vp8Error, packetize, parse_descriptor
+
+# ---------------------------------------------------------------------------- RTP
+
+
+@given(
+    pt=st.integers(0, 127), seq=st.integers(0, 0xFFFF), ts=st.integers(0, 2**32 - 1),
+    ssrc=st.integers(0, 2**32 - 1), marker=st.booleans(), payload=st.binary(max_size=200),
+    csrcs=st.lists(st.integers(0, 2**32 - 1), max_size=3),
+    extensions=st.dictionaries(st.integers(1, 14), st.binary(min_size=1, max_size=16),
+                               max_size=4),
+)
+def test_rtp_round_trip(pt: int, seq: int, ts: int, ssrc: int, marker: bool, payload: bytes,
+                        csrcs: list[int], extensions: dict[int, bytes]) -> None:
+    packet = RtpPacket(pt, seq, ts, ssrc, payload, marker, csrcs, extensions)
+    data = packet.serialize()
+    assert not is_rtcp(data) or pt in range(64, 96)  # 192-223 with the marker bit set
+    assert peek_ssrc(data) == ssrc or is_rtcp(data)
+    assert RtpPacket.parse(data) == packet
+
+
+@given(st.binary(max_size=1600))
+def test_rtp_parse_rejects_garbage_with_rtp_error_only(data: bytes) -> None:
+    try:
+        RtpPacket.parse(data)
+    except RtpError:
+        pass
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80" * 11, b"\x40" + b"\x00" * 20,
+                                  b"\x8f" + b"\x00" * 20, b"\xa0" + b"\x00" * 11 + b"\xff"])
+def test_rtp_parse_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(RtpError):
+        RtpPacket.parse(data)
+
+
+def test_sequence_arithmetic_wraps() -> None:
+    assert seq_newer(0, 65535) and not seq_newer(65535, 0)
+    assert seq_distance(2, 65534) == 4 and seq_distance(65534, 2) == -4
+    unwrap = SequenceUnwrapper()
+    values = [unwrap.unwrap(s) for s in (65533, 65534, 65535, 0, 1, 65535, 2)]
+    assert [v - values[0] for v in values] == [0, 1, 2, 3, 4, 2, 5]
+
+
+# ---------------------------------------------------------------------------- RTCP
+
+
+def test_rtcp_compound_round_trip() -> None:
+    block = rtcp.ReportBlock(ssrc=7, fraction_lost=25, cumulative_lost=-3, highest_seq=70000,
+                             jitter=90, last_sr=5, delay_since_last_sr=6)
+    packets: list[rtcp.RtcpPacket] = [
+        rtcp.SenderReport(1, 2**40 + 5, 1234, 10, 2000, [block]),
+        rtcp.ReceiverReport(2, [block, block]),
+        rtcp.Nack(3, 4, [100, 101, 103, 116, 117, 500]),
+        rtcp.Pli(5, 6),
+        rtcp.Bye([8, 9]),
+    ]
+    data = b"".join(p.pack() for p in packets)
+    assert is_rtcp(data) and peek_ssrc(data) == 1
+    parsed = rtcp.parse_compound(data)
+    assert parsed[:2] == packets[:2] and parsed[3:] == packets[3:]
+    nack = parsed[2]
+    assert isinstance(nack, rtcp.Nack) and sorted(nack.lost) == [100, 101, 103, 116, 117, 500]
+    # pairs: 100 (+101, 103, 116 in its bitmask), 117, 500
+    assert len(packets[2].pack()) == 4 + 8 + 4 * 3
+
+
+def test_nack_packs_runs_into_pid_blp_pairs_across_wrap() -> None:
+    lost = [65534, 65535, 0, 1, 14]
+    nack = rtcp.parse_compound(rtcp.Nack(1, 2, lost).pack())[0]
+    assert isinstance(nack, rtcp.Nack) and nack.lost == lost
+    assert len(rtcp.Nack(1, 2, lost).pack()) == 16  # one (PID, BLP) pair covers all five
+
+
+@given(st.binary(max_size=300))
+def test_rtcp_parse_rejects_garbage_with_rtcp_error_only(data: bytes) -> None:
+    try:
+        rtcp.parse_compound(data)
+    except rtcp.RtcpError:
+        pass
+
+
+# ---------------------------------------------------------------------------- VP8
+
+
+def test_vp8_packetize_respects_the_size_limit_and_marks_the_start() -> None:
+    frame = bytes(range(256)) * 20  # 5120 bytes
+    payloads = packetize(frame, picture_id=0x1234)
+    assert all(len(p) <= MAX_PAYLOAD for p in payloads)
+    descriptors = [parse_descriptor(p) for p in payloads]
+    assert [d.starts_frame for d in descriptors] == [True] + [False] * (len(payloads) - 1)
+    assert {d.picture_id for d in descriptors} == {0x1234}
+    assert b"".join(p[d.header_size:] for p, d in zip(payloads, descriptors,
+                                                        strict=True)) == frame
+    with pytest.raises(Vp8Error):
+        packetize(b"", 1)
+    for bad in (b"", b"\x80", b"\x80\x80", b"\x80\x80\x80", b"\x90\x80\x81\x02"):
+        with pytest.raises(Vp8Error):
+            parse_descriptor(bad)
+
+
+# ---------------------------------------------------------------------------- NACK
+
+
+def test_nack_generator_asks_for_gaps_retries_and_gives_up() -> None:
+    gen = NackGenerator(retry_interval=0.05, max_tries=2, max_age=1.0)
+    for seq in (65533, 65534, 1, 2):  # 65535 and 0 lost across the wrap
+        gen.on_packet(seq, now=0.0)
+    assert sorted(gen.due(0.0)) == [0, 65535]
+    assert gen.due(0.01) == []  # not before the retry interval
+    gen.on_packet(0, now=0.02)  # recovered
+    assert gen.due(0.06) == [65535]
+    assert gen.due(0.2) == []  # max tries reached
+    assert gen.missing_count == 0 and gen.recovered == 1
+
+
+def test_nack_generator_ignores_huge_jumps() -> None:
+    gen = NackGenerator(max_gap=100)
+    gen.on_packet(10, 0.0)
+    gen.on_packet(5000, 0.0)
+    assert gen.due(0.0) == []
+
+
+def test_retransmit_buffer_is_bounded() -> None:
+    buffer = RetransmitBuffer(capacity=4)
+    for seq in range(10):
+        buffer.store(seq, bytes([seq]))
+    assert buffer.get(9) == b"\x09" and buffer.get(6) == b"\x06"
+    assert buffer.get(5) is None and buffer.get(1) is None
+
+
+# ---------------------------------------------------------------------------- frame assembly
+
+KEY, DELTA = b"\x00" + b"k" * 2999, b"\x01" + b"d" * 1499  # P bit 0 = keyframe
+
+
+def video_packets(frames: list[bytes], first_seq: int = 65000) -> list[list[RtpPacket]]:
+    seq = first_seq
+    out = []
+    for index, frame in enumerate(frames):
+        payloads = packetize(frame, picture_id=index)
+        group = []
+        for i, payload in enumerate(payloads):
+            group.append(RtpPacket(96, seq & 0xFFFF, 3000 * index, 42, payload,
+                                   marker=i == len(payloads) - 1))
+            seq += 1
+        out.append(group)
+    return out
+
+
+def test_frames_are_released_as_soon_as_complete_even_out_of_order() -> None:
+    frames = video_packets([KEY, DELTA, DELTA, DELTA])  # wraps the sequence space
+    assembler = FrameAssembler()
+    released = []
+    packets = [p for group in frames for p in group]
+    random.Random(1).shuffle(packets)
+    for now, packet in enumerate(packets):
+        for frame in assembler.push(packet, float(now)):
+            released.append(frame)
+    assert [f.picture_id for f in released] == [0, 1, 2, 3]
+    assert released[0].data == KEY and released[0].keyframe
+    assert released[1].data == DELTA and not released[1].keyframe
+
+
+def test_last_packet_releases_the_frame_without_waiting_for_the_next() -> None:
+    [key] = video_packets([KEY])
+    assembler = FrameAssembler()
+    for packet in key[:-1]:
+        assert assembler.push(packet, 0.0) == []
+    [frame] = assembler.push(key[-1], 0.0)
+    assert frame.data == KEY
+
+
+def test_a_fresh_receiver_waits_for_a_keyframe_and_asks_for_one() -> None:
+    frames = video_packets([KEY, DELTA, DELTA, KEY, DELTA])
+    assembler = FrameAssembler(pli_interval=0.3)
+    assert assembler.keyframe_request_due(0.0)
+    assert not assembler.keyframe_request_due(0.1)  # throttled
+    released = []
+    for group in frames[1:]:  # joined after the first keyframe
+        for packet in group:
+            released += assembler.push(packet, 0.2)
+    assert [f.picture_id for f in released] == [3, 4]
+    assert not assembler.keyframe_request_due(1.0)
+
+
+def test_an_unrecoverable_loss_skips_to_the_next_keyframe() -> None:
+    frames = video_packets([KEY, DELTA, DELTA, KEY])
+    assembler = FrameAssembler(max_wait=0.2)
+    released = []
+    for packet in frames[0]:
+        released += assembler.push(packet, 0.0)
+    for packet in frames[1][1:]:  # first packet of frame 1 lost for good
+        released += assembler.push(packet, 0.01)
+    for packet in frames[2]:
+        released += assembler.push(packet, 0.02)
+    assert [f.picture_id for f in released] == [0]  # frame 2 waits behind frame 1
+    released += assembler.poll(0.3)
+    assert assembler.waiting_for_keyframe and assembler.keyframe_request_due(0.3)
+    for packet in frames[3]:
+        released += assembler.push(packet, 0.4)
+    assert [f.picture_id for f in released] == [0, 3]
+    assert assembler.frames_dropped >= 1
+
+
+def test_a_retransmission_in_time_fills_the_hole() -> None:
+    frames = video_packets([KEY, DELTA])
+    assembler = FrameAssembler(max_wait=0.2)
+    for packet in frames[0][:1] + frames[0][2:] + frames[1]:
+        assert assembler.push(packet, 0.0) == []
+    released = assembler.push(frames[0][1], 0.05)
+    assert [f.picture_id for f in released] == [0, 1]
+    assert assembler.push(frames[0][1], 0.06) == []  # a duplicate is ignored
+    assert assembler.packets_late == 1
+
+
+def test_overflow_clears_the_buffer_and_asks_for_a_keyframe() -> None:
+    assembler = FrameAssembler(max_packets=10)
+    frames = video_packets([KEY] * 8)
+    for group in frames:
+        for packet in group[1:]:  # never a frame start: nothing completes
+            assembler.push(packet, 0.0)
+    assert assembler.waiting_for_keyframe and assembler.frames_dropped > 0
