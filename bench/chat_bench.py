@@ -33,7 +33,8 @@ def cpu_seconds(pid: int) -> float:
 
 def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "confero.cli", "server", "--port", "0", "--data-dir", data_dir],
+        [sys.executable, "-m", "confero.cli", "server", "--port", "0", "--media-port", "0",
+         "--data-dir", data_dir],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     assert proc.stdout is not None

@@ -58,7 +58,7 @@ def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, obj
 
 def start_server(data_dir: Path, *extra: str, port: int = 0) -> ServerProcess:
     args = [
-        sys.executable, "-m", "confero.cli", "server", "--port", str(port),
+        sys.executable, "-m", "confero.cli", "server", "--port", str(port), "--media-port", "0",
         "--data-dir", str(data_dir), "--heartbeat", "0.5", "--empty-grace", "3", *extra,
     ]
     proc = subprocess.Popen(

@@ -49,6 +49,7 @@ VALID: dict[str, dict[str, Any]] = {
     "cancel_meeting": {"meeting_id": "abcdefghjk"},
     "chat": {"text": "hi"},
     "ping": {},
+    "set_media": {"camera": True, "microphone": False},
 }
 assert set(VALID) == set(REQUEST_TYPES)
 

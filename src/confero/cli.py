@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "after 1.5x this")
     server.add_argument("--empty-grace", type=float, default=30.0,
                         help="seconds an emptied meeting waits for its people to reconnect")
+    server.add_argument("--media-port", type=int, default=8751,
+                        help="UDP port for all RTP/RTCP media (0 picks a free one)")
+    server.add_argument("--media-host", default="",
+                        help="address clients should send media to (default: the host "
+                        "they reached the server by)")
 
     meetings = commands.add_parser("meetings", help="list or create meetings (for scripts)")
     meeting_commands = meetings.add_subparsers(dest="meetings_command", required=True)
@@ -123,6 +128,7 @@ def _server(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert,
         tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
+        media_port=args.media_port, media_host=args.media_host,
     )
     try:
         asyncio.run(serve(config))

@@ -109,16 +109,23 @@ class Ping(Request, tag="ping", frozen=True):
     pass
 
 
+class SetMedia(Request, tag="set_media", frozen=True):
+    """Announce whether this participant's camera and microphone are on."""
+
+    camera: bool
+    microphone: bool
+
+
 ClientRequest = (
     Hello | ListMeetings | CreateMeeting | JoinMeeting | LeaveMeeting | CancelMeeting | SendChat
-    | Ping
+    | Ping | SetMedia
 )
 
 REQUEST_TYPES: Final[dict[str, type[Request]]] = {
     str(cls.__struct_config__.tag): cls
     for cls in (
         Hello, ListMeetings, CreateMeeting, JoinMeeting, LeaveMeeting, CancelMeeting, SendChat,
-        Ping,
+        Ping, SetMedia,
     )
 }
 
@@ -141,6 +148,11 @@ class ParticipantInfo(Struct, frozen=True):
     id: str
     name: str
     joined_at: float
+    #: SSRCs of this participant's RTP streams: how receivers tell whose media is whose.
+    audio_ssrc: int = 0
+    video_ssrc: int = 0
+    camera: bool = False
+    microphone: bool = False
 
 
 class ChatMessage(Struct, frozen=True):
@@ -169,12 +181,28 @@ class MeetingsResult(Struct, frozen=True):
     meetings: list[MeetingInfo]
 
 
+class MediaGrant(Struct, frozen=True):
+    """How to reach the server's media port, and this participant's SRTP keys and SSRCs."""
+
+    port: int
+    srtp_profile: str
+    key_up: str  # base64: protects client -> server
+    key_down: str  # base64: protects server -> client
+    audio_ssrc: int
+    video_ssrc: int
+    #: SSRC of the mixed audio the server sends this participant.
+    mix_ssrc: int
+    #: Where to send media; empty means the host of the signaling URL.
+    host: str = ""
+
+
 class JoinResult(Struct, frozen=True):
     meeting: MeetingInfo
     participants: list[ParticipantInfo]
     history: list[ChatMessage]
     history_complete: bool
     is_creator: bool
+    media: MediaGrant | None = None
 
 
 class ChatResult(Struct, frozen=True):
@@ -238,7 +266,17 @@ class ChatEvent(ServerMessage, tag="chat", frozen=True):
     message: ChatMessage
 
 
-ServerEvent = ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
+class MediaChanged(ServerMessage, tag="media_changed", frozen=True):
+    meeting_id: str
+    participant_id: str
+    camera: bool
+    microphone: bool
+
+
+ServerEvent = (
+    ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
+    | MediaChanged
+)
 AnyServerMessage = Ok | Error | ServerEvent
 
 

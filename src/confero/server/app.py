@@ -26,6 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from confero import __version__
 from confero.protocol import signaling as sig
 from confero.server.core import Action, Close, CoreSettings, Send, SignalingCore
+from confero.server.media_app import MediaServer
+from confero.server.media_router import MediaRouter
 from confero.server.metrics import make_registry
 from confero.server.registry import MeetingRegistry
 from confero.server.store import Store
@@ -50,6 +52,9 @@ class ServerConfig:
     empty_grace: float = 30.0
     rate: float = 20.0
     burst: float = 40.0
+    media_port: int = 8751
+    #: Address clients should send media to; empty: the host they used for signaling.
+    media_host: str = ""
 
 
 @dataclass
@@ -61,13 +66,16 @@ class _Peer:
 
 
 class SignalingServer:
-    def __init__(self, core: SignalingCore, heartbeat: float) -> None:
+    def __init__(
+        self, core: SignalingCore, heartbeat: float, media: MediaRouter | None = None
+    ) -> None:
         self.core = core
+        self.media = media
         self.heartbeat = heartbeat
         self._peers: dict[int, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.shell_counters = {"slow_consumers_total": 0, "binary_frames_total": 0}
-        self.metrics = make_registry(core, lambda: dict(self.shell_counters))
+        self.metrics = make_registry(core, lambda: dict(self.shell_counters), media)
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -223,18 +231,20 @@ td,th{{padding:.2em .8em;text-align:left}}code{{background:#eee;padding:0 .2em}}
 """
 
 
-def build_server(config: ServerConfig, store: Store | None = None) -> SignalingServer:
+def build_server(
+    config: ServerConfig, store: Store | None = None, media: MediaRouter | None = None
+) -> SignalingServer:
     store = store or Store.in_directory(config.data_dir)
     registry = MeetingRegistry(empty_grace=config.empty_grace)
     settings = CoreSettings(
         rate=config.rate, burst=config.burst, heartbeat_interval=config.heartbeat
     )
-    core = SignalingCore(registry, store, settings)
+    core = SignalingCore(registry, store, settings, media=media)
     restored = core.restore(time.time())
     if restored:
         log.info("restored %d open meeting(s); they end in %gs unless someone joins",
                  restored, config.empty_grace)
-    server = SignalingServer(core, config.heartbeat)
+    server = SignalingServer(core, config.heartbeat, media)
 
     async def close_store(app: web.Application) -> None:
         store.close()
@@ -255,7 +265,9 @@ def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM. Prints one JSON line with the bound URLs once listening."""
-    server = build_server(config)
+    router = MediaRouter(config.media_port, host=config.media_host)
+    media = await MediaServer.start(router, config.host, config.media_port)
+    server = build_server(config, media=router)
     context = _ssl_context(config)
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -270,6 +282,7 @@ async def serve(config: ServerConfig) -> None:
                 "event": "listening",
                 "url": f"{'wss' if context else 'ws'}://{url_host}:{port}/ws",
                 "http": f"{scheme}://{url_host}:{port}/",
+                "media_port": router.port,
                 "data_dir": str(config.data_dir.resolve()),
                 "version": __version__,
             }
@@ -292,3 +305,4 @@ async def serve(config: ServerConfig) -> None:
     finally:
         print(json.dumps({"event": "stopping"}), file=sys.stderr, flush=True)
         await runner.cleanup()
+        await media.stop()

@@ -14,6 +14,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from confero import __version__
 from confero.protocol import signaling as sig
@@ -50,6 +51,24 @@ class Close:
 
 
 Action = Send | Close
+
+
+class MediaPlane(Protocol):
+    """What the signaling core needs of the media router (``server.media_router``)."""
+
+    def reserve(self, participant_id: str) -> tuple[int, int]:
+        """Server-unique (audio, video) SSRCs for this participant's connection."""
+
+    def admit(self, participant_id: str, meeting_id: str) -> sig.MediaGrant:
+        """Open the media path for a participant who just entered a meeting."""
+
+    def release(self, participant_id: str) -> None:
+        """The participant left its meeting: stop routing its media."""
+
+    def forget(self, participant_id: str) -> None:
+        """The connection is gone: free its SSRCs too."""
+
+    def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -99,8 +118,10 @@ class SignalingCore:
         store: Store,
         settings: CoreSettings | None = None,
         new_participant_id: Callable[[], str] = lambda: secrets.token_urlsafe(6),
+        media: MediaPlane | None = None,
     ) -> None:
         self.registry = registry
+        self.media = media
         self.store = store
         self.settings = settings or CoreSettings()
         self.counters = CoreCounters()
@@ -172,7 +193,7 @@ class SignalingCore:
 
     def tick(self, now: float) -> list[Action]:
         lobby_before = self.registry.lobby_version
-        actions = self._deliver(self._persist_ends(self.registry.tick(now), now))
+        actions = self._deliver(self._side_effects(self.registry.tick(now), now))
         return actions + self._lobby_update(lobby_before)
 
     # ------------------------------------------------------------------ requests
@@ -197,22 +218,30 @@ class SignalingCore:
                         ErrorCode.INVALID_FIELD, "a meeting title cannot be blank - at `$.title`"
                     )
                 pw_hash = hash_password(password) if password else None
+                self._reserve_ssrcs(participant)
                 meeting, notices = self.registry.create(participant, title, pw_hash, now)
                 self.store.add_meeting(meeting)
                 out += self._deliver(notices)
                 return self._join_result(meeting.id, participant)
             case sig.JoinMeeting(meeting_id=meeting_id, password=password):
+                self._reserve_ssrcs(participant)
                 meeting, notices = self.registry.join(participant, meeting_id, password, now)
                 out += self._deliver(notices)
                 return self._join_result(meeting.id, participant)
             case sig.LeaveMeeting():
                 out += self._deliver(
-                    self._persist_ends(self.registry.leave(participant.id, "left", now), now)
+                    self._side_effects(self.registry.leave(participant.id, "left", now), now)
                 )
                 return sig.Empty()
             case sig.CancelMeeting(meeting_id=meeting_id):
                 notices = self.registry.cancel(participant, meeting_id, now)
-                out += self._deliver(self._persist_ends(notices, now))
+                out += self._deliver(self._side_effects(notices, now))
+                return sig.Empty()
+            case sig.SetMedia(camera=camera, microphone=microphone):
+                notices = self.registry.set_media(participant, camera, microphone)
+                if self.media is not None:
+                    self.media.set_media(participant.id, camera, microphone)
+                out += self._deliver(notices)
                 return sig.Empty()
             case sig.SendChat(text=text):
                 if not text.strip():
@@ -258,16 +287,22 @@ class SignalingCore:
             heartbeat_interval=self.settings.heartbeat_interval,
         )
 
+    def _reserve_ssrcs(self, participant: Participant) -> None:
+        if self.media is not None and not participant.audio_ssrc:
+            participant.audio_ssrc, participant.video_ssrc = self.media.reserve(participant.id)
+
     def _join_result(self, meeting_id: str, participant: Participant) -> sig.JoinResult:
         meeting = self.registry.meeting(meeting_id)
         assert meeting is not None
         history, complete = self.store.history(meeting_id, self.settings.history_limit)
+        grant = self.media.admit(participant.id, meeting_id) if self.media is not None else None
         return sig.JoinResult(
             meeting=meeting.info(),
             participants=[p.info() for p in meeting.participants.values()],
             history=history,
             history_complete=complete,
             is_creator=meeting.is_creator(participant.token_hash),
+            media=grant,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -280,15 +315,25 @@ class SignalingCore:
         del self._conn_by_participant[participant.id]
         if self._conn_by_token.get(participant.token_hash) == conn_id:
             del self._conn_by_token[participant.token_hash]
-        if self.registry.meeting_of(participant.id) is None:
-            return []
-        return self._deliver(self._persist_ends(self.registry.leave(participant.id, reason, now),
-                                                now))
+        actions: list[Action] = []
+        if self.registry.meeting_of(participant.id) is not None:
+            notices = self.registry.leave(participant.id, reason, now)
+            actions = self._deliver(self._side_effects(notices, now))
+        if self.media is not None:
+            self.media.forget(participant.id)
+        return actions
 
-    def _persist_ends(self, notices: list[Notice], now: float) -> list[Notice]:
+    def _side_effects(self, notices: list[Notice], now: float) -> list[Notice]:
+        """Persist ended meetings and close the media path of whoever left."""
         for notice in notices:
-            if isinstance(notice.event, sig.MeetingEnded):
-                self.store.end_meeting(notice.event.meeting_id, notice.event.reason, now)
+            event = notice.event
+            if isinstance(event, sig.MeetingEnded):
+                self.store.end_meeting(event.meeting_id, event.reason, now)
+                if self.media is not None:
+                    for pid in notice.recipients:
+                        self.media.release(pid)
+            elif isinstance(event, sig.ParticipantLeft) and self.media is not None:
+                self.media.release(event.participant_id)
         return notices
 
     def _deliver(self, notices: list[Notice]) -> list[Action]:

@@ -8,12 +8,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from confero.server.core import SignalingCore
+from confero.server.media_router import MediaRouter
 
 
 class ServerCollector(Collector):
-    def __init__(self, core: SignalingCore, shell_counters: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        core: SignalingCore,
+        shell_counters: Callable[[], dict[str, int]],
+        media: MediaRouter | None,
+    ) -> None:
         self._core = core
         self._shell_counters = shell_counters
+        self._media = media
 
     def collect(self) -> Iterator[Metric]:
         core = self._core
@@ -52,11 +59,64 @@ class ServerCollector(Collector):
         )
         for name, value in sorted(self._shell_counters().items()):
             yield CounterMetricFamily(f"confero_{name}", name.replace("_", " "), value=value)
+        if self._media is not None:
+            yield from _media_metrics(self._media)
+
+
+def _media_metrics(media: MediaRouter) -> Iterator[Metric]:
+    packets, size = media.forwarded_totals()
+    yield CounterMetricFamily(
+        "confero_media_forwarded_packets", "RTP/RTCP packets forwarded to receivers",
+        value=packets,
+    )
+    yield CounterMetricFamily(
+        "confero_media_forwarded_bytes", "Bytes forwarded to receivers (before SRTP)",
+        value=size,
+    )
+    per_packets = GaugeMetricFamily(
+        "confero_meeting_forwarded_packets", "Packets forwarded in an open meeting so far",
+        labels=["meeting"],
+    )
+    per_bytes = GaugeMetricFamily(
+        "confero_meeting_forwarded_bytes", "Bytes forwarded in an open meeting so far",
+        labels=["meeting"],
+    )
+    for meeting_id, (count, octets) in sorted(media.meeting_stats().items()):
+        per_packets.add_metric([meeting_id], count)
+        per_bytes.add_metric([meeting_id], octets)
+    yield per_packets
+    yield per_bytes
+    events = CounterMetricFamily(
+        "confero_media_events", "Media packets dropped (by reason) and other media events",
+        labels=["event"],
+    )
+    for name, count in sorted(media.counters.items()):
+        events.add_metric([name], count)
+    yield events
+    mixers = media.mixers()
+    busy = CounterMetricFamily(
+        "confero_mixer_busy_seconds", "CPU time the open meetings' mixers spent",
+        labels=["meeting"],
+    )
+    work = CounterMetricFamily(
+        "confero_mixer_frames", "Frames the open meetings' mixers decoded and encoded",
+        labels=["meeting", "op"],
+    )
+    for meeting_id, mixer in sorted(mixers.items()):
+        busy.add_metric([meeting_id], mixer.stats.busy_seconds)
+        work.add_metric([meeting_id, "decoded"], mixer.stats.decoded)
+        work.add_metric([meeting_id, "encoded"], mixer.stats.encoded)
+        work.add_metric([meeting_id, "skipped_silent"], mixer.stats.skipped_silent)
+        work.add_metric([meeting_id, "concealed"], mixer.stats.concealed)
+    yield busy
+    yield work
 
 
 def make_registry(
-    core: SignalingCore, shell_counters: Callable[[], dict[str, int]]
+    core: SignalingCore,
+    shell_counters: Callable[[], dict[str, int]],
+    media: MediaRouter | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(core, shell_counters))
+    registry.register(ServerCollector(core, shell_counters, media))
     return registry

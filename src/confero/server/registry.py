@@ -32,6 +32,7 @@ from confero.protocol.signaling import (
     EndReason,
     ErrorCode,
     LeaveReason,
+    MediaChanged,
     MeetingEnded,
     MeetingInfo,
     ParticipantInfo,
@@ -75,9 +76,26 @@ class Participant:
     name: str
     token_hash: bytes
     joined_at: float
+    audio_ssrc: int = 0
+    video_ssrc: int = 0
+    camera: bool = False
+    microphone: bool = False
 
     def info(self) -> ParticipantInfo:
-        return ParticipantInfo(id=self.id, name=self.name, joined_at=self.joined_at)
+        return ParticipantInfo(
+            id=self.id,
+            name=self.name,
+            joined_at=self.joined_at,
+            audio_ssrc=self.audio_ssrc,
+            video_ssrc=self.video_ssrc,
+            camera=self.camera,
+            microphone=self.microphone,
+        )
+
+    def enter(self, now: float) -> None:
+        """Every meeting starts with camera and microphone off until announced."""
+        self.joined_at = now
+        self.camera = self.microphone = False
 
 
 @dataclass(slots=True)
@@ -189,7 +207,7 @@ class MeetingRegistry:
             created_at=now,
         )
         self._meetings[meeting_id] = meeting
-        participant.joined_at = now
+        participant.enter(now)
         meeting.participants[participant.id] = participant
         self._where[participant.id] = meeting_id
         self.lobby_version += 1
@@ -215,11 +233,11 @@ class MeetingRegistry:
                     f"someone called {other.name!r} is already in this meeting; "
                     "choose another display name",
                 )
+        participant.enter(now)
         notice = Notice(
             tuple(meeting.participants),
             ParticipantJoined(meeting_id=meeting.id, participant=participant.info()),
         )
-        participant.joined_at = now
         meeting.participants[participant.id] = participant
         meeting.empty_since = None
         self._where[participant.id] = meeting.id
@@ -283,6 +301,22 @@ class MeetingRegistry:
             ts=now,
         )
         return message, [Notice(tuple(meeting.participants), ChatEvent(message=message))]
+
+    def set_media(self, participant: Participant, camera: bool, microphone: bool) -> list[Notice]:
+        meeting = self.meeting_of(participant.id)
+        if meeting is None:
+            raise RegistryError(
+                ErrorCode.NOT_IN_MEETING, "join a meeting before turning camera or microphone on"
+            )
+        if (participant.camera, participant.microphone) == (camera, microphone):
+            return []
+        participant.camera, participant.microphone = camera, microphone
+        others = tuple(pid for pid in meeting.participants if pid != participant.id)
+        event = MediaChanged(
+            meeting_id=meeting.id, participant_id=participant.id, camera=camera,
+            microphone=microphone,
+        )
+        return [Notice(others, event)]
 
     def tick(self, now: float) -> list[Notice]:
         """End the meetings whose grace ran out with nobody back."""

@@ -1,0 +1,1 @@
+"""Codecs (PyAV), sources, sinks and the audio mixing math."""

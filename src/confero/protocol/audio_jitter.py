@@ -1,0 +1,151 @@
+"""Playout buffer for 20 ms audio frames, sans-I/O; used by the mixer and by clients.
+
+``push`` files packets by RTP timestamp as they arrive; ``pop`` is called once per 20 ms
+playout tick and returns the frame due now, :data:`LOST` when it is missing but later
+ones are here (conceal it), or ``None`` when the stream is idle (muted, silent, not yet
+started). The buffer starts playing once ``target`` frames are queued, keeps its depth
+near ``target`` by dropping a frame when it grows (latency stays bounded), and, when
+adaptive, sets ``target`` from the measured inter-arrival jitter (RFC 3550 estimator).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+
+class _Lost:
+    def __repr__(self) -> str:
+        return "LOST"
+
+
+LOST: Final = _Lost()
+
+
+class _TimestampUnwrapper:
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def unwrap(self, ts: int) -> int:
+        if self._last is None:
+            self._last = ts + (1 << 32)
+            return self._last
+        delta = (ts - self._last) & 0xFFFFFFFF
+        if delta >= 1 << 31:
+            delta -= 1 << 32
+        value = self._last + delta
+        self._last = max(self._last, value)
+        return value
+
+
+class AudioJitterBuffer:
+    def __init__(
+        self,
+        *,
+        frame_ticks: int = 960,
+        clock_rate: int = 48_000,
+        target: int = 2,
+        min_target: int = 1,
+        max_target: int = 8,
+        adaptive: bool = True,
+        idle_after: int = 3,
+        capacity: int = 50,
+    ) -> None:
+        self.frame_ticks = frame_ticks
+        self.clock_rate = clock_rate
+        self.target = target
+        self.min_target = min_target
+        self.max_target = max_target
+        self.adaptive = adaptive
+        self.idle_after = idle_after
+        self.capacity = capacity
+        self._frames: dict[int, bytes] = {}
+        self._unwrap = _TimestampUnwrapper()
+        self._next: int | None = None  # timestamp due at the next pop, None when idle
+        self._empty_pops = 0
+        self._over_target_pops = 0
+        self._last_arrival: tuple[float, int] | None = None
+        #: RFC 3550 inter-arrival jitter, in seconds.
+        self.jitter = 0.0
+        # statistics
+        self.played = 0
+        self.concealed = 0
+        self.late = 0
+        self.dropped_for_latency = 0
+
+    @property
+    def depth(self) -> int:
+        """Frames queued from the next one due."""
+        return len(self._frames)
+
+    @property
+    def playing(self) -> bool:
+        return self._next is not None
+
+    def push(self, timestamp: int, payload: bytes, now: float) -> None:
+        ts = self._unwrap.unwrap(timestamp)
+        self._update_jitter(ts, now)
+        if self._next is not None and ts < self._next:
+            self.late += 1
+            return
+        self._frames.setdefault(ts, payload)
+        while len(self._frames) > self.capacity:
+            del self._frames[min(self._frames)]
+            self.dropped_for_latency += 1
+
+    def pop(self) -> bytes | _Lost | None:
+        if self._next is None:
+            if len(self._frames) < self.target:
+                return None
+            self._next = min(self._frames)
+        if len(self._frames) > self.target + 1:
+            self._over_target_pops += 1
+            if self._over_target_pops >= 5:  # persistently too deep: skip one frame
+                self._over_target_pops = 0
+                self._frames.pop(self._next, None)
+                self.dropped_for_latency += 1
+                self._next += self.frame_ticks
+        else:
+            self._over_target_pops = 0
+        due = self._next
+        payload = self._frames.pop(due, None)
+        self._next = due + self.frame_ticks
+        if payload is not None:
+            self._empty_pops = 0
+            self.played += 1
+            return payload
+        if self._frames:  # a hole with later frames queued: conceal it
+            self.concealed += 1
+            return LOST
+        self._empty_pops += 1
+        if self._empty_pops >= self.idle_after:  # the stream stopped: go idle, rebuffer
+            self._next = None
+            self._empty_pops = 0
+            self._grow_target()
+            return None
+        self.concealed += 1
+        self._grow_target()
+        return LOST
+
+    def _grow_target(self) -> None:
+        if self.adaptive and self.target < self.max_target:
+            wanted = self._target_from_jitter()
+            self.target = min(self.max_target, max(self.target, wanted))
+
+    def _target_from_jitter(self) -> int:
+        frame_seconds = self.frame_ticks / self.clock_rate
+        return max(self.min_target, math.ceil((3 * self.jitter) / frame_seconds) + 1)
+
+    def _update_jitter(self, ts: int, now: float) -> None:
+        if self._last_arrival is not None:
+            last_now, last_ts = self._last_arrival
+            transit_change = (now - last_now) - (ts - last_ts) / self.clock_rate
+            self.jitter += (abs(transit_change) - self.jitter) / 16
+            if self.adaptive:
+                # let the target come down slowly when the network calms down
+                wanted = self._target_from_jitter()
+                if wanted < self.target and self._next is None:
+                    self.target = max(self.min_target, wanted)
+        self._last_arrival = (now, ts)

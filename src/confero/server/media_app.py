@@ -1,0 +1,81 @@
+"""The asyncio shell of the media plane: one UDP socket and the 20 ms mixing clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from confero.server.media_router import Datagram, MediaRouter
+
+log = logging.getLogger(__name__)
+
+MIX_INTERVAL = 0.020
+
+
+class MediaServer(asyncio.DatagramProtocol):
+    def __init__(self, router: MediaRouter) -> None:
+        self.router = router
+        self.transport: asyncio.DatagramTransport | None = None
+        self._clock: asyncio.Task[None] | None = None
+        self.clock_overruns = 0
+
+    @classmethod
+    async def start(cls, router: MediaRouter, host: str, port: int) -> MediaServer:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: cls(router), local_addr=(host, port)
+        )
+        protocol.transport = transport
+        router.port = transport.get_extra_info("sockname")[1]
+        protocol._clock = asyncio.create_task(protocol._run_clock())
+        return protocol
+
+    async def stop(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._send(self.router.handle_datagram(data, addr[:2], time.time()))
+        except Exception:  # one bad packet must never stop the media plane
+            self.router.counters["internal_errors"] += 1
+            log.exception("media packet from %s failed", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (e.g. a receiver that went away) are normal on UDP.
+        self.router.counters["socket_errors"] += 1
+
+    def _send(self, datagrams: list[Datagram]) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for payload, address in datagrams:
+            transport.sendto(payload, address)
+
+    async def _run_clock(self) -> None:
+        """Tick every 20 ms on a drift-free schedule; resynchronise after a long stall."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            next_tick += MIX_INTERVAL
+            delay = next_tick - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -5 * MIX_INTERVAL:
+                self.clock_overruns += 1
+                next_tick = loop.time()
+            try:
+                self._send(self.router.tick(time.time()))
+            except Exception:
+                self.router.counters["internal_errors"] += 1
+                log.exception("mixing tick failed")
