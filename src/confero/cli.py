@@ -48,6 +48,31 @@ def _add_client_options(parser: argparse.ArgumentParser, *, name_required: bool)
     )
 
 
+def _add_bot_options(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--create", metavar="TITLE", help="create this meeting")
+    target.add_argument("--join", metavar="ID", help="join this meeting")
+    parser.add_argument("--password")
+    parser.add_argument("--video", default="synthetic",
+                        help="synthetic (default), none, or a video file to loop")
+    parser.add_argument("--audio", default="none",
+                        help="sine:HZ, a sound file to loop, or none (default)")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--duration", type=float, default=0,
+                        help="seconds to stay, then leave (default: until 'leave' or a signal)")
+    parser.add_argument("--chat", metavar="TEXT", help="say this once after joining")
+    parser.add_argument("--record", metavar="DIR",
+                        help="record what is received: audio.wav, video-*.webm, chat.jsonl")
+    parser.add_argument("--stats-interval", type=float, default=0,
+                        help="print a stats event every S seconds (0: only at the end)")
+    parser.add_argument("--check-stamps", action="store_true",
+                        help="read the synthetic stamp of every decoded frame and count "
+                        "frames whose identity matches the sender's name")
+    parser.add_argument("--no-stdin", action="store_true", help="ignore standard input")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="confero", description="Self-hosted video meetings.")
     parser.add_argument("--version", action="version", version=f"confero {__version__}")
@@ -87,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true",
                         help="print JSON with the id and the creator's resume token")
 
+    bot = commands.add_parser("bot", help="a headless participant (JSON events on stdout)")
+    _add_client_options(bot, name_required=True)
+    _add_bot_options(bot)
+
     chat = commands.add_parser("chat", help="interactive terminal client")
     _add_client_options(chat, name_required=True)
     chat.add_argument("--join", metavar="ID", help="join this meeting at start")
@@ -105,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             return _server(args)
         if args.command == "meetings":
             return asyncio.run(_meetings(args))
+        if args.command == "bot":
+            from confero.bot import main as bot_main
+
+            return bot_main(args)
         if args.command == "chat":
             from confero.terminal import run_terminal
 

@@ -134,6 +134,8 @@ class Client:
         self.meeting: sig.MeetingInfo | None = None
         self.participants: dict[str, sig.ParticipantInfo] = {}
         self.is_creator = False
+        #: Media port, SRTP keys and SSRCs of the current meeting (None outside one).
+        self.media_grant: sig.MediaGrant | None = None
         #: Events dropped because nobody consumed the queue (it is bounded).
         self.events_dropped = 0
         self._meeting_password: str | None = None
@@ -223,6 +225,10 @@ class Client:
 
     async def send_chat(self, text: str) -> sig.ChatResult:
         return await self._request(sig.SendChat, sig.ChatResult, text=text)
+
+    async def set_media(self, *, camera: bool, microphone: bool) -> None:
+        """Announce camera/microphone state to the meeting (the media itself flows apart)."""
+        await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone)
 
     async def ping(self) -> None:
         await self._request(sig.Ping, sig.Empty)
@@ -384,6 +390,12 @@ class Client:
             self.participants[event.participant.id] = event.participant
         elif isinstance(event, sig.ParticipantLeft):
             self.participants.pop(event.participant_id, None)
+        elif isinstance(event, sig.MediaChanged):
+            known = self.participants.get(event.participant_id)
+            if known is not None:
+                self.participants[event.participant_id] = msgspec.structs.replace(
+                    known, camera=event.camera, microphone=event.microphone
+                )
         elif isinstance(event, sig.MeetingEnded):
             self._left()
 
@@ -441,6 +453,7 @@ class Client:
         self.meeting = result.meeting
         self.participants = {p.id: p for p in result.participants}
         self.is_creator = result.is_creator
+        self.media_grant = result.media
         self._meeting_password = password
         self._last_seq = result.history[-1].seq if result.history else 0
 
@@ -448,6 +461,7 @@ class Client:
         self.meeting = None
         self.participants = {}
         self.is_creator = False
+        self.media_grant = None
         self._meeting_password = None
         self._last_seq = 0
 

@@ -1,0 +1,472 @@
+"""A participant's media with the server: UDP + SRTP, send and receive pipelines.
+
+Send: a video source -> VP8 (realtime) -> RFC 7741 packets (<= 1200 bytes) -> SRTP -> UDP,
+keeping the last packets to answer NACKs, and a keyframe whenever a PLI arrives; an audio
+source -> 20 ms Opus frames with an RFC 6464 level -> SRTP -> UDP.
+
+Receive: each remote video SSRC gets a frame assembler (released when complete), a NACK
+generator and a decoder (PLI on a decode failure or on joining); the mixed audio goes into
+an adaptive jitter buffer played out on a 20 ms clock. Per-stream statistics are kept for
+the UI and the bot. Callbacks run on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import av
+import numpy as np
+
+from confero.media.audio import (
+    FRAME_SAMPLES,
+    FRAME_SECONDS,
+    OPUS_PAYLOAD_TYPE,
+    SILENCE,
+    OpusDecoder,
+    OpusEncoder,
+    Samples,
+    conceal,
+    level_dbov,
+)
+from confero.media.video import VIDEO_CLOCK, Vp8Decoder, Vp8Encoder
+from confero.protocol import rtcp
+from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+from confero.protocol.nack import NackGenerator, RetransmitBuffer
+from confero.protocol.rtp import RtpError, RtpPacket, SequenceUnwrapper, is_rtcp
+from confero.protocol.signaling import MediaGrant
+from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
+from confero.protocol.video_jitter import Frame, FrameAssembler
+from confero.protocol.vp8 import packetize
+
+log = logging.getLogger(__name__)
+
+VIDEO_PAYLOAD_TYPE = 96
+EXT_CAPTURE_TIME = 1
+EXT_AUDIO_LEVEL = 2
+CONTROL_INTERVAL = 0.02
+KEEPALIVE_INTERVAL = 1.0
+MAX_REMOTE_STREAMS = 32
+
+
+class VideoSource(Protocol):
+    width: int
+    height: int
+
+    def frame(self, capture_us: int) -> av.VideoFrame: ...
+
+
+class AudioSource(Protocol):
+    def next_frame(self) -> Samples: ...
+
+
+@dataclass
+class StreamStats:
+    """What a receiver knows about one remote stream (cumulative counters + rates)."""
+
+    kind: str
+    ssrc: int
+    packets: int = 0
+    bytes: int = 0
+    lost: int = 0
+    nacks_sent: int = 0
+    plis_sent: int = 0
+    frames_decoded: int = 0
+    decode_errors: int = 0
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    bitrate_bps: float = 0.0
+    jitter_ms: float = 0.0
+    delay_ms: float | None = None  # capture (sender clock) to decoded (our clock)
+    _window_start: float = 0.0
+    _window_frames: int = 0
+    _window_bytes: int = 0
+    _delays: list[float] = field(default_factory=list)
+    _highest_seq: int | None = None
+    _first_seq: int | None = None
+    _unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    _transit: float | None = None
+
+    def on_packet(self, packet: RtpPacket, size: int, now: float, clock_rate: int) -> None:
+        self.packets += 1
+        self.bytes += size
+        self._window_bytes += size
+        seq = self._unwrap.unwrap(packet.sequence_number)
+        if self._first_seq is None:
+            self._first_seq = seq
+        if self._highest_seq is None or seq > self._highest_seq:
+            self._highest_seq = seq
+        self.lost = max(0, self._highest_seq - self._first_seq + 1 - self.packets)
+        transit = now - packet.timestamp / clock_rate
+        if self._transit is not None:
+            delta = abs(transit - self._transit)
+            if delta < 10:  # ignore timestamp jumps (a new talkspurt, a restart)
+                self.jitter_ms += (delta * 1000 - self.jitter_ms) / 16
+        self._transit = transit
+
+    def on_frame(self, delay: float | None) -> None:
+        self.frames_decoded += 1
+        self._window_frames += 1
+        if delay is not None:
+            self._delays.append(delay)
+
+    def roll(self, now: float) -> None:
+        """Close the current one-second window: compute fps, bitrate and delay."""
+        span = now - self._window_start
+        if span <= 0:
+            return
+        self.fps = self._window_frames / span
+        self.bitrate_bps = self._window_bytes * 8 / span
+        if self._delays:
+            self.delay_ms = float(np.median(self._delays)) * 1000
+        self._window_start = now
+        self._window_frames = self._window_bytes = 0
+        self._delays = []
+
+    def public(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+@dataclass
+class DecodedVideo:
+    ssrc: int
+    frame: av.VideoFrame
+    capture_us: int | None
+    received_at: float
+    encoded: Frame  # what arrived, for recording without re-encoding
+
+
+class _RemoteVideo:
+    def __init__(self, ssrc: int, now: float) -> None:
+        self.assembler = FrameAssembler()
+        self.nack = NackGenerator()
+        self.decoder = Vp8Decoder()
+        self.stats = StreamStats("video", ssrc, _window_start=now)
+
+
+class MediaSession(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        grant: MediaGrant,
+        host: str,
+        *,
+        on_video: Callable[[DecodedVideo], None] | None = None,
+        on_audio: Callable[[Samples], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        fps: int = 30,
+    ) -> None:
+        self.grant = grant
+        self.address = (grant.host or host, grant.port)
+        self._srtp = SrtpContext(tx_key=decode_key(grant.key_up), rx_key=decode_key(grant.key_down))
+        self._on_video = on_video
+        self._on_audio = on_audio
+        self._clock = clock
+        self.fps = fps
+        self.transport: asyncio.DatagramTransport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._video_task: asyncio.Task[None] | None = None
+        self._audio_task: asyncio.Task[None] | None = None
+        self._video_seq = secrets.randbelow(1 << 16)
+        self._audio_seq = secrets.randbelow(1 << 16)
+        self._audio_ts = secrets.randbelow(1 << 32)
+        self._ts_offset = secrets.randbelow(1 << 32)
+        self._picture_id = secrets.randbelow(1 << 15)
+        self._history = RetransmitBuffer(1024)
+        self._keyframe_wanted = True
+        self._remote: dict[int, _RemoteVideo] = {}
+        self._jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10)
+        self._audio_decoder = OpusDecoder()
+        self._last_audio: Samples | None = None
+        self._concealed_in_a_row = 0
+        self.audio_stats = StreamStats("audio", grant.mix_ssrc)
+        self.counters: dict[str, int] = {
+            "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
+            "retransmitted": 0, "plis_received": 0, "nacks_received": 0, "keyframes_sent": 0,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
+        self.transport = transport
+        self._send_keepalive()
+        self._tasks = [
+            asyncio.create_task(self._every(CONTROL_INTERVAL, self._control)),
+            asyncio.create_task(self._every(KEEPALIVE_INTERVAL, self._keepalive)),
+            asyncio.create_task(self._every(FRAME_SECONDS, self._playout)),
+        ]
+
+    async def close(self) -> None:
+        self.set_video_source(None)
+        self.set_audio_source(None)
+        tasks = [t for t in (*self._tasks, self._video_task, self._audio_task) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self._send_rtcp(rtcp.Bye([self.grant.audio_ssrc, self.grant.video_ssrc]).pack())
+            self.transport.close()
+            self.transport = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("media socket error: %s", exc)
+
+    # ------------------------------------------------------------------ sources
+
+    def set_video_source(self, source: VideoSource | None) -> None:
+        if self._video_task is not None:
+            self._video_task.cancel()
+            self._video_task = None
+        if source is not None:
+            self._keyframe_wanted = True
+            self._video_task = asyncio.create_task(self._send_video(source))
+
+    def set_audio_source(self, source: AudioSource | None) -> None:
+        if self._audio_task is not None:
+            self._audio_task.cancel()
+            self._audio_task = None
+        if source is not None:
+            self._audio_task = asyncio.create_task(self._send_audio(source))
+
+    @property
+    def sending_video(self) -> bool:
+        return self._video_task is not None
+
+    @property
+    def sending_audio(self) -> bool:
+        return self._audio_task is not None
+
+    # ------------------------------------------------------------------ statistics
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "video": {ssrc: r.stats.public() for ssrc, r in self._remote.items()},
+            "audio": self.audio_stats.public(),
+            "audio_buffer": {
+                "target_frames": self._jitter.target,
+                "depth_frames": self._jitter.depth,
+                "concealed": self._jitter.concealed,
+                "late": self._jitter.late,
+            },
+            "sent": dict(self.counters),
+        }
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send_video(self, source: VideoSource) -> None:
+        encoder = Vp8Encoder(source.width, source.height, self.fps)
+        interval = 1 / self.fps
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            capture = self._clock()
+            capture_us = int(capture * 1e6)
+            rtp_ts = (int(capture * VIDEO_CLOCK) + self._ts_offset) & 0xFFFFFFFF
+            keyframe, self._keyframe_wanted = self._keyframe_wanted, False
+            for data in encoder.encode(source.frame(capture_us), rtp_ts, keyframe):
+                self._send_frame(data, rtp_ts, capture_us, keyframe)
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay < -interval:  # fell behind (a busy machine): drop frames, keep pace
+                next_at = loop.time()
+                delay = 0
+            await asyncio.sleep(max(0.0, delay))
+
+    def _send_frame(self, data: bytes, rtp_ts: int, capture_us: int, keyframe: bool) -> None:
+        self._picture_id = (self._picture_id + 1) & 0x7FFF
+        payloads = packetize(data, self._picture_id)
+        if keyframe:
+            self.counters["keyframes_sent"] += 1
+        for index, payload in enumerate(payloads):
+            self._video_seq = (self._video_seq + 1) & 0xFFFF
+            packet = RtpPacket(
+                payload_type=VIDEO_PAYLOAD_TYPE,
+                sequence_number=self._video_seq,
+                timestamp=rtp_ts,
+                ssrc=self.grant.video_ssrc,
+                payload=payload,
+                marker=index == len(payloads) - 1,
+                extensions={EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")} if index == 0
+                else {},
+            )
+            plain = packet.serialize()
+            self._history.store(self._video_seq, plain)
+            self._send_rtp(plain)
+
+    async def _send_audio(self, source: AudioSource) -> None:
+        encoder = OpusEncoder()
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        first = True
+        while True:
+            samples = source.next_frame()
+            capture_us = int(self._clock() * 1e6)
+            level = level_dbov(samples)
+            payload = encoder.encode(samples)
+            self._audio_seq = (self._audio_seq + 1) & 0xFFFF
+            self._audio_ts = (self._audio_ts + FRAME_SAMPLES) & 0xFFFFFFFF
+            packet = RtpPacket(
+                payload_type=OPUS_PAYLOAD_TYPE,
+                sequence_number=self._audio_seq,
+                timestamp=self._audio_ts,
+                ssrc=self.grant.audio_ssrc,
+                payload=payload,
+                marker=first,
+                extensions={
+                    EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big"),
+                    EXT_AUDIO_LEVEL: bytes([(0x80 if level < 127 else 0) | level]),
+                },
+            )
+            first = False
+            self._send_rtp(packet.serialize())
+            next_at += FRAME_SECONDS
+            delay = next_at - loop.time()
+            if delay < -5 * FRAME_SECONDS:
+                next_at = loop.time()
+                delay = 0
+            await asyncio.sleep(max(0.0, delay))
+
+    def _send_rtp(self, plain: bytes) -> None:
+        if self.transport is None:
+            return
+        protected = self._srtp.protect_rtp(plain)
+        self.transport.sendto(protected)
+        self.counters["sent_packets"] += 1
+        self.counters["sent_bytes"] += len(protected)
+
+    def _send_rtcp(self, plain: bytes) -> None:
+        if self.transport is not None:
+            self.transport.sendto(self._srtp.protect_rtcp(plain))
+
+    def _send_keepalive(self) -> None:
+        self._send_rtcp(rtcp.ReceiverReport(self.grant.video_ssrc).pack())
+
+    # ------------------------------------------------------------------ receiving
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        now = self._clock()
+        try:
+            if is_rtcp(data):
+                self._on_rtcp(self._srtp.unprotect_rtcp(data))
+            else:
+                self._on_rtp(self._srtp.unprotect_rtp(data), len(data), now)
+        except SrtpError:
+            self.counters["dropped_auth"] += 1
+        except (RtpError, rtcp.RtcpError):
+            self.counters["dropped_malformed"] += 1
+
+    def _on_rtcp(self, plain: bytes) -> None:
+        for packet in rtcp.parse_compound(plain):
+            if isinstance(packet, rtcp.Nack) and packet.media_ssrc == self.grant.video_ssrc:
+                self.counters["nacks_received"] += 1
+                for seq in packet.lost[:64]:
+                    stored = self._history.get(seq)
+                    if stored is not None:
+                        self._send_rtp(stored)
+                        self.counters["retransmitted"] += 1
+            elif isinstance(packet, rtcp.Pli) and packet.media_ssrc == self.grant.video_ssrc:
+                self.counters["plis_received"] += 1
+                self._keyframe_wanted = True
+
+    def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
+        packet = RtpPacket.parse(plain)
+        if packet.ssrc == self.grant.mix_ssrc and packet.payload_type == OPUS_PAYLOAD_TYPE:
+            self.audio_stats.on_packet(packet, size, now, 48_000)
+            self._jitter.push(packet.timestamp, packet.payload, now)
+            return
+        if packet.payload_type != VIDEO_PAYLOAD_TYPE:
+            self.counters["dropped_malformed"] += 1
+            return
+        remote = self._remote.get(packet.ssrc)
+        if remote is None:
+            if len(self._remote) >= MAX_REMOTE_STREAMS:
+                return
+            remote = self._remote[packet.ssrc] = _RemoteVideo(packet.ssrc, now)
+        remote.stats.on_packet(packet, size, now, VIDEO_CLOCK)
+        remote.nack.on_packet(packet.sequence_number, now)
+        for frame in remote.assembler.push(packet, now):
+            self._decode(remote, frame, now)
+
+    def _decode(self, remote: _RemoteVideo, frame: Frame, now: float) -> None:
+        decoded = remote.decoder.decode(frame.data)
+        if decoded is None:
+            remote.stats.decode_errors += 1
+            remote.assembler.request_keyframe()
+            return
+        capture = frame.extensions.get(EXT_CAPTURE_TIME)
+        capture_us = int.from_bytes(capture, "big") if capture and len(capture) == 8 else None
+        done = self._clock()
+        remote.stats.on_frame(done - capture_us / 1e6 if capture_us is not None else None)
+        remote.stats.width, remote.stats.height = decoded.width, decoded.height
+        if self._on_video is not None:
+            self._on_video(DecodedVideo(remote.stats.ssrc, decoded, capture_us, done, frame))
+
+    def forget_stream(self, ssrc: int) -> None:
+        """A participant left: drop its receive state."""
+        self._remote.pop(ssrc, None)
+
+    # ------------------------------------------------------------------ periodic work
+
+    async def _every(self, interval: float, work: Callable[[float], None]) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay < -5 * interval:
+                next_at = loop.time()
+            await asyncio.sleep(max(0.0, delay))
+            try:
+                work(self._clock())
+            except Exception:
+                log.exception("media periodic task failed")
+
+    def _control(self, now: float) -> None:
+        for ssrc, remote in self._remote.items():
+            for frame in remote.assembler.poll(now):
+                self._decode(remote, frame, now)
+            lost = remote.nack.due(now)
+            if lost:
+                self._send_rtcp(rtcp.Nack(self.grant.video_ssrc, ssrc, lost).pack())
+                remote.stats.nacks_sent += 1
+            if remote.assembler.keyframe_request_due(now):
+                self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
+                remote.stats.plis_sent += 1
+
+    def _keepalive(self, now: float) -> None:
+        self._send_keepalive()
+        for remote in self._remote.values():
+            remote.stats.roll(now)
+        self.audio_stats.roll(now)
+
+    def _playout(self, now: float) -> None:
+        item = self._jitter.pop()
+        if item is None:
+            samples = SILENCE
+            self._last_audio = None
+        elif item is LOST:
+            self._concealed_in_a_row += 1
+            samples = conceal(self._last_audio, self._concealed_in_a_row)
+        else:
+            assert isinstance(item, bytes)
+            samples = self._audio_decoder.decode(item)
+            self._last_audio = samples
+            self._concealed_in_a_row = 0
+            self.audio_stats.on_frame(None)
+        if self._on_audio is not None:
+            self._on_audio(samples)
