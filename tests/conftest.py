@@ -24,6 +24,7 @@ class ServerProcess:
     url: str
     http: str
     data_dir: Path
+    media_port: int = 0
     args: list[str] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -71,7 +72,8 @@ def start_server(data_dir: Path, *extra: str, port: int = 0) -> ServerProcess:
         proc.kill()
         raise
     assert ready["event"] == "listening"
-    return ServerProcess(proc, str(ready["url"]), str(ready["http"]), data_dir, args)
+    return ServerProcess(proc, str(ready["url"]), str(ready["http"]), data_dir,
+                         int(str(ready["media_port"])), args)
 
 
 @pytest.fixture

@@ -1,0 +1,119 @@
+"""Helpers for tests that run ``confero bot`` processes and analyse what they recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from confero.media.video import luma_plane, read_stamp
+
+Event = dict[str, Any]
+
+
+class BotProcess:
+    def __init__(self, url: str, name: str, *args: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "confero.cli", "bot", "--server", url, "--name", name,
+             "--width", "320", "--height", "240", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.history: list[Event] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_stderr, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.events.put(json.loads(line))
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def expect(self, kind: str, predicate: Callable[[Event], bool] = lambda e: True,
+               timeout: float = 15.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                event = self.events.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                raise AssertionError(
+                    f"{self.name}: no {kind!r} event within {timeout}s; saw "
+                    f"{[e['event'] for e in self.history]}; stderr: {''.join(self.stderr)[-2000:]}"
+                ) from None
+            self.history.append(event)
+            if event["event"] == kind and predicate(event):
+                return event
+            if event["event"] == "error":
+                raise AssertionError(f"{self.name} reported an error: {event}")
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def finish(self, timeout: float = 30.0) -> Event:
+        done = self.expect("done", timeout=timeout)
+        assert self.proc.wait(10) == 0, "".join(self.stderr)
+        return done
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def tone_levels(wav_path: Path, frequencies: list[float]) -> dict[float, float]:
+    """Level (dB relative to the strongest bin) of each frequency in the recording's
+    loudest second, so a tone that is present is near 0 dB and an absent one far below."""
+    with wave.open(str(wav_path)) as wav:
+        rate = wav.getframerate()
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    samples = samples.astype(np.float64)
+    assert len(samples) >= rate, f"{wav_path} holds less than a second of audio"
+    energy = np.convolve(samples**2, np.ones(rate // 10), mode="valid")
+    start = int(np.argmax(energy[: max(1, len(energy) - rate)]))
+    second = samples[start : start + rate]
+    assert np.abs(second).max() > 1000, f"{wav_path} is silent"
+    spectrum = np.abs(np.fft.rfft(second * np.hanning(len(second))))
+    freqs = np.fft.rfftfreq(len(second), 1 / rate)
+    peak = spectrum.max()
+    return {
+        f: float(20 * np.log10(spectrum[(freqs > f - 8) & (freqs < f + 8)].max() / peak))
+        for f in frequencies
+    }
+
+
+def video_identities(webm_path: Path) -> tuple[int, set[int]]:
+    """Decode a recorded file independently: (frames, identities read from their stamps)."""
+    identities: set[int] = set()
+    frames = 0
+    with av.open(str(webm_path)) as container:
+        for frame in container.decode(video=0):
+            frames += 1
+            identities.add(read_stamp(luma_plane(frame))[1])
+    return frames, identities
