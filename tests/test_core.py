@@ -308,3 +308,53 @@ def test_meetings_and_chat_survive_a_restart(tmp_path: Path) -> None:
     bob = third.connect("bob")
     assert error_code(third.request(bob, "join_meeting", meeting_id=mid)) == "meeting_ended"
     assert error_code(third.request(bob, "join_meeting", meeting_id=gone)) == "meeting_ended"
+
+
+def test_malformed_frames_count_against_the_rate_limit() -> None:
+    h = Harness(rate=5.0, burst=10.0)
+    conn = h.connect("alice")
+    for _ in range(20):
+        h.send_raw(conn, b'{"type": "nonsense", "id": 1}')
+    codes = [m["code"] for m in h.inbox[conn] if m["type"] == "error"]
+    assert codes.count("unknown_type") == 9 and codes.count("rate_limited") == 11
+
+
+def test_password_guessing_is_slowed_down_per_connection() -> None:
+    h = Harness()
+    alice, guesser = h.connect("alice"), h.connect("guesser")
+    mid = h.request(alice, "create_meeting", title="t", password="right")["result"]["meeting"][
+        "id"]
+    codes = [error_code(h.request(guesser, "join_meeting", meeting_id=mid, password=f"g{i}"))
+             for i in range(5)]
+    assert codes == ["wrong_password"] * 3 + ["rate_limited"] * 2
+    h.now += 1.0
+    reply = h.request(guesser, "join_meeting", meeting_id=mid, password="right")
+    assert reply["type"] == "ok"
+
+
+def test_a_connection_that_never_says_hello_is_closed() -> None:
+    h = Harness(hello_timeout=10.0)
+    silent, greeted = h.connect(), h.connect("alice")
+    h.now += 9.0
+    h.tick()
+    assert h.closed == {}
+    h.now += 2.0
+    h.tick()
+    assert set(h.closed) == {silent} and h.closed[silent].code == 1008
+    assert h.core.connection_count() == 1
+    assert h.request(greeted, "ping")["type"] == "ok"
+
+
+def test_lobby_updates_are_coalesced_and_the_last_state_always_arrives() -> None:
+    h = Harness(lobby_interval=0.2)
+    watcher, busy = h.connect("watcher"), h.connect("busy")
+    for i in range(10):
+        h.request(busy, "create_meeting", title=f"m{i}")
+        h.request(busy, "leave_meeting")
+    assert len(h.events(watcher, "meetings_changed")) == 1  # the first, at once
+    h.request(busy, "create_meeting", title="final")
+    h.now += 0.2
+    h.tick()
+    changes = h.events(watcher, "meetings_changed")
+    assert len(changes) == 2
+    assert [m["title"] for m in changes[-1]["meetings"]] == ["final"]

@@ -15,6 +15,7 @@ import pytest
 from confero.client import (
     ChatEvent,
     Client,
+    ConnectionFailed,
     ConnectionState,
     ParticipantJoined,
     ParticipantLeft,
@@ -154,3 +155,13 @@ async def test_rejoin_failure_is_reported_with_the_reason(
     assert isinstance(failed, RejoinFailed)
     assert failed.code == "meeting_ended" and "cancelled" in failed.message
     assert bob.meeting is None and bob.state == ConnectionState.CONNECTED
+
+
+async def test_a_refused_hello_fails_once_and_does_not_retry(server: ServerProcess) -> None:
+    client = Client(server.url, "bad\x01name")
+    states: list[ConnectionState] = []
+    client.add_listener(lambda e: states.append(e.state) if isinstance(e, StateChanged) else None)
+    with pytest.raises(ConnectionFailed, match="refused us: a display name"):
+        await client.connect()
+    assert states == [ConnectionState.CONNECTING, ConnectionState.FAILED]
+    assert client._reader is None and client._reconnector is None  # nothing left running

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -282,3 +287,76 @@ async def test_ten_meetings_of_five_chat_concurrently_exactly_once_in_one_order(
         )
         for member in members[1:]:
             assert received[id(member)] == reference  # same messages, same order, once each
+
+
+class StalledClient:
+    """A raw WebSocket client that sends (pings, to look alive) but never reads."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(1)  # read the handshake only, byte by byte
+        assert b" 101 " in response.split(b"\r\n", 1)[0]
+        self.stop = threading.Event()
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        size = len(payload)
+        header = bytes([0x80 | opcode]) + (
+            bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        )
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def keep_pinging(self) -> None:
+        while not self.stop.wait(0.2):
+            try:
+                self.send(0x9, b"alive")
+            except OSError:
+                return
+
+
+async def test_a_client_that_stops_reading_is_dropped_not_buffered(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """It answers nothing but keeps its TCP connection and heartbeat alive: only the
+    bounded outbox can notice, and the server must cut it rather than wait on it."""
+    server = server_factory("--rate-limit", "100000", "--rate-burst", "100000")
+    async with Client(server.url, "alice") as alice:
+        mid = (await alice.create_meeting("firehose")).meeting.id
+        sloth = StalledClient(server.url)
+        sloth.send(0x1, b'{"type": "hello", "id": 1, "version": 1, "name": "sloth"}')
+        sloth.send(0x1, json.dumps({"type": "join_meeting", "id": 2, "meeting_id": mid}).encode())
+        pinger = threading.Thread(target=sloth.keep_pinging, daemon=True)
+        pinger.start()
+        try:
+            await alice.wait_for(is_type(ParticipantJoined))
+            left = asyncio.create_task(
+                alice.wait_for(lambda e: isinstance(e, ParticipantLeft) and e.name == "sloth",
+                               timeout=60)
+            )
+            text = "x" * 3900
+            while not left.done():
+                await asyncio.gather(*(alice.send_chat(text) for _ in range(50)))
+            event = left.result()
+            assert isinstance(event, ParticipantLeft) and event.reason == "disconnected"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(server.http + "healthz") as response:
+                    assert (await response.json())["connections"] == 1  # alice only
+                async with http.get(server.http + "metrics") as response:
+                    metrics = await response.text()
+            assert "confero_slow_consumers_total 1.0" in metrics
+        finally:
+            sloth.stop.set()
+            sloth.sock.close()

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "after 1.5x this")
     server.add_argument("--empty-grace", type=float, default=30.0,
                         help="seconds an emptied meeting waits for its people to reconnect")
+    server.add_argument("--rate-limit", type=float, default=20.0,
+                        help="signaling messages per second allowed per connection")
+    server.add_argument("--rate-burst", type=float, default=40.0,
+                        help="burst size of --rate-limit")
     server.add_argument("--media-port", type=int, default=8751,
                         help="UDP port for all RTP/RTCP media (0 picks a free one)")
     server.add_argument("--media-host", default="",
@@ -161,7 +165,8 @@ def _server(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert,
         tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
-        media_port=args.media_port, media_host=args.media_host,
+        media_port=args.media_port, media_host=args.media_host, rate=args.rate_limit,
+        burst=args.rate_burst,
     )
     try:
         asyncio.run(serve(config))

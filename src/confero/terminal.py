@@ -27,9 +27,18 @@ HELP = """commands:
 anything else is sent as a chat message to the current meeting"""
 
 
+_CONTROL = dict.fromkeys(c for c in range(0x20) if c != 0x09) | {0x7F: None}
+
+
+def printable(text: str) -> str:
+    """Text from other people, made safe for a terminal: no escape sequences, one line."""
+    cleaned = text.translate(_CONTROL | {0x0A: " ", 0x0D: None})
+    return "".join(ch for ch in cleaned if ch.isprintable() or ch == "\t")
+
+
 def format_chat(message: ChatMessage) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(message.ts))
-    return f"[{stamp}] {message.sender}: {message.text}"
+    return f"[{stamp}] {printable(message.sender)}: {printable(message.text)}"
 
 
 def format_meetings(meetings: list[MeetingInfo]) -> list[str]:
@@ -38,7 +47,10 @@ def format_meetings(meetings: list[MeetingInfo]) -> list[str]:
     lines = [f"{'ID':<12} {'PEOPLE':>6}  {'CREATOR':<16} TITLE"]
     for m in meetings:
         lock = " (password)" if m.has_password else ""
-        lines.append(f"{m.id:<12} {m.participant_count:>6}  {m.creator:<16} {m.title}{lock}")
+        lines.append(
+            f"{m.id:<12} {m.participant_count:>6}  {printable(m.creator):<16} "
+            f"{printable(m.title)}{lock}"
+        )
     return lines
 
 

@@ -56,10 +56,15 @@ class StateChanged:
 
 @dataclass(frozen=True)
 class Rejoined:
-    """Local event: after a reconnect the client is back in its meeting."""
+    """Local event: after a reconnect the client is back in its meeting.
+
+    The chat missed meanwhile follows as ``ChatEvent``s; ``missed_chat_complete`` is False
+    when more was missed than the server's history holds (the oldest of it is lost).
+    """
 
     meeting: sig.MeetingInfo
     participants: list[sig.ParticipantInfo]
+    missed_chat_complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -292,29 +297,48 @@ class Client:
             hello = await self._request(
                 sig.Hello,
                 sig.HelloResult,
+                internal=True,
                 version=sig.PROTOCOL_VERSION,
                 name=self.name,
                 resume_token=self.resume_token,
             )
         except RequestError as exc:
-            await self._ws.close()
+            await self._discard_socket()
             raise ConnectionFailed(f"the server refused us: {exc.message}") from exc
         except (ConnectionLost, TimeoutError) as exc:
+            await self._discard_socket()
             raise ConnectionFailed(f"no answer from {self.url} to hello") from exc
         self.participant_id = hello.participant_id
         self.resume_token = hello.resume_token
         return hello
+
+    async def _discard_socket(self) -> None:
+        """Forget a socket that failed its hello: its reader must not act on its close."""
+        ws, reader = self._ws, self._reader
+        self._ws = self._reader = None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if ws is not None:
+            await ws.close()
 
     async def _request(
         self,
         kind: type[sig.Request],
         result_type: type[_T],
         hook: Callable[[_T], None] | None = None,
+        *,
+        internal: bool = False,
         **fields: Any,
     ) -> _T:
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionLost("not connected")
+        if not internal and self.state != ConnectionState.CONNECTED:
+            # While reconnecting, only the client's own hello and rejoin may go out, so a
+            # user's request cannot overtake the rejoin and leave the two sides disagreeing.
+            raise ConnectionLost(f"not connected ({self.state.value})")
         request_id = self._next_id
         self._next_id += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -346,16 +370,18 @@ class Client:
                 continue
             self._dispatch(message)
         # The socket is closed: by us, by the server, or by a failed heartbeat.
+        if self._closing or ws is not self._ws:
+            return  # closed on purpose, or an old socket already replaced
         self._fail_pending(ConnectionLost("connection closed"))
-        if self._closing:
-            return
         if ws.close_code == CLOSE_REPLACED:
             self._set_state(ConnectionState.FAILED, "replaced by a newer connection")
             return
         if not self.reconnect:
             self._set_state(ConnectionState.FAILED, f"connection closed (code {ws.close_code})")
             return
-        self._reconnector = asyncio.create_task(self._reconnect())
+        if self._reconnector is None or self._reconnector.done():
+            self._reconnector = asyncio.create_task(self._reconnect())
+        # else: a reconnect in progress lost its new socket; its loop notices and retries
 
     def _dispatch(self, message: sig.AnyServerMessage) -> None:
         if isinstance(message, (sig.Ok, sig.Error)):
@@ -416,14 +442,18 @@ class Client:
             delay = min(delay * 2, 5.0)
             try:
                 await self._open()
+                await self._rejoin()
             except ConnectionFailed as exc:
                 last_error = str(exc)
                 if "refused us" in last_error:  # e.g. protocol version: retrying cannot help
                     self._set_state(ConnectionState.FAILED, last_error)
                     return
                 continue
-            self._set_state(ConnectionState.CONNECTED, "reconnected")
-            await self._rejoin()
+            except (ConnectionLost, TimeoutError) as exc:
+                last_error = f"connection lost again while rejoining: {exc}"
+                continue
+            if self.state != ConnectionState.CONNECTED:
+                self._set_state(ConnectionState.CONNECTED, "reconnected")
             return
 
     async def _rejoin(self) -> None:
@@ -434,20 +464,24 @@ class Client:
 
         def back_in(result: sig.JoinResult) -> None:
             missed = [m for m in result.history if m.seq > self._last_seq]
+            complete = result.history_complete or (
+                bool(result.history) and result.history[0].seq <= self._last_seq + 1
+            )
             self._entered(result, password)
-            self._emit(Rejoined(result.meeting, result.participants))
+            self._set_state(ConnectionState.CONNECTED, "reconnected")  # usable from here on
+            self._emit(Rejoined(result.meeting, result.participants, complete))
             for chat in missed:
                 self._emit(sig.ChatEvent(message=chat))
 
         try:
             await self._request(
-                sig.JoinMeeting, sig.JoinResult, hook=back_in, meeting_id=meeting.id,
-                password=password,
+                sig.JoinMeeting, sig.JoinResult, hook=back_in, internal=True,
+                meeting_id=meeting.id, password=password,
             )
-        except (RequestError, ConnectionLost, TimeoutError) as exc:
-            code = exc.code if isinstance(exc, RequestError) else "connection_lost"
+        except RequestError as exc:  # the server said no: the meeting is over for us
             self._left()
-            self._emit(RejoinFailed(meeting.id, code, str(exc)))
+            self._emit(RejoinFailed(meeting.id, exc.code, exc.message))
+        # ConnectionLost / TimeoutError propagate: the reconnect loop tries again
 
     def _entered(self, result: sig.JoinResult, password: str | None) -> None:
         self.meeting = result.meeting

@@ -239,7 +239,7 @@ class ParticipantJoined(ServerMessage, tag="participant_joined", frozen=True):
     participant: ParticipantInfo
 
 
-LeaveReason = Literal["left", "disconnected", "replaced", "cancelled"]
+LeaveReason = Literal["left", "disconnected", "replaced"]
 
 
 class ParticipantLeft(ServerMessage, tag="participant_left", frozen=True):

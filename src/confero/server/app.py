@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: between MAX_MESSAGE_BYTES and this get a ``too_large`` error and the connection lives on.
 HARD_FRAME_LIMIT = 256 * 1024
 OUTBOX_LIMIT = 1024
-TICK_INTERVAL = 1.0
+TICK_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,31 @@ class ServerConfig:
     media_host: str = ""
 
 
+CLOSE_TIMEOUT = 2.0  # a close handshake that takes longer is cut by aborting the socket
+
+
 @dataclass
 class _Peer:
     ws: web.WebSocketResponse
+    transport: asyncio.Transport | None
     outbox: asyncio.Queue[bytes | None]  # None: close after what is queued
     close_code: int = WSCloseCode.GOING_AWAY
     close_reason: str = ""
+    #: Being torn down: no more frames are queued for it.
+    closing: bool = False
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close politely, but never wait on a peer that stopped reading."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()),
+                                   CLOSE_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            self.abort()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class SignalingServer:
@@ -97,7 +116,7 @@ class SignalingServer:
         )
         await ws.prepare(request)
         conn_id = self.core.open_connection(time.time())
-        peer = _Peer(ws, asyncio.Queue(OUTBOX_LIMIT))
+        peer = _Peer(ws, request.transport, asyncio.Queue(OUTBOX_LIMIT))
         self._peers[conn_id] = peer
         writer = asyncio.create_task(self._write(peer))
         try:
@@ -112,17 +131,19 @@ class SignalingServer:
                     log.info("connection %d failed: %s", conn_id, ws.exception())
         finally:
             self._peers.pop(conn_id, None)
-            self._apply(self.core.close_connection(conn_id, time.time()))
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            try:
+                self._apply(self.core.close_connection(conn_id, time.time()))
+            finally:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
         return ws
 
     async def _write(self, peer: _Peer) -> None:
         while True:
             data = await peer.outbox.get()
             if data is None:
-                await peer.ws.close(code=peer.close_code, message=peer.close_reason.encode())
+                await peer.close(peer.close_code, peer.close_reason)
                 return
             try:
                 await peer.ws.send_frame(data, WSMsgType.TEXT)
@@ -134,13 +155,15 @@ class SignalingServer:
             if isinstance(action, Send):
                 for conn_id in action.conn_ids:
                     peer = self._peers.get(conn_id)
-                    if peer is None:
+                    if peer is None or peer.closing:
                         continue
                     try:
                         peer.outbox.put_nowait(action.data)
                     except asyncio.QueueFull:
+                        # It stopped reading: a polite close would wait on it forever.
                         self.shell_counters["slow_consumers_total"] += 1
-                        self._close_now(peer, WSCloseCode.POLICY_VIOLATION, "too slow to read")
+                        log.info("connection %d is too slow to read; dropping it", conn_id)
+                        peer.abort()
             elif isinstance(action, Close):
                 peer = self._peers.get(action.conn_id)
                 if peer is not None:
@@ -152,12 +175,7 @@ class SignalingServer:
         try:
             peer.outbox.put_nowait(None)
         except asyncio.QueueFull:
-            self._close_now(peer, code, reason)
-
-    def _close_now(self, peer: _Peer, code: int, reason: str) -> None:
-        task = asyncio.create_task(peer.ws.close(code=code, message=reason.encode()))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            peer.abort()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,8 +194,10 @@ class SignalingServer:
     async def _close_all(self, app: web.Application) -> None:
         for task in self._tasks:
             task.cancel()
-        for peer in list(self._peers.values()):
-            await peer.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        await asyncio.gather(
+            *(peer.close(WSCloseCode.GOING_AWAY, "server shutting down")
+              for peer in list(self._peers.values()))
+        )
 
     # ------------------------------------------------------------------ HTTP
 

@@ -75,6 +75,8 @@ class MediaPlane(Protocol):
 class Connection:
     id: int
     bucket: TokenBucket
+    password_bucket: TokenBucket
+    opened_at: float
     participant: Participant | None = None
 
 
@@ -84,6 +86,14 @@ class CoreSettings:
     burst: float = 40.0
     history_limit: int = 500
     heartbeat_interval: float = 2.0
+    #: A connection that has not said hello by then is closed.
+    hello_timeout: float = 10.0
+    #: Lobby updates are coalesced: at most one broadcast per this many seconds.
+    lobby_interval: float = 0.2
+    #: Password checks cost ~15 ms of CPU each: per connection, and server-wide.
+    password_rate: float = 1.0
+    password_burst: float = 3.0
+    password_rate_server: float = 20.0
 
 
 @dataclass
@@ -130,6 +140,11 @@ class SignalingCore:
         self._conn_by_token: dict[bytes, int] = {}
         self._next_conn_id = 1
         self._new_participant_id = new_participant_id
+        self._password_bucket = TokenBucket(
+            self.settings.password_rate_server, self.settings.password_rate_server, 0.0
+        )
+        self._lobby_sent_at = float("-inf")
+        self._lobby_pending = False
 
     # ------------------------------------------------------------------ restore
 
@@ -147,8 +162,13 @@ class SignalingCore:
     def open_connection(self, now: float) -> int:
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        bucket = TokenBucket(self.settings.rate, self.settings.burst, now)
-        self._connections[conn_id] = Connection(conn_id, bucket)
+        settings = self.settings
+        self._connections[conn_id] = Connection(
+            conn_id,
+            TokenBucket(settings.rate, settings.burst, now),
+            TokenBucket(settings.password_rate, settings.password_burst, now),
+            now,
+        )
         self.counters.connections_opened += 1
         return conn_id
 
@@ -156,7 +176,7 @@ class SignalingCore:
         """The socket is gone (closed, timed out, or failed): leave as ``disconnected``."""
         lobby_before = self.registry.lobby_version
         actions = self._drop(conn_id, "disconnected", now)
-        return actions + self._lobby_update(lobby_before)
+        return actions + self._lobby_update(lobby_before, now)
 
     def connection_count(self) -> int:
         return len(self._connections)
@@ -167,20 +187,19 @@ class SignalingCore:
         conn = self._connections.get(conn_id)
         if conn is None:
             return []
+        allowed = conn.bucket.allow(now)  # every frame counts, valid or not
         try:
             request = sig.decode_request(data)
         except ProtocolError as exc:
+            if not allowed:
+                exc = ProtocolError(ErrorCode.RATE_LIMITED, self._rate_message(), exc.request_id)
             return [self._error(conn_id, exc.to_error())]
         self.counters.received[str(type(request).__struct_config__.tag)] += 1
         lobby_before = self.registry.lobby_version
         actions: list[Action] = []
         try:
-            if not conn.bucket.allow(now):
-                raise ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"too many messages: at most {self.settings.rate:g} per second "
-                    f"(bursts of {self.settings.burst:g}); this one was dropped",
-                )
+            if not allowed:
+                raise ProtocolError(ErrorCode.RATE_LIMITED, self._rate_message())
             result = self._dispatch(conn, request, now, actions)
             reply = sig.encode(sig.Ok(id=request.id, result=result))
         except (ProtocolError, RegistryError) as exc:
@@ -189,12 +208,34 @@ class SignalingCore:
             log.exception("internal error handling %r on connection %d", request, conn_id)
             reply = self._encode_error(request.id, ErrorCode.INTERNAL, "internal server error")
         actions.insert(0, Send((conn_id,), reply))
-        return actions + self._lobby_update(lobby_before)
+        return actions + self._lobby_update(lobby_before, now)
 
     def tick(self, now: float) -> list[Action]:
+        """Call a few times a second: ends expired meetings, closes silent newcomers,
+        and sends a coalesced lobby update."""
         lobby_before = self.registry.lobby_version
         actions = self._deliver(self._side_effects(self.registry.tick(now), now))
-        return actions + self._lobby_update(lobby_before)
+        for conn in list(self._connections.values()):
+            if conn.participant is None and now - conn.opened_at > self.settings.hello_timeout:
+                self._connections.pop(conn.id)
+                actions.append(Close(conn.id, 1008, "no hello in time"))
+        return actions + self._lobby_update(lobby_before, now)
+
+    def _rate_message(self) -> str:
+        return (
+            f"too many messages: at most {self.settings.rate:g} per second "
+            f"(bursts of {self.settings.burst:g}); this one was dropped"
+        )
+
+    def _check_password_budget(self, conn: Connection, meeting_id: str, password: str | None,
+                               now: float) -> None:
+        meeting = self.registry.meeting(meeting_id)
+        if meeting is None or meeting.password_hash is None or not password:
+            return  # no expensive check will run
+        if not conn.password_bucket.allow(now) or not self._password_bucket.allow(now):
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED, "too many password attempts; wait a moment and retry"
+            )
 
     # ------------------------------------------------------------------ requests
 
@@ -224,6 +265,7 @@ class SignalingCore:
                 out += self._deliver(notices)
                 return self._join_result(meeting.id, participant)
             case sig.JoinMeeting(meeting_id=meeting_id, password=password):
+                self._check_password_budget(conn, meeting_id, password, now)
                 self._reserve_ssrcs(participant)
                 meeting, notices = self.registry.join(participant, meeting_id, password, now)
                 out += self._deliver(notices)
@@ -348,9 +390,13 @@ class SignalingCore:
                 actions.append(Send(conn_ids, sig.encode(notice.event)))
         return actions
 
-    def _lobby_update(self, version_before: int) -> list[Action]:
-        if self.registry.lobby_version == version_before:
-            return []
+    def _lobby_update(self, version_before: int, now: float) -> list[Action]:
+        if self.registry.lobby_version != version_before:
+            self._lobby_pending = True
+        if not self._lobby_pending or now - self._lobby_sent_at < self.settings.lobby_interval:
+            return []  # nothing new, or sent very recently: a later call or tick sends it
+        self._lobby_pending = False
+        self._lobby_sent_at = now
         greeted = tuple(c.id for c in self._connections.values() if c.participant is not None)
         if not greeted:
             return []
