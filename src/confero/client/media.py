@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +37,7 @@ from confero.media.audio import (
     level_dbov,
 )
 from confero.media.video import VIDEO_CLOCK, Vp8Decoder, Vp8Encoder
+from confero.netutil import enlarge_socket_buffers
 from confero.protocol import rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
@@ -89,6 +91,7 @@ class StreamStats:
     _window_frames: int = 0
     _window_bytes: int = 0
     _delays: list[float] = field(default_factory=list)
+    _all_delays: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
     _highest_seq: int | None = None
     _first_seq: int | None = None
     _unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
@@ -116,6 +119,7 @@ class StreamStats:
         self._window_frames += 1
         if delay is not None:
             self._delays.append(delay)
+            self._all_delays.append(delay)
 
     def roll(self, now: float) -> None:
         """Close the current one-second window: compute fps, bitrate and delay."""
@@ -130,8 +134,24 @@ class StreamStats:
         self._window_frames = self._window_bytes = 0
         self._delays = []
 
+    def delay_percentiles(self) -> dict[str, float] | None:
+        """Capture-to-decoded delay over the last 20 000 frames, in milliseconds."""
+        if not self._all_delays:
+            return None
+        ms = np.array(self._all_delays) * 1000
+        return {
+            "p50": round(float(np.percentile(ms, 50)), 2),
+            "p95": round(float(np.percentile(ms, 95)), 2),
+            "max": round(float(ms.max()), 2),
+            "frames": len(ms),
+        }
+
     def public(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        values: dict[str, object] = {
+            k: v for k, v in self.__dict__.items() if not k.startswith("_")
+        }
+        values["delay_percentiles_ms"] = self.delay_percentiles()
+        return values
 
 
 @dataclass
@@ -197,6 +217,7 @@ class MediaSession(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
+        enlarge_socket_buffers(transport, 1024 * 1024)
         self._send_keepalive()
         self._tasks = [
             asyncio.create_task(self._every(CONTROL_INTERVAL, self._control)),

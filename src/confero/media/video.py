@@ -68,7 +68,12 @@ def read_stamp(luma: Plane) -> tuple[int, int]:
 
 
 class SyntheticCamera:
-    """Frames in the participant's colour, with a moving bar and the stamp."""
+    """Frames in the participant's colour, with a moving bar and the stamp.
+
+    Below the stamp, a textured band scrolls every frame, so the encoder spends about what
+    a real camera costs it (several packets per frame at 640x480) instead of coding a flat
+    picture in one small packet.
+    """
 
     def __init__(self, name: str, width: int = 640, height: int = 480) -> None:
         if width % 2 or height % 2:
@@ -80,12 +85,20 @@ class SyntheticCamera:
         self._u = 64 + (hue >> 8) % 128
         self._v = 64 + (hue >> 16) % 128
         self._count = 0
+        rng = np.random.default_rng(hue)
+        top = stamp_height(width) + 8
+        self._band = slice(top, top + (height - top) // 2)
+        band_height = self._band.stop - self._band.start
+        noise = rng.integers(0, 256, (band_height // 4 + 1, width // 4 + 1), dtype=np.uint8)
+        # 4x4 blocks of noise: texture the encoder must code, not just film grain
+        self._texture = np.repeat(np.repeat(noise, 4, axis=0), 4, axis=1)[:band_height, :width]
 
     def frame(self, capture_us: int) -> av.VideoFrame:
         w, h = self.width, self.height
         image = np.empty((h * 3 // 2, w), dtype=np.uint8)
         luma = image[:h]
         luma.fill(self._y)
+        luma[self._band] = np.roll(self._texture, self._count * 4, axis=1)
         bar = (self._count * 8) % w
         luma[h // 3 :, bar : bar + w // 16] = 250
         write_stamp(luma, capture_us, self.identity)

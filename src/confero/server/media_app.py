@@ -7,11 +7,15 @@ import contextlib
 import logging
 import time
 
+from confero.netutil import enlarge_socket_buffers
 from confero.server.media_router import Datagram, MediaRouter
 
 log = logging.getLogger(__name__)
 
 MIX_INTERVAL = 0.020
+#: Media arrives in bursts (a keyframe is a dozen packets, every publisher's frame lands at
+#: once): a few MiB of socket buffer ride out a busy mixing tick without kernel drops.
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class MediaServer(asyncio.DatagramProtocol):
@@ -29,6 +33,7 @@ class MediaServer(asyncio.DatagramProtocol):
         )
         protocol.transport = transport
         router.port = transport.get_extra_info("sockname")[1]
+        enlarge_socket_buffers(transport, SOCKET_BUFFER)
         protocol._clock = asyncio.create_task(protocol._run_clock())
         return protocol
 
