@@ -4,8 +4,8 @@ Adds meetings step by step to a real ``confero server`` process. The participant
 this process and are cheap on purpose: they send pre-encoded VP8 frames (about 660 kbit/s,
 30 fps, from the synthetic camera) and pre-encoded Opus (everyone talking: the mixer's
 worst case), and on reception only count frames and watch the mixed audio's arrival.
-A step fails when any receiver sees a remote stream below 25 fps or an audio gap (a mixed-audio packet more than 100 ms after the previous one, or a sequence
-hole). Frames are counted by the RTP marker bit of arriving packets (the header is not
+A step fails when any receiver sees a remote stream below 25 fps or an audio gap (a
+mixed-audio packet more than 100 ms after the previous one, or a sequence hole). Frames are counted by the RTP marker bit of arriving packets (the header is not
 encrypted), so the receive side costs almost nothing. Both processes' CPU is printed per
 step, so it is clear which side ran out first.
 
