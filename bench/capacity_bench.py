@@ -5,8 +5,9 @@ this process and are cheap on purpose: they send pre-encoded VP8 frames (about 6
 30 fps, from the synthetic camera) and pre-encoded Opus (everyone talking: the mixer's
 worst case), and on reception only count frames and watch the mixed audio's arrival.
 A step fails when any receiver sees a remote stream below 25 fps or an audio gap (a
-mixed-audio packet more than 100 ms after the previous one, or a sequence hole). Frames are counted by the RTP marker bit of arriving packets (the header is not
-encrypted), so the receive side costs almost nothing. Both processes' CPU is printed per
+mixed-audio packet more than 100 ms after the previous one, or a sequence hole). Frames
+are counted by the RTP marker bit of arriving packets (the header is not encrypted), so
+the receive side costs almost nothing. Both processes' CPU is printed per
 step, so it is clear which side ran out first.
 
     .venv/bin/python bench/capacity_bench.py --steps 2,4,6,8,10,12,14,16
