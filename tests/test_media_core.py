@@ -1,0 +1,303 @@
+"""The media heart without sockets: router, mixer, audio jitter buffer, limiter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from confero.media.audio import (
+    FRAME_SAMPLES,
+    OpusDecoder,
+    OpusEncoder,
+    SineSource,
+    level_dbov,
+    soft_limit,
+)
+from confero.protocol import rtcp
+from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+from confero.protocol.rtp import RtpPacket
+from confero.protocol.srtp import SrtpContext, decode_key, new_master_key
+from confero.protocol.vp8 import packetize
+from confero.server.media_router import MediaRouter
+from confero.server.mixer import SILENCE_LEVEL, MeetingMixer
+
+# ---------------------------------------------------------------------------- router
+
+
+class Peer:
+    """A participant's side of the SRTP keys, to craft and read packets."""
+
+    def __init__(self, router: MediaRouter, pid: str, meeting: str, port: int) -> None:
+        router.reserve(pid)
+        self.grant = router.admit(pid, meeting)
+        self.srtp = SrtpContext(tx_key=decode_key(self.grant.key_up),
+                                rx_key=decode_key(self.grant.key_down))
+        self.address = ("127.0.0.1", port)
+        self.seq = 0
+
+    def video(self, marker: bool = True) -> bytes:
+        self.seq += 1
+        payload = packetize(b"\x01" + b"v" * 50, self.seq)[0]
+        packet = RtpPacket(96, self.seq, 3000 * self.seq, self.grant.video_ssrc, payload, marker)
+        return self.srtp.protect_rtp(packet.serialize())
+
+    def rtcp(self, packet: rtcp.RtcpPacket) -> bytes:
+        return self.srtp.protect_rtcp(packet.pack())  # type: ignore[union-attr]
+
+    def read(self, data: bytes) -> RtpPacket:
+        return RtpPacket.parse(self.srtp.unprotect_rtp(data))
+
+
+@pytest.fixture
+def router() -> MediaRouter:
+    return MediaRouter(5000, pli_interval=0.5)
+
+
+def bind(router: MediaRouter, *peers: Peer) -> None:
+    for peer in peers:
+        router.handle_datagram(peer.rtcp(rtcp.ReceiverReport(peer.grant.video_ssrc)),
+                               peer.address, 0.0)
+
+
+def test_video_goes_to_everyone_else_in_the_meeting_and_nowhere_else(
+    router: MediaRouter,
+) -> None:
+    alice, bob, carol = (Peer(router, n, "m1", p) for n, p in
+                         (("alice", 1), ("bob", 2), ("carol", 3)))
+    stranger = Peer(router, "stranger", "m2", 4)
+    bind(router, alice, bob, carol, stranger)
+    out = router.handle_datagram(alice.video(), alice.address, 1.0)
+    assert sorted(addr for _, addr in out) == [bob.address, carol.address]
+    for data, address in out:
+        receiver = bob if address == bob.address else carol
+        assert receiver.read(data).ssrc == alice.grant.video_ssrc  # re-protected per receiver
+    assert router.meeting_stats()["m1"] == (2, 2 * (len(out[0][0]) - 10))
+
+
+def test_unknown_forged_replayed_and_garbage_packets_are_dropped_and_counted(
+    router: MediaRouter,
+) -> None:
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    packet = alice.video()
+    assert router.handle_datagram(packet, alice.address, 1.0)
+    assert router.handle_datagram(packet, alice.address, 1.0) == []  # replay
+    forger = SrtpContext(tx_key=new_master_key(), rx_key=new_master_key())
+    forged = forger.protect_rtp(RtpPacket(96, 99, 0, alice.grant.video_ssrc, b"x").serialize())
+    assert router.handle_datagram(forged, ("6.6.6.6", 1), 1.0) == []
+    unknown = RtpPacket(96, 1, 0, 12345, b"x" * 20).serialize()
+    assert router.handle_datagram(unknown, ("6.6.6.6", 1), 1.0) == []
+    for junk in (b"", b"\x80", b"\x00" * 40, b"\xff" * 2000):
+        assert router.handle_datagram(junk, ("6.6.6.6", 1), 1.0) == []
+    assert router.counters["dropped_auth"] == 2
+    assert router.counters["dropped_unknown_ssrc"] == 1
+    assert router.counters["dropped_malformed"] == 4
+    assert router._peers["alice"].address == alice.address  # the forger moved nothing
+
+
+def test_an_authenticated_packet_from_a_new_address_moves_the_binding(
+    router: MediaRouter,
+) -> None:
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    bob.address = ("127.0.0.1", 9999)  # bob's NAT rebinds
+    router.handle_datagram(bob.rtcp(rtcp.ReceiverReport(bob.grant.video_ssrc)), bob.address,
+                           2.0)
+    [(_, address)] = router.handle_datagram(alice.video(), alice.address, 2.0)
+    assert address == ("127.0.0.1", 9999)
+    assert router.counters["address_moved"] == 1
+
+
+def test_nack_is_answered_from_the_servers_own_history(router: MediaRouter) -> None:
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    for _ in range(3):
+        router.handle_datagram(alice.video(), alice.address, 1.0)
+    nack = rtcp.Nack(bob.grant.video_ssrc, alice.grant.video_ssrc, [2, 3])
+    out = router.handle_datagram(bob.rtcp(nack), bob.address, 1.1)
+    assert [bob.read(data).sequence_number for data, _ in out] == [2, 3]
+    assert {address for _, address in out} == {bob.address}
+    # a sequence the server never saw is asked of the publisher
+    out = router.handle_datagram(bob.rtcp(rtcp.Nack(bob.grant.video_ssrc,
+                                                    alice.grant.video_ssrc, [500])),
+                                 bob.address, 1.2)
+    [(data, address)] = out
+    assert address == alice.address
+    [forwarded] = rtcp.parse_compound(alice.srtp.unprotect_rtcp(data))
+    assert isinstance(forwarded, rtcp.Nack) and forwarded.lost == [500]
+
+
+def test_pli_reaches_the_publisher_throttled(router: MediaRouter) -> None:
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    pli = rtcp.Pli(bob.grant.video_ssrc, alice.grant.video_ssrc)
+    first = router.handle_datagram(bob.rtcp(pli), bob.address, 10.0)
+    assert [address for _, address in first] == [alice.address]
+    assert router.handle_datagram(bob.rtcp(pli), bob.address, 10.2) == []
+    assert len(router.handle_datagram(bob.rtcp(pli), bob.address, 10.6)) == 1
+    assert router.counters["pli_throttled"] == 1
+
+
+def test_feedback_never_crosses_meetings(router: MediaRouter) -> None:
+    alice, mallory = Peer(router, "alice", "m1", 1), Peer(router, "mallory", "m2", 2)
+    bind(router, alice, mallory)
+    router.handle_datagram(alice.video(), alice.address, 1.0)
+    for packet in (rtcp.Nack(mallory.grant.video_ssrc, alice.grant.video_ssrc, [1]),
+                   rtcp.Pli(mallory.grant.video_ssrc, alice.grant.video_ssrc)):
+        assert router.handle_datagram(mallory.rtcp(packet), mallory.address, 2.0) == []
+    assert router.counters["dropped_feedback_foreign"] == 2
+
+
+def test_leaving_revokes_the_keys(router: MediaRouter) -> None:
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    router.release("alice")
+    assert router.handle_datagram(alice.video(), alice.address, 1.0) == []
+    assert router.counters["dropped_unknown_ssrc"] == 1
+    assert router.meeting_stats().keys() == {"m"}
+    router.release("bob")
+    assert router.meeting_stats() == {}
+
+
+# ---------------------------------------------------------------------------- mixer
+
+
+def opus_frames(frequency: float, count: int) -> list[bytes]:
+    source, encoder = SineSource(frequency, 8000), OpusEncoder()
+    return [encoder.encode(source.next_frame()) for _ in range(count)]
+
+
+def dominant(samples: np.ndarray) -> set[int]:  # type: ignore[type-arg]
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
+    freqs = np.fft.rfftfreq(len(samples), 1 / 48_000)
+    return {int(round(f / 10) * 10) for f in freqs[spectrum > spectrum.max() * 0.3]}
+
+
+def test_each_listener_hears_everyone_but_themselves() -> None:
+    mixer = MeetingMixer()
+    tones = {"a": 500.0, "b": 1000.0, "c": 2000.0}
+    frames = {pid: opus_frames(hz, 30) for pid, hz in tones.items()}
+    for pid in [*tones, "listener"]:
+        mixer.add(pid)
+    decoders = {pid: OpusDecoder() for pid in [*tones, "listener"]}
+    heard: dict[str, list[np.ndarray]] = {pid: [] for pid in decoders}  # type: ignore[type-arg]
+    for tick in range(30):
+        for pid in tones:
+            mixer.push(pid, tick * FRAME_SAMPLES, frames[pid][tick], 20, tick * 0.02)
+        for pid, payload in mixer.mix().items():
+            heard[pid].append(decoders[pid].decode(payload))
+    for pid, chunks in heard.items():
+        audio = np.concatenate(chunks[10:])
+        expected = {int(hz) for other, hz in tones.items() if other != pid}
+        assert dominant(audio) == expected, pid
+    # three speakers: three own mixes + one shared mix for the silent listener, per tick
+    assert mixer.stats.encoded == 4 * mixer.stats.ticks
+
+
+def test_silent_and_muted_participants_cost_nothing() -> None:
+    mixer = MeetingMixer()
+    frames = opus_frames(440, 20)
+    for pid in ("speaker", "quiet", "muted"):
+        mixer.add(pid)
+    for tick in range(20):
+        mixer.push("speaker", tick * FRAME_SAMPLES, frames[tick], 20, 0.0)
+        mixer.push("quiet", tick * FRAME_SAMPLES, frames[tick], SILENCE_LEVEL + 10, 0.0)
+        out = mixer.mix()
+        assert "speaker" not in out  # alone talking: nothing to hear
+    assert mixer.stats.decoded == 20  # the speaker only
+    assert mixer.stats.skipped_silent == 20
+    assert mixer.stats.encoded == 20  # one shared mix for quiet and muted
+
+
+def test_nobody_talking_means_nothing_to_encode_or_send() -> None:
+    mixer = MeetingMixer()
+    mixer.add("a")
+    mixer.add("b")
+    assert all(mixer.mix() == {} for _ in range(10))
+    assert mixer.stats.encoded == mixer.stats.decoded == 0
+
+
+def test_the_limiter_never_wraps_around() -> None:
+    loud = np.full(FRAME_SAMPLES, 30000, dtype=np.int32) * 4  # four loud speakers summed
+    limited = soft_limit(loud)
+    assert limited.dtype == np.int16
+    assert (limited > 24000).all()  # still loud, same sign: no int16 wrap to negative
+    quiet = np.arange(-1000, 1000, dtype=np.int32)
+    assert (soft_limit(quiet) == quiet).all()  # below the knee nothing changes
+    assert level_dbov(np.zeros(FRAME_SAMPLES, dtype=np.int16)) == 127
+
+
+# ---------------------------------------------------------------------------- audio jitter
+
+
+def test_audio_buffer_waits_for_its_target_then_plays_in_order() -> None:
+    buffer = AudioJitterBuffer(target=2, adaptive=False)
+    buffer.push(960, b"1", 0.0)
+    assert buffer.pop() is None  # still buffering
+    buffer.push(1920, b"2", 0.02)
+    assert [buffer.pop(), buffer.pop()] == [b"1", b"2"]
+
+
+def test_audio_buffer_conceals_holes_and_drops_late_packets() -> None:
+    buffer = AudioJitterBuffer(target=1, adaptive=False)
+    buffer.push(0, b"a", 0.0)
+    buffer.push(1920, b"c", 0.04)  # 960 lost
+    assert buffer.pop() == b"a"
+    assert buffer.pop() is LOST
+    assert buffer.pop() == b"c"
+    buffer.push(960, b"b", 0.1)  # too late now
+    assert buffer.late == 1
+
+
+def test_audio_buffer_goes_idle_when_the_stream_stops_and_restarts_cleanly() -> None:
+    buffer = AudioJitterBuffer(target=1, adaptive=False, idle_after=3)
+    buffer.push(0, b"a", 0.0)
+    assert buffer.pop() == b"a"
+    assert [buffer.pop() for _ in range(3)] == [LOST, LOST, None]
+    assert not buffer.playing
+    buffer.push(96000, b"z", 2.0)  # a new talkspurt, far later
+    assert buffer.pop() == b"z"
+
+
+def test_audio_buffer_keeps_latency_bounded() -> None:
+    buffer = AudioJitterBuffer(target=2, adaptive=False, capacity=50)
+    for i in range(20):  # a burst after a stall
+        buffer.push(i * 960, bytes([i]), 0.0)
+    played = [buffer.pop() for _ in range(20)]
+    assert buffer.dropped_for_latency >= 3
+    assert played[-1] is None or buffer.depth <= 3
+
+
+def simulate(buffer: AudioJitterBuffer, jitter: float, seconds: float) -> tuple[int, int]:
+    """Packets sent every 20 ms arrive up to ``jitter`` late; the buffer is popped every
+    20 ms. Returns (concealed, played) over the second half of the run."""
+    rng = np.random.default_rng(7)
+    frames = int(seconds / 0.02)
+    arrivals = sorted((i * 0.02 + float(rng.uniform(0, jitter)), i) for i in range(frames))
+    concealed = played = 0
+    next_arrival = 0
+    for tick in range(frames):
+        now = tick * 0.02 + 0.001
+        while next_arrival < len(arrivals) and arrivals[next_arrival][0] <= now:
+            at, index = arrivals[next_arrival]
+            buffer.push(index * 960, b"x", at)
+            next_arrival += 1
+        item = buffer.pop()
+        if tick > frames // 2:
+            concealed += item is LOST
+            played += isinstance(item, bytes)
+    return concealed, played
+
+
+def test_audio_buffer_adapts_its_depth_to_the_jitter() -> None:
+    adaptive = AudioJitterBuffer(target=1, max_target=10)
+    fixed = AudioJitterBuffer(target=1, adaptive=False)
+    lost_adaptive, played_adaptive = simulate(adaptive, jitter=0.08, seconds=20)
+    lost_fixed, _ = simulate(fixed, jitter=0.08, seconds=20)
+    assert adaptive.jitter > 0.01
+    assert adaptive.target >= 3
+    assert lost_adaptive * 5 < lost_fixed  # far fewer holes once it has grown
+    assert played_adaptive > 400
+    calm = AudioJitterBuffer(target=1, max_target=10)
+    simulate(calm, jitter=0.002, seconds=10)
+    assert calm.target <= 2  # no jitter: it stays shallow (low latency)
