@@ -24,13 +24,14 @@ Event = dict[str, Any]
 
 
 class BotProcess:
-    def __init__(self, url: str, name: str, *args: str) -> None:
+    def __init__(self, url: str, name: str, *args: str,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "confero.cli", "bot", "--server", url, "--name", name,
              "--width", "320", "--height", "240", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
         )
         self.events: queue.Queue[Event] = queue.Queue()
         self.history: list[Event] = []

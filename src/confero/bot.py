@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 
 from confero import client as api
 from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
-from confero.media.audio import Samples, SineSource
+from confero.media.audio import SILENCE, Samples, SineSource
+from confero.media.devices import (
+    CameraSource,
+    DeviceError,
+    MicrophoneSource,
+    ScreenSource,
+    Speaker,
+)
 from confero.media.recorder import MeetingRecorder
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
@@ -34,19 +41,30 @@ def emit(event: str, **fields: Any) -> None:
           flush=True)
 
 
+DEVICE_SPECS = ("none", "synthetic", "sine:", "mic", "screen", "camera")
+
+
 def make_video_source(spec: str, name: str, width: int, height: int) -> VideoSource | None:
+    kind, _, device = spec.partition(":")
     if spec == "none":
         return None
     if spec == "synthetic":
         return SyntheticCamera(name, width, height)
+    if kind == "screen":
+        return ScreenSource(device or ":0", width, height)
+    if kind == "camera":
+        return CameraSource(device or "0", width, height)
     return FileVideoSource(spec, width, height)
 
 
 def make_audio_source(spec: str) -> AudioSource | None:
+    kind, _, device = spec.partition(":")
     if spec == "none":
         return None
-    if spec.startswith("sine:"):
-        return SineSource(float(spec.removeprefix("sine:")))
+    if kind == "sine":
+        return SineSource(float(device))
+    if kind == "mic":
+        return MicrophoneSource(device or None)
     return FileAudioSource(spec)
 
 
@@ -65,6 +83,7 @@ class Bot:
         self.args = args
         self.client = api.Client(args.server, args.name, cafile=args.cafile)
         self.session: MediaSession | None = None
+        self.speaker: Speaker | None = None
         self.recorder = MeetingRecorder(args.record) if args.record else None
         self.video_source = make_video_source(args.video, args.name, args.width, args.height)
         self.audio_source = make_audio_source(args.audio)
@@ -124,6 +143,12 @@ class Bot:
 
     async def _shutdown(self) -> None:
         summary = self._summary()
+        if self.speaker is not None:
+            self.speaker.close()
+        for source in (self.audio_source, self.video_source):
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         if self.session is not None:
             await self.session.close()
         if self.client.meeting is not None:
@@ -143,9 +168,13 @@ class Bot:
             emit("error", code="no_media", message="the server offered no media path")
             return
         host = urlsplit(self.args.server).hostname or "127.0.0.1"
+        play = self.args.play is not None
         self.session = MediaSession(grant, host, on_video=self._on_video,
-                                    on_audio=self._on_audio, fps=self.args.fps)
+                                    on_audio=self._on_audio, fps=self.args.fps,
+                                    device_playout=play)
         await self.session.open()
+        if play and self.speaker is None:
+            self.speaker = Speaker(self._pull_audio, self.args.play or None)
         self.session.set_video_source(self.video_source if self.camera else None)
         self.session.set_audio_source(self.audio_source if self.microphone else None)
         await self.client.set_media(camera=self.camera, microphone=self.microphone)
@@ -156,6 +185,11 @@ class Bot:
             self.session = None
         self.seen.clear()
         await self._start_media()
+
+    def _pull_audio(self) -> Samples:
+        """For the speaker's thread: the current session's audio (silence between two)."""
+        session = self.session
+        return session.pull_audio() if session is not None else SILENCE
 
     def _name_of(self, ssrc: int) -> str:
         for participant in self.client.participants.values():
@@ -288,10 +322,13 @@ class Bot:
 
 
 def main(args: Any) -> int:
-    for path in (args.video, args.audio):
-        if path not in ("none", "synthetic") and not path.startswith("sine:") and not Path(
-            path
-        ).is_file():
-            emit("error", code="bad_source", message=f"no such file: {path}")
+    for spec in (args.video, args.audio):
+        if not spec.startswith(DEVICE_SPECS) and not Path(spec).is_file():
+            emit("error", code="bad_source", message=f"no such file: {spec}")
             return 2
-    return asyncio.run(Bot(args).run())
+    try:
+        bot = Bot(args)
+    except (DeviceError, FileNotFoundError, ValueError) as exc:
+        emit("error", code="bad_source", message=str(exc))
+        return 2
+    return asyncio.run(bot.run())

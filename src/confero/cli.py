@@ -54,9 +54,13 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--join", metavar="ID", help="join this meeting")
     parser.add_argument("--password")
     parser.add_argument("--video", default="synthetic",
-                        help="synthetic (default), none, or a video file to loop")
+                        help="synthetic (default), none, screen[:DISPLAY], camera[:DEVICE] "
+                        "(needs opencv), or a video file to loop")
     parser.add_argument("--audio", default="none",
-                        help="sine:HZ, a sound file to loop, or none (default)")
+                        help="sine:HZ, mic[:DEVICE], a sound file to loop, or none (default)")
+    parser.add_argument("--play", nargs="?", const="", metavar="DEVICE",
+                        help="play the received audio on a sound device (default device "
+                        "if none is named)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=int, default=30)

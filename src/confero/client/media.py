@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -181,7 +182,11 @@ class MediaSession(asyncio.DatagramProtocol):
         on_audio: Callable[[Samples], None] | None = None,
         clock: Callable[[], float] = time.time,
         fps: int = 30,
+        device_playout: bool = False,
     ) -> None:
+        """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
+        own thread, on its own clock); otherwise a 20 ms timer on the event loop does, and
+        hands each frame to ``on_audio``."""
         self.grant = grant
         self.address = (grant.host or host, grant.port)
         self._srtp = SrtpContext(tx_key=decode_key(grant.key_up), rx_key=decode_key(grant.key_down))
@@ -203,6 +208,8 @@ class MediaSession(asyncio.DatagramProtocol):
         self._remote: dict[int, _RemoteVideo] = {}
         self._jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10)
         self._audio_decoder = OpusDecoder()
+        self._audio_lock = threading.Lock()  # the jitter buffer is shared with the device
+        self._device_playout = device_playout
         self._last_audio: Samples | None = None
         self._concealed_in_a_row = 0
         self.audio_stats = StreamStats("audio", grant.mix_ssrc)
@@ -222,8 +229,9 @@ class MediaSession(asyncio.DatagramProtocol):
         self._tasks = [
             asyncio.create_task(self._every(CONTROL_INTERVAL, self._control)),
             asyncio.create_task(self._every(KEEPALIVE_INTERVAL, self._keepalive)),
-            asyncio.create_task(self._every(FRAME_SECONDS, self._playout)),
         ]
+        if not self._device_playout:
+            self._tasks.append(asyncio.create_task(self._every(FRAME_SECONDS, self._playout)))
 
     async def close(self) -> None:
         self.set_video_source(None)
@@ -407,8 +415,9 @@ class MediaSession(asyncio.DatagramProtocol):
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
         if packet.ssrc == self.grant.mix_ssrc and packet.payload_type == OPUS_PAYLOAD_TYPE:
-            self.audio_stats.on_packet(packet, size, now, 48_000)
-            self._jitter.push(packet.timestamp, packet.payload, now)
+            with self._audio_lock:
+                self.audio_stats.on_packet(packet, size, now, 48_000)
+                self._jitter.push(packet.timestamp, packet.payload, now)
             return
         if packet.payload_type != VIDEO_PAYLOAD_TYPE:
             self.counters["dropped_malformed"] += 1
@@ -473,21 +482,29 @@ class MediaSession(asyncio.DatagramProtocol):
         self._send_keepalive()
         for remote in self._remote.values():
             remote.stats.roll(now)
-        self.audio_stats.roll(now)
+        with self._audio_lock:
+            self.audio_stats.roll(now)
 
     def _playout(self, now: float) -> None:
-        item = self._jitter.pop()
-        if item is None:
-            samples = SILENCE
-            self._last_audio = None
-        elif item is LOST:
-            self._concealed_in_a_row += 1
-            samples = conceal(self._last_audio, self._concealed_in_a_row)
-        else:
-            assert isinstance(item, bytes)
-            samples = self._audio_decoder.decode(item)
-            self._last_audio = samples
-            self._concealed_in_a_row = 0
-            self.audio_stats.on_frame(None)
+        self.pull_audio()
+
+    def pull_audio(self) -> Samples:
+        """The next 20 ms to play (thread-safe; a sound device's callback may call it).
+        Also hands the frame to ``on_audio``, on the calling thread."""
+        with self._audio_lock:
+            item = self._jitter.pop()
+            if item is None:
+                samples = SILENCE
+                self._last_audio = None
+            elif item is LOST:
+                self._concealed_in_a_row += 1
+                samples = conceal(self._last_audio, self._concealed_in_a_row)
+            else:
+                assert isinstance(item, bytes)
+                samples = self._audio_decoder.decode(item)
+                self._last_audio = samples
+                self._concealed_in_a_row = 0
+                self.audio_stats.on_frame(None)
         if self._on_audio is not None:
             self._on_audio(samples)
+        return samples
