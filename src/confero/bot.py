@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from confero.media.devices import (
 from confero.media.recorder import MeetingRecorder
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+from confero.stdin import stdin_lines
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -256,16 +255,8 @@ class Bot:
     # ------------------------------------------------------------------ commands, stats
 
     async def _read_commands(self) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-        def pump() -> None:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        while (line := await queue.get()) is not None:
+        lines = stdin_lines()
+        while (line := await lines.get()) is not None:
             try:
                 await self._command(line.strip())
             except (api.RequestError, api.ConnectionLost, TimeoutError) as exc:

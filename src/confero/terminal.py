@@ -6,15 +6,13 @@ is plain lines so it works the same in a terminal, under tmux, or through pipes 
 
 from __future__ import annotations
 
-import asyncio
 import shlex
-import sys
-import threading
 import time
 from collections.abc import Callable
 
 from confero import client as api
 from confero.protocol.signaling import ChatMessage, MeetingInfo
+from confero.stdin import stdin_lines
 
 HELP = """commands:
   /list                          open meetings
@@ -186,20 +184,6 @@ class TerminalChat:
         self.write(f"* in {self.client.meeting.title!r}: {', '.join(names)}")
 
 
-def _stdin_lines() -> asyncio.Queue[str | None]:
-    """Lines from stdin, read by a daemon thread (works for ttys, pipes and files alike)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def pump() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
-    return queue
-
-
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -228,7 +212,7 @@ async def run_terminal(
             await chat._attempt(chat._create([create, *extra]))
         elif join:
             await chat._attempt(chat._join([join, *([password] if password else [])]))
-        lines = _stdin_lines()
+        lines = stdin_lines()
         while (line := await lines.get()) is not None:
             if not await chat.run_line(line):
                 break

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from confero.protocol.rtp import Unwrapper
+
 
 class _Lost:
     def __repr__(self) -> str:
@@ -20,24 +22,6 @@ class _Lost:
 
 
 LOST: Final = _Lost()
-
-
-class _TimestampUnwrapper:
-    __slots__ = ("_last",)
-
-    def __init__(self) -> None:
-        self._last: int | None = None
-
-    def unwrap(self, ts: int) -> int:
-        if self._last is None:
-            self._last = ts + (1 << 32)
-            return self._last
-        delta = (ts - self._last) & 0xFFFFFFFF
-        if delta >= 1 << 31:
-            delta -= 1 << 32
-        value = self._last + delta
-        self._last = max(self._last, value)
-        return value
 
 
 class AudioJitterBuffer:
@@ -62,7 +46,7 @@ class AudioJitterBuffer:
         self.idle_after = idle_after
         self.capacity = capacity
         self._frames: dict[int, bytes] = {}
-        self._unwrap = _TimestampUnwrapper()
+        self._unwrap = Unwrapper(32)  # RTP timestamps
         self._next: int | None = None  # timestamp due at the next pop, None when idle
         self._empty_pops = 0
         self._over_target_pops = 0

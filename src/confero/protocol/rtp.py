@@ -138,19 +138,34 @@ def seq_distance(a: int, b: int) -> int:
     return d - 0x10000 if d >= 0x8000 else d
 
 
-class SequenceUnwrapper:
-    """Turns 16-bit sequence numbers into a monotonic 64-bit count."""
+class Unwrapper:
+    """Turns wrapping ``bits``-bit counters (sequence numbers, timestamps) into a monotonic
+    count: a value within half the range ahead of the highest seen is newer."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_half", "_last", "_mask")
 
-    def __init__(self) -> None:
+    def __init__(self, bits: int = 16) -> None:
+        self._mask = (1 << bits) - 1
+        self._half = 1 << (bits - 1)
         self._last: int | None = None
 
-    def unwrap(self, seq: int) -> int:
+    def unwrap(self, value: int) -> int:
         if self._last is None:
-            self._last = seq + 0x10000  # room for packets that arrive before the first
+            self._last = value + self._mask + 1  # room for values that arrive before it
             return self._last
-        value = self._last + seq_distance(seq, self._last & 0xFFFF)
-        if value > self._last:
-            self._last = value
-        return value
+        delta = (value - self._last) & self._mask
+        if delta >= self._half:
+            delta -= self._mask + 1
+        unwrapped = self._last + delta
+        if unwrapped > self._last:
+            self._last = unwrapped
+        return unwrapped
+
+
+class SequenceUnwrapper(Unwrapper):
+    """16-bit RTP sequence numbers."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(16)
