@@ -301,3 +301,23 @@ def test_audio_buffer_adapts_its_depth_to_the_jitter() -> None:
     calm = AudioJitterBuffer(target=1, max_target=10)
     simulate(calm, jitter=0.002, seconds=10)
     assert calm.target <= 2  # no jitter: it stays shallow (low latency)
+
+
+def test_mixed_audio_names_its_speakers_with_levels(router: MediaRouter) -> None:
+    alice, bob, carol = (Peer(router, n, "m", p) for n, p in
+                         (("alice", 1), ("bob", 2), ("carol", 3)))
+    bind(router, alice, bob, carol)
+    frames = opus_frames(440, 5)
+    out = []
+    for tick in range(5):
+        packet = RtpPacket(111, tick + 1, tick * FRAME_SAMPLES, alice.grant.audio_ssrc,
+                           frames[tick], extensions={2: bytes([0x80 | 20])})
+        router.handle_datagram(alice.srtp.protect_rtp(packet.serialize()), alice.address, 0.0)
+        out = router.tick(tick * 0.02)
+    by_address = dict((address, data) for data, address in out)
+    assert alice.address not in by_address  # alone talking: nothing for alice
+    for listener in (bob, carol):
+        mixed = listener.read(by_address[listener.address])
+        assert mixed.csrcs == [alice.grant.audio_ssrc]
+        [level] = mixed.extensions[3]
+        assert 10 <= level <= 30  # a -12 dBov sine, through Opus

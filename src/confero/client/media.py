@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 VIDEO_PAYLOAD_TYPE = 96
 EXT_CAPTURE_TIME = 1
 EXT_AUDIO_LEVEL = 2
+EXT_MIXER_LEVELS = 3
 CONTROL_INTERVAL = 0.02
 KEEPALIVE_INTERVAL = 1.0
 MAX_REMOTE_STREAMS = 32
@@ -213,6 +214,10 @@ class MediaSession(asyncio.DatagramProtocol):
         self._last_audio: Samples | None = None
         self._concealed_in_a_row = 0
         self.audio_stats = StreamStats("audio", grant.mix_ssrc)
+        # audio SSRC -> (level in -dBov, when heard), from the mix's CSRCs (RFC 6465)
+        self._speaker_levels: dict[int, tuple[int, float]] = {}
+        #: Level of our own microphone's last frame (-dBov, 127 = silence) and when.
+        self.own_level: tuple[int, float] = (127, 0.0)
         self.counters: dict[str, int] = {
             "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
             "retransmitted": 0, "plis_received": 0, "nacks_received": 0, "keyframes_sent": 0,
@@ -346,6 +351,7 @@ class MediaSession(asyncio.DatagramProtocol):
             samples = source.next_frame()
             capture_us = int(self._clock() * 1e6)
             level = level_dbov(samples)
+            self.own_level = (level, capture_us / 1e6)
             payload = encoder.encode(samples)
             self._audio_seq = (self._audio_seq + 1) & 0xFFFF
             self._audio_ts = (self._audio_ts + FRAME_SAMPLES) & 0xFFFFFFFF
@@ -418,6 +424,9 @@ class MediaSession(asyncio.DatagramProtocol):
             with self._audio_lock:
                 self.audio_stats.on_packet(packet, size, now, 48_000)
                 self._jitter.push(packet.timestamp, packet.payload, now)
+            levels = packet.extensions.get(EXT_MIXER_LEVELS, b"")
+            for ssrc, level in zip(packet.csrcs, levels, strict=False):
+                self._speaker_levels[ssrc] = (level & 0x7F, now)
             return
         if packet.payload_type != VIDEO_PAYLOAD_TYPE:
             self.counters["dropped_malformed"] += 1
@@ -445,6 +454,15 @@ class MediaSession(asyncio.DatagramProtocol):
         remote.stats.width, remote.stats.height = decoded.width, decoded.height
         if self._on_video is not None:
             self._on_video(DecodedVideo(remote.stats.ssrc, decoded, capture_us, done, frame))
+
+    def speaking(self, now: float, window: float = 0.4, threshold: int = 50) -> dict[int, int]:
+        """Audio SSRCs heard in the mix within ``window`` seconds louder than ``threshold``
+        (-dBov), with their level: who is talking right now."""
+        return {
+            ssrc: level
+            for ssrc, (level, at) in list(self._speaker_levels.items())
+            if now - at <= window and level < threshold
+        }
 
     def forget_stream(self, ssrc: int) -> None:
         """A participant left: drop its receive state."""

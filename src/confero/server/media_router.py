@@ -41,6 +41,8 @@ VIDEO_PAYLOAD_TYPE = 96
 AUDIO_PAYLOAD_TYPE = 111
 EXT_CAPTURE_TIME = 1  # 8 bytes: capture wall-clock time, microseconds since the Unix epoch
 EXT_AUDIO_LEVEL = 2  # RFC 6464: V bit + level in -dBov
+EXT_MIXER_LEVELS = 3  # RFC 6465: one level byte per CSRC, in CSRC order
+MAX_CSRCS = 15
 FRAME_TICKS = 960
 
 
@@ -305,6 +307,7 @@ class MediaRouter:
         for meeting in self._meetings.values():
             meeting.mix_timestamp = (meeting.mix_timestamp + FRAME_TICKS) & 0xFFFFFFFF
             mixes = meeting.mixer.mix()
+            levels = meeting.mixer.levels
             for pid in meeting.members:
                 listener = self._peers[pid]
                 payload = mixes.get(pid)
@@ -314,6 +317,14 @@ class MediaRouter:
                 if listener.address is None or listener.srtp is None:
                     continue
                 listener.mix_seq = (listener.mix_seq + 1) & 0xFFFF
+                # who is in this listener's mix, loudest first (RFC 3550 CSRC list)
+                mixed = sorted(
+                    ((level, self._peers[speaker].audio_ssrc)
+                     for speaker, level in levels.items() if speaker != pid),
+                )[:MAX_CSRCS]
+                extensions = {EXT_CAPTURE_TIME: int(now * 1e6).to_bytes(8, "big")}
+                if mixed:
+                    extensions[EXT_MIXER_LEVELS] = bytes(level for level, _ in mixed)
                 packet = RtpPacket(
                     payload_type=AUDIO_PAYLOAD_TYPE,
                     sequence_number=listener.mix_seq,
@@ -321,7 +332,8 @@ class MediaRouter:
                     ssrc=meeting.mix_ssrc,
                     payload=payload,
                     marker=listener.mix_was_silent,  # first packet of a talkspurt
-                    extensions={EXT_CAPTURE_TIME: int(now * 1e6).to_bytes(8, "big")},
+                    csrcs=[ssrc for _, ssrc in mixed],
+                    extensions=extensions,
                 )
                 listener.mix_was_silent = False
                 out.append((listener.srtp.protect_rtp(packet.serialize()), listener.address))

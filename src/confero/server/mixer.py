@@ -27,6 +27,7 @@ from confero.media.audio import (
     OpusEncoder,
     Samples,
     conceal,
+    level_dbov,
     soft_limit,
 )
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
@@ -67,6 +68,9 @@ class MeetingMixer:
         self._decoder_factory = decoder_factory
         self._clock = clock  # only to measure our own CPU time for /metrics
         self.stats = MixerStats()
+        #: Who was mixed in the last tick, with their level (-dBov, RFC 6464 scale):
+        #: the router names them as CSRCs with RFC 6465 levels, for active-speaker display.
+        self.levels: dict[str, int] = {}
 
     def add(self, participant_id: str) -> None:
         self._members.setdefault(
@@ -100,6 +104,7 @@ class MeetingMixer:
             if frame is not None:
                 speaking[pid] = frame
         out: dict[str, bytes] = {}
+        self.levels = {pid: level_dbov(frame) for pid, frame in speaking.items()}
         if speaking:
             total: Mix = np.sum(
                 np.stack(list(speaking.values())).astype(np.int32), axis=0, dtype=np.int32
