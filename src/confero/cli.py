@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(bot, name_required=True)
     _add_bot_options(bot)
 
+    app = commands.add_parser("app", help="the desktop app (PySide6)")
+    app.add_argument("--server", type=server_url, help="server URL (remembered)")
+    app.add_argument("--name", help="your display name (remembered)")
+    app.add_argument("--connect", action="store_true",
+                     help="connect at once with the given or remembered server and name")
+
     chat = commands.add_parser("chat", help="interactive terminal client")
     _add_client_options(chat, name_required=True)
     chat.add_argument("--join", metavar="ID", help="join this meeting at start")
@@ -142,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             return _server(args)
         if args.command == "meetings":
             return asyncio.run(_meetings(args))
+        if args.command == "app":
+            from confero.app.main import run as run_app
+
+            return run_app(args.server, args.name, args.connect)
         if args.command == "bot":
             from confero.bot import main as bot_main
 

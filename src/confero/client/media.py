@@ -199,6 +199,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._tasks: list[asyncio.Task[None]] = []
         self._video_task: asyncio.Task[None] | None = None
         self._audio_task: asyncio.Task[None] | None = None
+        self._playout_task: asyncio.Task[None] | None = None
         self._video_seq = secrets.randbelow(1 << 16)
         self._audio_seq = secrets.randbelow(1 << 16)
         self._audio_ts = secrets.randbelow(1 << 32)
@@ -235,13 +236,24 @@ class MediaSession(asyncio.DatagramProtocol):
             asyncio.create_task(self._every(CONTROL_INTERVAL, self._control)),
             asyncio.create_task(self._every(KEEPALIVE_INTERVAL, self._keepalive)),
         ]
-        if not self._device_playout:
-            self._tasks.append(asyncio.create_task(self._every(FRAME_SECONDS, self._playout)))
+        self.set_device_playout(self._device_playout)
+
+    def set_device_playout(self, device: bool) -> None:
+        """True: a sound device pulls audio (:meth:`pull_audio`); False: a 20 ms timer on
+        the loop does (for bots, or when no speaker could be opened)."""
+        self._device_playout = device
+        if device and self._playout_task is not None:
+            self._playout_task.cancel()
+            self._playout_task = None
+        elif not device and self._playout_task is None and self.transport is not None:
+            self._playout_task = asyncio.create_task(self._every(FRAME_SECONDS, self._playout))
 
     async def close(self) -> None:
         self.set_video_source(None)
         self.set_audio_source(None)
-        tasks = [t for t in (*self._tasks, self._video_task, self._audio_task) if t]
+        tasks = [t for t in (*self._tasks, self._video_task, self._audio_task,
+                             self._playout_task) if t]
+        self._playout_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -1,0 +1,1 @@
+"""The desktop app (PySide6): widgets only; the engine does the work."""

@@ -1,0 +1,480 @@
+"""The app's engine: everything but the widgets, on its own asyncio thread.
+
+The GUI thread never touches the network, a codec or a device. It calls the engine's
+methods, which schedule work on the engine's event loop and return at once; the engine
+answers with Qt signals (queued to the GUI thread) and keeps the newest decoded picture of
+each participant, already converted to a ``QImage``, for the GUI to paint at display rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import av
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QImage
+
+from confero import client as api
+from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
+from confero.media.audio import SILENCE, Samples, SineSource
+from confero.media.devices import (
+    CameraSource,
+    DeviceError,
+    MicrophoneSource,
+    ScreenSource,
+    Speaker,
+)
+from confero.media.recorder import MeetingRecorder
+from confero.media.video import SyntheticCamera
+
+log = logging.getLogger(__name__)
+
+SELF = "self"
+MAX_TILE_WIDTH = 640  # pictures are scaled down to this before they cross to the GUI
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """What a picker offers: ``kind`` is synthetic/screen/camera/mic/sine/none/default."""
+
+    label: str
+    kind: str
+    device: str = ""
+
+
+def to_qimage(frame: av.VideoFrame, max_width: int = MAX_TILE_WIDTH) -> QImage:
+    if frame.width > max_width:
+        height = max(2, round(frame.height * max_width / frame.width) // 2 * 2)
+        frame = frame.reformat(width=max_width, height=height)
+    rgb = frame.to_ndarray(format="rgb24")
+    height, width, _ = rgb.shape
+    return QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+
+
+class FrameStore:
+    """The newest picture per participant (and ``SELF``), shared between threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._images: dict[str, tuple[QImage, int]] = {}
+        self._serial = 0
+
+    def put(self, key: str, image: QImage) -> None:
+        with self._lock:
+            self._serial += 1
+            self._images[key] = (image, self._serial)
+
+    def get(self, key: str) -> tuple[QImage, int] | None:
+        with self._lock:
+            return self._images.get(key)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._images.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._images.clear()
+
+
+class _TappedVideo:
+    """A video source that also shows what it sends in the self-view (at most 15 fps)."""
+
+    def __init__(self, source: VideoSource, frames: FrameStore) -> None:
+        self._source = source
+        self._frames = frames
+        self.width, self.height = source.width, source.height
+        self._last = 0.0
+
+    def frame(self, capture_us: int) -> av.VideoFrame:
+        frame = self._source.frame(capture_us)
+        now = time.monotonic()
+        if now - self._last >= 1 / 15:
+            self._last = now
+            self._frames.put(SELF, to_qimage(frame, 320))
+        return frame
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
+
+
+class Engine(QObject):
+    state_changed = Signal(str, str)  # state, reason
+    meetings_changed = Signal(list)  # list[MeetingInfo]
+    joined = Signal(object)  # JoinResult
+    left = Signal(str)  # why we are back in the lobby
+    participant_joined = Signal(object)  # ParticipantInfo
+    participant_left = Signal(object)  # ParticipantLeft
+    media_changed = Signal(object)  # MediaChanged
+    chat = Signal(object)  # ChatMessage
+    error = Signal(str)
+    notice = Signal(str)
+    stats = Signal(dict)  # name -> stream statistics
+    speaking = Signal(set)  # participant ids (and SELF) talking now
+    local_media = Signal(bool, bool)  # camera on, microphone on (what we actually send)
+    recording = Signal(bool, str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = FrameStore()
+        self.client: api.Client | None = None
+        self.session: MediaSession | None = None
+        self.participant_id: str | None = None
+        self._video: _TappedVideo | None = None
+        self._audio: AudioSource | None = None
+        self._speaker: Speaker | None = None
+        self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
+        self._recorder: MeetingRecorder | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Run on the engine loop; failures become ``error`` signals with a clear text."""
+        future = asyncio.run_coroutine_threadsafe(self._guarded(coroutine), self._loop)
+        return future
+
+    async def _guarded(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await coroutine
+        except api.RequestError as exc:
+            self.error.emit(exc.message)
+        except (api.ConnectionLost, TimeoutError):
+            self.error.emit("not connected to the server right now")
+        except (api.ConnectionFailed, api.ConfigError, DeviceError) as exc:
+            self.error.emit(str(exc))
+        except Exception as exc:
+            log.exception("engine task failed")
+            self.error.emit(f"unexpected error: {exc}")
+        return None
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Leave cleanly and stop the thread (called when the window closes)."""
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(self._disconnect(), self._loop).result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ connection
+
+    def connect_to(self, url: str, name: str, cafile: str | None = None) -> None:
+        self.submit(self._connect(url, name, cafile))
+
+    async def _connect(self, url: str, name: str, cafile: str | None) -> None:
+        await self._disconnect()
+        client = api.Client(url, name, cafile=cafile or None)
+        client.add_listener(self._on_event)
+        self.client = client
+        await client.connect()
+        self.participant_id = client.participant_id
+        self.meetings_changed.emit(await client.list_meetings())
+
+    def disconnect_from_server(self) -> None:
+        self.submit(self._disconnect())
+
+    async def _disconnect(self) -> None:
+        await self._stop_media()
+        if self.client is not None:
+            client, self.client = self.client, None
+            with contextlib.suppress(api.RequestError, api.ConnectionLost, TimeoutError):
+                if client.meeting is not None:
+                    await client.leave()
+            await client.close()
+
+    def _require_client(self) -> api.Client:
+        if self.client is None:
+            raise api.ConnectionLost("not connected")
+        return self.client
+
+    # ------------------------------------------------------------------ meetings
+
+    def refresh_meetings(self) -> None:
+        async def refresh() -> None:
+            self.meetings_changed.emit(await self._require_client().list_meetings())
+
+        self.submit(refresh())
+
+    def create_meeting(self, title: str, password: str | None) -> None:
+        async def create() -> None:
+            result = await self._require_client().create_meeting(title, password or None)
+            await self._entered(result)
+
+        self.submit(create())
+
+    def join_meeting(self, meeting_id: str, password: str | None) -> None:
+        async def join() -> None:
+            result = await self._require_client().join(meeting_id.strip(), password or None)
+            await self._entered(result)
+
+        self.submit(join())
+
+    def leave_meeting(self) -> None:
+        async def leave() -> None:
+            await self._stop_media()
+            client = self._require_client()
+            if client.meeting is not None:
+                await client.leave()
+            self.left.emit("You left the meeting.")
+
+        self.submit(leave())
+
+    def end_meeting_for_all(self) -> None:
+        async def cancel() -> None:
+            await self._require_client().cancel()
+
+        self.submit(cancel())
+
+    def send_chat(self, text: str) -> None:
+        self.submit(self._require_client_call("send_chat", text))
+
+    async def _require_client_call(self, method: str, *args: Any) -> Any:
+        return await getattr(self._require_client(), method)(*args)
+
+    async def _entered(self, result: Any) -> None:
+        self.joined.emit(result)
+        await self._start_media()
+
+    # ------------------------------------------------------------------ media
+
+    async def _start_media(self) -> None:
+        client = self._require_client()
+        grant = client.media_grant
+        if grant is None:
+            self.notice.emit("The server offers no media for this meeting: chat only.")
+            return
+        host = urlsplit(client.url).hostname or "127.0.0.1"
+        self.session = MediaSession(grant, host, on_video=self._on_video,
+                                    on_audio=self._on_audio, device_playout=True)
+        await self.session.open()
+        self._open_speaker()
+        self.session.set_video_source(self._video)
+        self.session.set_audio_source(self._audio)
+        await self._announce()
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def _stop_media(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._speaker is not None:
+            self._speaker.close()
+            self._speaker = None
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
+        self._stop_recording()
+        self.frames.clear()
+
+    def _open_speaker(self) -> None:
+        session = self.session
+        if session is None or self._speaker_device.kind == "none":
+            if session is not None:
+                session.set_device_playout(False)  # keep the buffers moving, silently
+            return
+        try:
+            self._speaker = Speaker(self._pull_audio, self._speaker_device.device or None)
+        except DeviceError as exc:
+            session.set_device_playout(False)
+            self.notice.emit(f"No sound output: {exc}. You can still see and chat.")
+
+    def _pull_audio(self) -> Samples:
+        session = self.session
+        return session.pull_audio() if session is not None else SILENCE
+
+    def choose_speaker(self, choice: DeviceChoice) -> None:
+        async def switch() -> None:
+            self._speaker_device = choice
+            if self._speaker is not None:
+                self._speaker.close()
+                self._speaker = None
+            if self.session is not None:
+                self.session.set_device_playout(True)
+                self._open_speaker()
+
+        self.submit(switch())
+
+    def set_camera(self, choice: DeviceChoice | None, name: str = "") -> None:
+        """Turn the camera on with this source, or off (None)."""
+
+        async def switch() -> None:
+            old, self._video = self._video, None
+            if self.session is not None:
+                self.session.set_video_source(None)
+            if old is not None:
+                await asyncio.to_thread(old.close)
+            if choice is not None:
+                source = await asyncio.to_thread(self._open_video, choice, name)
+                self._video = _TappedVideo(source, self.frames)
+            else:
+                self.frames.drop(SELF)
+            if self.session is not None:
+                self.session.set_video_source(self._video)
+            await self._announce()
+
+        self.submit(switch())
+
+    def set_microphone(self, choice: DeviceChoice | None) -> None:
+        async def switch() -> None:
+            old, self._audio = self._audio, None
+            if self.session is not None:
+                self.session.set_audio_source(None)
+            close = getattr(old, "close", None)
+            if close is not None:
+                close()
+            if choice is not None:
+                self._audio = await asyncio.to_thread(self._open_audio, choice)
+            if self.session is not None:
+                self.session.set_audio_source(self._audio)
+            await self._announce()
+
+        self.submit(switch())
+
+    @staticmethod
+    def _open_video(choice: DeviceChoice, name: str) -> VideoSource:
+        if choice.kind == "synthetic":
+            return SyntheticCamera(name or "me", 640, 480)
+        if choice.kind == "screen":
+            return ScreenSource(choice.device or ":0", 1280, 720)
+        return CameraSource(choice.device or "0", 640, 480)
+
+    @staticmethod
+    def _open_audio(choice: DeviceChoice) -> AudioSource:
+        if choice.kind == "sine":
+            return SineSource(float(choice.device or 440))
+        return MicrophoneSource(choice.device or None)
+
+    async def _announce(self) -> None:
+        camera, microphone = self._video is not None, self._audio is not None
+        self.local_media.emit(camera, microphone)
+        client = self.client
+        if client is not None and client.meeting is not None and (
+            client.state == api.ConnectionState.CONNECTED
+        ):
+            await client.set_media(camera=camera, microphone=microphone)
+
+    # ------------------------------------------------------------------ recording
+
+    def start_recording(self, directory: str) -> None:
+        async def start() -> None:
+            self._stop_recording()
+            self._recorder = MeetingRecorder(Path(directory))
+            self.recording.emit(True, directory)
+
+        self.submit(start())
+
+    def stop_recording(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop_recording)
+
+    def _stop_recording(self) -> None:
+        if self._recorder is not None:
+            recorder, self._recorder = self._recorder, None
+            recorder.close()
+            self.recording.emit(False, str(recorder.directory))
+
+    # ------------------------------------------------------------------ incoming
+
+    def _participant_for(self, ssrc: int) -> api.ParticipantInfo | None:
+        client = self.client
+        if client is None:
+            return None
+        for participant in client.participants.values():
+            if ssrc in (participant.video_ssrc, participant.audio_ssrc):
+                return participant
+        return None
+
+    def _on_video(self, video: DecodedVideo) -> None:
+        participant = self._participant_for(video.ssrc)
+        if participant is None:
+            return
+        self.frames.put(participant.id, to_qimage(video.frame))
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.video(video.ssrc, participant.name, video.encoded, video.frame.width,
+                           video.frame.height)
+
+    def _on_audio(self, samples: Samples) -> None:
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.audio(samples)
+
+    def _on_event(self, event: api.ClientEvent) -> None:
+        match event:
+            case api.StateChanged(state=state, reason=reason):
+                self.state_changed.emit(state.value, reason)
+            case api.MeetingsChanged(meetings=meetings):
+                self.meetings_changed.emit(meetings)
+            case api.ParticipantJoined(participant=participant):
+                self.participant_joined.emit(participant)
+            case api.ParticipantLeft():
+                self.frames.drop(event.participant_id)
+                self.participant_left.emit(event)
+            case api.MediaChanged():
+                if not event.camera:
+                    self.frames.drop(event.participant_id)
+                self.media_changed.emit(event)
+            case api.ChatEvent(message=message):
+                self.chat.emit(message)
+                if self._recorder is not None:
+                    self._recorder.chat(message)
+            case api.MeetingEnded(message=message):
+                self._loop.create_task(self._stop_media())
+                self.left.emit(message[0].upper() + message[1:] + ".")
+            case api.Rejoined():
+                self.notice.emit("Reconnected and back in the meeting.")
+                self._loop.create_task(self._restart_media())
+            case api.RejoinFailed(message=message):
+                self._loop.create_task(self._stop_media())
+                self.left.emit(f"Could not rejoin the meeting: {message}")
+
+    async def _restart_media(self) -> None:
+        await self._stop_media()
+        if self.client is not None and self.client.meeting is not None:
+            await self._start_media()
+
+    async def _tick(self) -> None:
+        """Five times a second: who is talking; once a second: statistics."""
+        count = 0
+        while True:
+            await asyncio.sleep(0.2)
+            session, client = self.session, self.client
+            if session is None or client is None:
+                continue
+            now = time.time()
+            talking = set()
+            loud = session.speaking(now)
+            for participant in client.participants.values():
+                if participant.audio_ssrc in loud:
+                    talking.add(participant.id)
+            level, at = session.own_level
+            if self._audio is not None and now - at < 0.5 and level < 50:
+                talking.add(SELF)
+            self.speaking.emit(talking)
+            count += 1
+            if count % 5 == 0:
+                self.stats.emit(self._named_stats(session, client))
+
+    def _named_stats(self, session: MediaSession, client: api.Client) -> dict[str, Any]:
+        raw = session.stats()
+        video = raw["video"]
+        assert isinstance(video, dict)
+        named: dict[str, Any] = {}
+        for ssrc, values in video.items():
+            participant = self._participant_for(ssrc)
+            named[participant.name if participant else f"{ssrc:08x}"] = values
+        return {"video": named, "audio": raw["audio"], "sent": raw["sent"]}

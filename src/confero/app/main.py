@@ -1,0 +1,23 @@
+"""``confero app``: start the desktop app."""
+
+from __future__ import annotations
+
+import sys
+
+from PySide6.QtWidgets import QApplication
+
+from confero.app.window import MainWindow
+
+
+def run(server: str | None, name: str | None, connect: bool) -> int:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("confero")
+    window = MainWindow()
+    if server:
+        window.start.server.setText(server)
+    if name:
+        window.start.name.setText(name)
+    window.show()
+    if connect and window.start.name.text().strip():
+        window.connect_to_server()
+    return int(app.exec())

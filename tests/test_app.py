@@ -1,0 +1,272 @@
+"""The desktop app, driven by clicks and keys against the real server and real bots.
+
+Qt runs offscreen here (one test reruns the main flow under Xvfb with a real X server).
+Assertions are on what the window shows: pages, tiles, names, pictures, chat lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QMessageBox, QWidget
+from pytestqt.qtbot import QtBot
+
+from confero.app.engine import DeviceChoice
+from confero.app.window import MainWindow
+from confero.media.video import identity_code, read_stamp
+from tests.bots import BotProcess
+from tests.conftest import ServerProcess
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+WAIT = 20_000  # ms
+
+
+@pytest.fixture
+def bots() -> Iterator[list[BotProcess]]:
+    started: list[BotProcess] = []
+    yield started
+    for bot in started:
+        bot.cleanup()
+
+
+@pytest.fixture
+def window(qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MainWindow]:
+    monkeypatch.setenv("CONFERO_RECORD_DIR", str(tmp_path / "recordings"))
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
+    qtbot.addWidget(win)
+    win.resize(1180, 760)
+    win.show()
+    yield win
+    win.close()
+
+
+def click(qtbot: QtBot, widget: QWidget) -> None:
+    qtbot.mouseClick(widget, Qt.MouseButton.LeftButton)
+
+
+def connect(qtbot: QtBot, window: MainWindow, server: ServerProcess, name: str) -> None:
+    window.start.server.clear()
+    qtbot.keyClicks(window.start.server, server.url)
+    qtbot.keyClicks(window.start.name, name)
+    click(qtbot, window.start.connect_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
+    assert "Connected to" in window.status.text() and name in window.status.text()
+
+
+def start_bot(bots: list[BotProcess], server: ServerProcess, name: str, *args: str
+              ) -> BotProcess:
+    bot = BotProcess(server.url, name, "--stats-interval", "0.5", *args)
+    bots.append(bot)
+    return bot
+
+
+def lobby_row(window: MainWindow, title: str) -> int:
+    table = window.lobby.table
+    for row in range(table.rowCount()):
+        item = table.item(row, 0)
+        if item is not None and item.text() == title:
+            return row
+    return -1
+
+
+def image_array(image: QImage) -> np.ndarray:  # type: ignore[type-arg]
+    rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+    data = np.frombuffer(rgb.constBits(), dtype=np.uint8, count=rgb.sizeInBytes())
+    return data.reshape(rgb.height(), rgb.bytesPerLine())[:, : rgb.width() * 3].reshape(
+        rgb.height(), rgb.width(), 3)
+
+
+def shown_identity(image: QImage) -> int:
+    """The identity stamped into the synthetic camera's picture, read from the tile."""
+    rgb = image_array(image).astype(np.float32)
+    luma = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.uint8)
+    return read_stamp(luma)[1]
+
+
+def test_start_lobby_join_see_chat_toggle_and_leave(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess]
+) -> None:
+    connect(qtbot, window, server, "Katherine")
+    ada = start_bot(bots, server, "Ada", "--create", "Standup", "--audio", "sine:440")
+    ada.expect("joined")
+
+    qtbot.waitUntil(lambda: lobby_row(window, "Standup") >= 0, timeout=WAIT)  # live update
+    row = lobby_row(window, "Standup")
+    table = window.lobby.table
+    assert table.item(row, 1).text() == "Ada" and table.item(row, 2).text() == "1"
+    cell = table.visualItemRect(table.item(row, 0)).center()
+    # a person's double-click: press/release, then the double-click event
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=cell)
+    qtbot.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, pos=cell)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    ada.expect("participant_joined", lambda e: e["name"] == "Katherine")
+
+    grid = window.meeting.grid
+    assert list(t.name for t in grid.tiles.values()) == ["Ada"]
+    tile = grid.tiles[next(iter(grid.tiles))]
+    qtbot.waitUntil(tile.shows_video, timeout=WAIT)
+    assert tile.image is not None
+    assert image_array(tile.image).mean() > 20  # not black
+    assert shown_identity(tile.image) == identity_code("Ada")  # Ada's own picture
+    assert tile.camera and tile.microphone
+    qtbot.waitUntil(lambda: tile.speaking, timeout=WAIT)  # her 440 Hz tone is in the mix
+
+    # chat, both ways, with sender and HH:MM
+    page = window.meeting
+    click(qtbot, page.chat_input)
+    qtbot.keyClicks(page.chat_input, "Morning, everyone")
+    qtbot.keyClick(page.chat_input, Qt.Key.Key_Return)
+    ada.expect("chat", lambda e: e["sender"] == "Katherine" and e["text"] == "Morning, everyone")
+    ada.send("chat Welcome, Katherine")
+    qtbot.waitUntil(lambda: "Welcome, Katherine" in page.chat_view.toPlainText(), timeout=WAIT)
+    text = page.chat_view.toPlainText()
+    assert re.search(r"Katherine \d\d:\d\d\s+Morning, everyone", text), text
+    assert re.search(r"Ada \d\d:\d\d\s+Welcome, Katherine", text), text
+
+    # camera and microphone on and off, as the others see it
+    click(qtbot, page.camera_button)
+    ada.expect("media_changed", lambda e: e["name"] == "Katherine" and e["camera"])
+    ada.expect("video_started", lambda e: e["name"] == "Katherine")
+    qtbot.waitUntil(page.self_view.shows_video, timeout=WAIT)
+    click(qtbot, page.mic_button)
+    ada.expect("media_changed", lambda e: e["name"] == "Katherine" and e["microphone"])
+    click(qtbot, page.camera_button)
+    ada.expect("media_changed", lambda e: e["name"] == "Katherine" and not e["camera"])
+    click(qtbot, page.mic_button)
+    ada.expect("media_changed", lambda e: e["name"] == "Katherine" and not e["microphone"])
+    qtbot.waitUntil(lambda: not page.self_view.shows_video(), timeout=WAIT)
+
+    ada.send("mic off")
+    qtbot.waitUntil(lambda: not tile.microphone, timeout=WAIT)
+
+    click(qtbot, page.leave_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
+    ada.expect("participant_left", lambda e: e["name"] == "Katherine" and e["reason"] == "left")
+
+
+def test_create_and_end_the_meeting_for_all(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connect(qtbot, window, server, "Grace")
+    qtbot.keyClicks(window.lobby.title, "Retro")
+    click(qtbot, window.lobby.create_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    page = window.meeting
+    assert page.end_button.isVisible()
+    meeting_id = re.search(r"id (\w+)", page.title.text())
+    assert meeting_id
+    bob = start_bot(bots, server, "Bob", "--join", meeting_id.group(1), "--video", "none")
+    bob.expect("joined")
+    qtbot.waitUntil(lambda: len(page.grid.tiles) == 1, timeout=WAIT)
+    assert "Bob joined" in page.chat_view.toPlainText()
+    tile = next(iter(page.grid.tiles.values()))
+    assert not tile.shows_video() and not tile.camera  # initials, not a black box
+
+    asked: list[str] = []
+
+    def confirm(*args: object) -> QMessageBox.StandardButton:
+        asked.append(str(args[2]))
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", confirm)
+    click(qtbot, page.end_button)
+    assert asked and "everyone" in asked[0]
+    ended = bob.expect("meeting_ended")
+    assert ended["reason"] == "cancelled"
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
+    assert "ended for everyone" in window.statusBar().currentMessage()
+
+
+def test_unread_count_while_the_chat_is_hidden(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess]
+) -> None:
+    connect(qtbot, window, server, "Hedy")
+    qtbot.keyClicks(window.lobby.title, "Quiet room")
+    click(qtbot, window.lobby.create_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    page = window.meeting
+    meeting_id = re.search(r"id (\w+)", page.title.text())
+    assert meeting_id
+    click(qtbot, page.panel_button)  # hide the side panel
+    assert not page.side.isVisible()
+    bob = start_bot(bots, server, "Bob", "--join", meeting_id.group(1), "--video", "none")
+    bob.expect("joined")
+    bob.send("chat one")
+    bob.send("chat two")
+    qtbot.waitUntil(lambda: page.panel_button.text() == "Chat (2)", timeout=WAIT)
+    click(qtbot, page.panel_button)
+    assert page.panel_button.text() == "Chat" and page.unread == 0
+
+
+def test_four_person_meeting_and_lobby_screenshots(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess]
+) -> None:
+    connect(qtbot, window, server, "Katherine Johnson")
+    first = start_bot(bots, server, "Ada Lovelace", "--create", "Design review",
+                      "--audio", "sine:440")
+    meeting = first.expect("joined")["meeting_id"]
+    start_bot(bots, server, "Grace Hopper", "--join", meeting, "--audio", "sine:660")
+    start_bot(bots, server, "Alan Turing", "--join", meeting, "--video", "none")
+    other = start_bot(bots, server, "Hedy Lamarr", "--create", "Weekly sync", "--video", "none",
+                      "--password", "s3cret")
+    other.expect("joined")
+    qtbot.waitUntil(lambda: lobby_row(window, "Design review") >= 0
+                    and window.lobby.table.item(lobby_row(window, "Design review"), 2).text()
+                    == "3" and lobby_row(window, "Weekly sync") >= 0, timeout=WAIT)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert window.grab().save(str(SCREENSHOTS / "lobby.png"))
+
+    window.lobby.table.selectRow(lobby_row(window, "Design review"))
+    click(qtbot, window.lobby.join_selected)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    page = window.meeting
+    window.engine.set_camera(DeviceChoice("Synthetic camera", "synthetic"), "Katherine Johnson")
+    grid = page.grid
+    qtbot.waitUntil(lambda: len(grid.tiles) == 3, timeout=WAIT)
+    assert sorted(t.name for t in grid.tiles.values()) == [
+        "Ada Lovelace", "Alan Turing", "Grace Hopper"]
+    with_video = [t for t in grid.tiles.values() if t.name != "Alan Turing"]
+    qtbot.waitUntil(lambda: all(t.shows_video() for t in with_video), timeout=WAIT)
+    qtbot.waitUntil(page.self_view.shows_video, timeout=WAIT)
+    for tile in with_video:
+        assert tile.image is not None and shown_identity(tile.image) == identity_code(tile.name)
+    # three tiles laid out 2x2: two columns, two rows, all of one size (to a pixel)
+    tiles = list(grid.tiles.values())
+    assert len({t.x() for t in tiles}) == 2 and len({t.y() for t in tiles}) == 2
+    assert max(t.width() for t in tiles) - min(t.width() for t in tiles) <= 1
+    assert max(t.height() for t in tiles) - min(t.height() for t in tiles) <= 1
+    qtbot.waitUntil(lambda: page.stats_table.rowCount() == 2, timeout=WAIT)
+    assert window.grab().save(str(SCREENSHOTS / "meeting-4.png"))
+
+
+@pytest.mark.skipif(os.environ.get("CONFERO_UNDER_XVFB") == "1", reason="already under Xvfb")
+def test_the_main_flow_under_a_real_x_server() -> None:
+    """Once under Xvfb with the xcb platform, as a person's desktop would run it."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb", "CONFERO_UNDER_XVFB": "1"}
+    result = subprocess.run(
+        ["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", sys.executable, "-m", "pytest", "-q",
+         "-p", "no:cacheprovider", f"{__file__}::test_start_lobby_join_see_chat_toggle_and_leave",
+         f"{__file__}::test_platform_is_xcb_under_xvfb"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 passed" in result.stdout
+
+
+def test_platform_is_xcb_under_xvfb(qtbot: QtBot) -> None:
+    from PySide6.QtGui import QGuiApplication
+
+    expected = "xcb" if os.environ.get("CONFERO_UNDER_XVFB") == "1" else "offscreen"
+    assert QGuiApplication.platformName() == expected
