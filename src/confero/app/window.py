@@ -288,6 +288,7 @@ class MeetingPage(QWidget):
         splitter.addWidget(self.side)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
+        splitter.setSizes([820, 340])
         header = QHBoxLayout()
         header.addWidget(self.title)
         header.addStretch(1)

@@ -17,6 +17,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from confero.media.glyphs import render_text
+
 VIDEO_CLOCK = 90_000
 STAMP_BITS = 96  # 64 bits of capture time + 32 bits of identity
 _HIGH, _LOW = 235, 16
@@ -68,7 +70,7 @@ def read_stamp(luma: Plane) -> tuple[int, int]:
 
 
 class SyntheticCamera:
-    """Frames in the participant's colour, with a moving bar and the stamp.
+    """Frames in the participant's colour with their name, a moving bar and the stamp.
 
     Below the stamp, a textured band scrolls every frame, so the encoder spends about what
     a real camera costs it (several packets per frame at 640x480) instead of coding a flat
@@ -88,6 +90,12 @@ class SyntheticCamera:
         rng = np.random.default_rng(hue)
         top = stamp_height(width) + 8
         self._band = slice(top, top + (height - top) // 2)
+        # the name, large and light, in the lower part of the picture
+        scale = max(2, min(width // (6 * max(8, len(name)) + 6), height // 40))
+        mask = render_text(name[:24], scale)[:, : width - 2 * scale]
+        self._name_mask = mask
+        self._name_at = (height - mask.shape[0] - 3 * scale,
+                         max(scale, (width - mask.shape[1]) // 2))
         band_height = self._band.stop - self._band.start
         noise = rng.integers(0, 256, (band_height // 4 + 1, width // 4 + 1), dtype=np.uint8)
         # 4x4 blocks of noise: texture the encoder must code, not just film grain
@@ -99,8 +107,11 @@ class SyntheticCamera:
         luma = image[:h]
         luma.fill(self._y)
         luma[self._band] = np.roll(self._texture, self._count * 4, axis=1)
+        top, left = self._name_at
         bar = (self._count * 8) % w
-        luma[h // 3 :, bar : bar + w // 16] = 250
+        luma[h // 3 : max(h // 3, top - 8), bar : bar + w // 16] = 250
+        mask_h, mask_w = self._name_mask.shape
+        luma[top : top + mask_h, left : left + mask_w][self._name_mask] = 235
         write_stamp(luma, capture_us, self.identity)
         chroma = image[h:].reshape(-1)
         quarter = (w // 2) * (h // 2)
