@@ -23,8 +23,11 @@ from pytestqt.qtbot import QtBot
 from confero.app.engine import DeviceChoice
 from confero.app.window import MainWindow
 from confero.media.video import identity_code, read_stamp
-from tests.bots import BotProcess
+from tests.bots import BotProcess, tone_levels
 from tests.conftest import ServerProcess
+from tests.sound import playing_tone, pulse, record_sink, write_wav
+
+__all__ = ["pulse"]  # a fixture, imported for pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
@@ -270,3 +273,50 @@ def test_platform_is_xcb_under_xvfb(qtbot: QtBot) -> None:
 
     expected = "xcb" if os.environ.get("CONFERO_UNDER_XVFB") == "1" else "offscreen"
     assert QGuiApplication.platformName() == expected
+
+
+def test_the_app_plays_and_captures_sound_through_pulseaudio(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess],
+    pulse: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Ada (a bot) speaks 440 Hz: the app's speaker output, recorded from the null sink's
+    monitor, carries it. The app's microphone hears 660 Hz played into another sink: Ada's
+    recording carries that, and not her own tone."""
+    import sounddevice
+
+    for key in ("XDG_RUNTIME_DIR", "PULSE_SERVER"):
+        monkeypatch.setenv(key, pulse[key])
+    monkeypatch.setenv("PULSE_SINK", "speaker")
+    monkeypatch.setenv("PULSE_SOURCE", "mic.monitor")
+    sounddevice._terminate()  # PortAudio scans devices at start: rescan with this server
+    sounddevice._initialize()
+    try:
+        with playing_tone(pulse, "mic", 660):
+            connect(qtbot, window, server, "Katherine")
+            ada = start_bot(bots, server, "Ada", "--create", "Sound check", "--audio",
+                            "sine:440", "--video", "none", "--record", str(tmp_path / "ada"))
+            ada.expect("joined")
+            qtbot.waitUntil(lambda: lobby_row(window, "Sound check") >= 0, timeout=WAIT)
+            window.lobby.table.selectRow(lobby_row(window, "Sound check"))
+            click(qtbot, window.lobby.join_selected)
+            qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting,
+                            timeout=WAIT)
+            page = window.meeting
+            assert page.mic_picker.count() > 1  # real devices were found, then the tone
+            click(qtbot, page.mic_button)
+            ada.expect("media_changed", lambda e: e["name"] == "Katherine" and e["microphone"])
+            qtbot.waitUntil(lambda: any(t.speaking for t in page.grid.tiles.values()),
+                            timeout=WAIT)
+            heard = record_sink(pulse, "speaker", seconds=2.0)
+            ada.expect("stats", lambda e: e["audio"]["packets"] >= 100)
+            ada.send("leave")
+            ada.finish()
+    finally:
+        monkeypatch.undo()
+        sounddevice._terminate()
+        sounddevice._initialize()
+    write_wav(tmp_path / "app_speaker.wav", heard)
+    levels = tone_levels(tmp_path / "app_speaker.wav", [440, 660])
+    assert levels[440] > -6 and levels[660] < -40, levels
+    levels = tone_levels(tmp_path / "ada" / "audio.wav", [440, 660])
+    assert levels[660] > -6 and levels[440] < -40, levels
