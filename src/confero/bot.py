@@ -170,7 +170,8 @@ class Bot:
         play = self.args.play is not None
         self.session = MediaSession(grant, host, on_video=self._on_video,
                                     on_audio=self._on_audio, fps=self.args.fps,
-                                    device_playout=play)
+                                    device_playout=play,
+                                    receive_video=not self.args.send_only)
         await self.session.open()
         if play and self.speaker is None:
             self.speaker = Speaker(self._pull_audio, self.args.play or None)

@@ -112,7 +112,10 @@ class _TappedVideo:
 
 class Engine(QObject):
     state_changed = Signal(str, str)  # state, reason
-    meetings_changed = Signal(list)  # list[MeetingInfo]
+    # Containers travel as ``object``: PySide6 converts a ``dict``/``list``/``set`` signal
+    # argument to a QVariant and back, and with None values inside that corrupted None's
+    # reference count here (a fatal "deallocating None" after a few hundred emissions).
+    meetings_changed = Signal(object)  # list[MeetingInfo]
     joined = Signal(object)  # JoinResult
     left = Signal(str)  # why we are back in the lobby
     participant_joined = Signal(object)  # ParticipantInfo
@@ -121,8 +124,8 @@ class Engine(QObject):
     chat = Signal(object)  # ChatMessage
     error = Signal(str)
     notice = Signal(str)
-    stats = Signal(dict)  # name -> stream statistics
-    speaking = Signal(set)  # participant ids (and SELF) talking now
+    stats = Signal(object)  # dict: name -> stream statistics
+    speaking = Signal(object)  # set: participant ids (and SELF) talking now
     local_media = Signal(bool, bool)  # camera on, microphone on (what we actually send)
     recording = Signal(bool, str)
 

@@ -184,6 +184,7 @@ class MediaSession(asyncio.DatagramProtocol):
         clock: Callable[[], float] = time.time,
         fps: int = 30,
         device_playout: bool = False,
+        receive_video: bool = True,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms timer on the event loop does, and
@@ -212,6 +213,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._audio_decoder = OpusDecoder()
         self._audio_lock = threading.Lock()  # the jitter buffer is shared with the device
         self._device_playout = device_playout
+        self._receive_video = receive_video  # False: a send-only load generator
         self._last_audio: Samples | None = None
         self._concealed_in_a_row = 0
         self.audio_stats = StreamStats("audio", grant.mix_ssrc)
@@ -442,6 +444,9 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         if packet.payload_type != VIDEO_PAYLOAD_TYPE:
             self.counters["dropped_malformed"] += 1
+            return
+        if not self._receive_video:
+            self.counters["video_ignored"] = self.counters.get("video_ignored", 0) + 1
             return
         remote = self._remote.get(packet.ssrc)
         if remote is None:
