@@ -1,9 +1,10 @@
 """The desktop app's UI frame rate and CPU with 4 and 9 remote video tiles.
 
 Starts a server process and N send-only ``confero bot`` processes (640x480@30 synthetic
-video; they decode nothing, so the machine's CPU goes to the app) in one meeting, runs the real ``MainWindow`` in this process (Qt offscreen), joins, waits
-until every tile shows video, then counts over a window how often each tile actually
-painted a new picture, and the CPU this process used (GUI thread + engine thread).
+video; they decode nothing, so the machine's CPU goes to the app) in one meeting, runs the
+real ``MainWindow`` in this process (Qt offscreen), joins, waits until every tile shows
+video, then counts over a window how often each tile actually painted a new picture, and
+the CPU this process used (GUI thread + engine thread).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/app_bench.py --tiles 4 9
 """
