@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,11 @@ from tests.sound import playing_tone, pulse, record_sink, write_wav
 __all__ = ["pulse"]  # a fixture, imported for pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# CI keeps them as artifacts in docs/screenshots/ (committed when they change
+# meaningfully); a developer's run writes them to a temporary folder unless asked.
+_KEEP = os.environ.get("CI") == "true" or os.environ.get("CONFERO_SCREENSHOTS") == "1"
+SCREENSHOTS = (Path(__file__).resolve().parent.parent / "docs" / "screenshots" if _KEEP
+               else Path(tempfile.gettempdir()) / "confero-screenshots")
 WAIT = 20_000  # ms
 
 
