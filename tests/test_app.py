@@ -339,3 +339,46 @@ def test_the_qt_binding_keeps_none_alive(qtbot: QtBot) -> None:
     after = sys.getrefcount(None)
     painter.end()
     assert after - before > -100, "the Qt binding leaks references to None: pin another one"
+
+
+def test_failure_reason_paste_an_id_record_and_close_cleanly(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess],
+    tmp_path: Path,
+) -> None:
+    # a server that is not there: the reason is shown, on the start page and in the status
+    qtbot.keyClicks(window.start.name, "Mary")
+    window.start.server.setText("ws://127.0.0.1:9/ws")
+    click(qtbot, window.start.connect_button)
+    qtbot.waitUntil(lambda: "failed" in window.status.text(), timeout=WAIT)
+    assert "cannot connect to ws://127.0.0.1:9/ws" in window.status.text()
+    assert "cannot connect" in window.start.message.text()
+
+    window.start.server.setText(server.url)
+    click(qtbot, window.start.connect_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
+    ada = start_bot(bots, server, "Ada", "--create", "Paste me", "--audio", "sine:440")
+    meeting = ada.expect("joined")["meeting_id"]
+    qtbot.keyClicks(window.lobby.meeting_id, meeting)
+    qtbot.keyClick(window.lobby.meeting_id, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    page = window.meeting
+    tile = next(iter(page.grid.tiles.values()))
+    qtbot.waitUntil(tile.shows_video, timeout=WAIT)
+
+    click(qtbot, page.record_button)
+    qtbot.waitUntil(lambda: "Recording into" in page.notice.text(), timeout=WAIT)
+    ada.send("chat for the record")
+    qtbot.waitUntil(lambda: "for the record" in page.chat_view.toPlainText(), timeout=WAIT)
+    frames = tile.painted_frames
+    qtbot.waitUntil(lambda: tile.painted_frames >= frames + 30, timeout=WAIT)  # ~1 s more
+    click(qtbot, page.record_button)
+    qtbot.waitUntil(lambda: "Recording saved" in page.notice.text(), timeout=WAIT)
+    [folder] = (tmp_path / "recordings").iterdir()
+    assert (folder / "audio.wav").stat().st_size > 48_000  # > 0.5 s of mixed audio
+    [video] = folder.glob("video-Ada-*.webm")
+    assert video.stat().st_size > 0
+    assert "for the record" in (folder / "chat.jsonl").read_text()
+
+    window.close()  # closing the window leaves the meeting cleanly
+    left = ada.expect("participant_left", lambda e: e["name"] == "Mary")
+    assert left["reason"] == "left"

@@ -377,6 +377,8 @@ class Engine(QObject):
         async def start() -> None:
             self._stop_recording()
             self._recorder = MeetingRecorder(Path(directory))
+            if self.session is not None:
+                self.session.request_keyframes()  # each video file starts at a keyframe
             self.recording.emit(True, directory)
 
         self.submit(start())

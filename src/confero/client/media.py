@@ -481,6 +481,12 @@ class MediaSession(asyncio.DatagramProtocol):
             if now - at <= window and level < threshold
         }
 
+    def request_keyframes(self) -> None:
+        """Ask every sender for a keyframe now (a recording must start with one)."""
+        for ssrc, remote in self._remote.items():
+            self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
+            remote.stats.plis_sent += 1
+
     def forget_stream(self, ssrc: int) -> None:
         """A participant left: drop its receive state."""
         self._remote.pop(ssrc, None)
