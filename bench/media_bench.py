@@ -90,13 +90,17 @@ def first_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.readline()))
 
 
-def done_event(proc: subprocess.Popen[str]) -> dict[str, Any]:
+def done_event(proc: subprocess.Popen[str], seen: list[dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
+    """Read a bot's events up to its ``done``; the others go into ``seen``."""
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
         if event["event"] == "done":
             proc.wait(30)
             return dict(event)
+        if seen is not None:
+            seen.append(event)
     raise RuntimeError("bot ended without a done event")
 
 
@@ -110,9 +114,11 @@ def bench_video(seconds: float) -> dict[str, Any]:
         publisher = bot(server, "publisher", "--create", "video bench", "--audio", "none",
                         "--duration", str(seconds + 3))
         meeting = first_line(publisher)["meeting_id"]
+        time.sleep(1.0)  # the publisher is well into its stream when the subscriber joins
         subscriber = bot(server, "subscriber", "--join", meeting, "--video", "none",
                          "--duration", str(seconds))
-        summary = done_event(subscriber)
+        events: list[dict[str, Any]] = []
+        summary = done_event(subscriber, events)
         done_event(publisher)
     finally:
         server.close()
@@ -126,6 +132,8 @@ def bench_video(seconds: float) -> dict[str, Any]:
         "fps_measured": round(stream["frames_decoded"] / seconds, 1),
         "latency_ms": stream["delay_percentiles_ms"],
         "lost_packets": stream["lost"],
+        "late_join_first_frame_ms": next(
+            (e["after_join_ms"] for e in events if e["event"] == "video_started"), None),
         "machine": MACHINE,
     }
 
