@@ -321,3 +321,55 @@ def test_mixed_audio_names_its_speakers_with_levels(router: MediaRouter) -> None
         assert mixed.csrcs == [alice.grant.audio_ssrc]
         [level] = mixed.extensions[3]
         assert 10 <= level <= 30  # a -12 dBov sine, through Opus
+
+
+def test_rejoining_gets_fresh_ssrcs_so_no_stale_stream_state_interferes() -> None:
+    from tests.test_core import Harness
+
+    h = Harness()
+    h.core.media = MediaRouter(5000)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    created = h.request(alice, "create_meeting", title="t")["result"]
+    mid = created["meeting"]["id"]
+    first = h.request(bob, "join_meeting", meeting_id=mid)["result"]["media"]
+    h.request(bob, "leave_meeting")
+    second = h.request(bob, "join_meeting", meeting_id=mid)["result"]["media"]
+    assert {first["audio_ssrc"], first["video_ssrc"]}.isdisjoint(
+        {second["audio_ssrc"], second["video_ssrc"]})
+    assert first["key_up"] != second["key_up"]
+    [joined_again] = [e for e in h.events(alice, "participant_joined")][1:]
+    assert joined_again["participant"]["video_ssrc"] == second["video_ssrc"]
+    # the old SSRC is nobody's now: its packets are dropped as unknown
+    stale = RtpPacket(96, 1, 0, first["video_ssrc"], b"x" * 20).serialize()
+    assert h.core.media.handle_datagram(stale, ("127.0.0.1", 1), 0.0) == []
+    assert h.core.media.counters["dropped_unknown_ssrc"] == 1
+
+
+def test_a_receiver_whose_protection_fails_does_not_cost_the_others(
+    router: MediaRouter, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from confero.protocol.srtp import SrtpError
+
+    alice, bob, carol = (Peer(router, n, "m", p) for n, p in
+                         (("alice", 1), ("bob", 2), ("carol", 3)))
+    bind(router, alice, bob, carol)
+
+    def broken(plain: bytes) -> bytes:
+        raise SrtpError("replay check failed")
+
+    monkeypatch.setattr(router._peers["bob"].srtp, "protect_rtp", broken)
+    out = router.handle_datagram(alice.video(), alice.address, 1.0)
+    assert [address for _, address in out] == [carol.address]
+    assert router.counters["protect_failed"] == 1
+
+
+def test_an_empty_or_corrupt_opus_packet_does_not_mute_the_decoder() -> None:
+    frames = opus_frames(440, 6)
+    decoder = OpusDecoder()
+    assert np.abs(decoder.decode(frames[0])).max() > 1000
+    decoder.decode(b"")
+    decoder.decode(b"\xff" * 7)
+    assert np.abs(decoder.decode(frames[1])).max() > 0
+    assert decoder.errors >= 1
+    later = [np.abs(decoder.decode(f)).max() for f in frames[2:]]
+    assert max(later) > 1000  # still decoding: the bad packets did not end it

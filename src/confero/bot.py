@@ -89,6 +89,9 @@ class Bot:
         self.camera = self.video_source is not None
         self.microphone = self.audio_source is not None
         self.seen: dict[int, _Seen] = {}
+        # participant id -> video SSRC, kept here because the client forgets a participant
+        # before its ParticipantLeft reaches listeners
+        self._video_ssrcs: dict[str, int] = {}
         self.joined_at = 0.0
         self.stop = asyncio.Event()
         self.stop_reason = "duration"
@@ -111,6 +114,7 @@ class Bot:
             await self.client.close()
             return 1
         self.joined_at = time.time()
+        self._video_ssrcs = {p.id: p.video_ssrc for p in result.participants}
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),
              participants=[p.name for p in result.participants])
@@ -225,13 +229,17 @@ class Bot:
         match event:
             case api.ParticipantJoined(participant=p):
                 emit("participant_joined", name=p.name, participant_id=p.id)
+                self._video_ssrcs[p.id] = p.video_ssrc
             case api.ParticipantLeft(name=name, participant_id=pid, reason=reason):
                 emit("participant_left", name=name, participant_id=pid, reason=reason)
+                ssrc = self._video_ssrcs.pop(pid, None)
+                if ssrc is not None and self.session is not None:
+                    self.session.forget_stream(ssrc, ended=True)
             case api.MediaChanged(participant_id=pid, camera=camera, microphone=microphone):
                 known = self.client.participants.get(pid)
                 name = known.name if known else pid
                 if known is not None and not camera and self.session is not None:
-                    self.session.forget_stream(known.video_ssrc)
+                    self.session.forget_stream(known.video_ssrc, ended=False)
                     self.seen.pop(known.video_ssrc, None)
                 emit("media_changed", name=name, camera=camera, microphone=microphone)
             case api.ChatEvent(message=message):
@@ -246,8 +254,9 @@ class Bot:
                 emit("connection", state=state.value, reason=reason)
                 if state == api.ConnectionState.FAILED:
                     self._finish("connection_failed")
-            case api.Rejoined():
+            case api.Rejoined(participants=participants):
                 emit("rejoined")
+                self._video_ssrcs = {p.id: p.video_ssrc for p in participants}
                 asyncio.get_running_loop().create_task(self._restart_media())
             case api.RejoinFailed(code=code, message=message):
                 emit("error", code=code, message=message)

@@ -117,6 +117,7 @@ class Engine(QObject):
     # reference count here (a fatal "deallocating None" after a few hundred emissions).
     meetings_changed = Signal(object)  # list[MeetingInfo]
     joined = Signal(object)  # JoinResult
+    rejoined = Signal(object)  # list[ParticipantInfo]: who is there after a reconnect
     left = Signal(str)  # why we are back in the lobby
     participant_joined = Signal(object)  # ParticipantInfo
     participant_left = Signal(object)  # ParticipantLeft
@@ -134,7 +135,10 @@ class Engine(QObject):
         self.frames = FrameStore()
         self.client: api.Client | None = None
         self.session: MediaSession | None = None
-        self.participant_id: str | None = None
+        # participant id -> video SSRC: the client forgets a participant before its
+        # ParticipantLeft reaches us, and we still need the SSRC to free the stream
+        self._video_ssrcs: dict[str, int] = {}
+        self._media_lock: asyncio.Lock | None = None  # created on the engine loop
         self._video: _TappedVideo | None = None
         self._audio: AudioSource | None = None
         self._speaker: Speaker | None = None
@@ -185,8 +189,13 @@ class Engine(QObject):
         client.add_listener(self._on_event)
         self.client = client
         await client.connect()
-        self.participant_id = client.participant_id
         self.meetings_changed.emit(await client.list_meetings())
+
+    @property
+    def participant_id(self) -> str | None:
+        """Ours, as the server knows it now (a reconnect gets a new one)."""
+        client = self.client
+        return client.participant_id if client is not None else None
 
     def disconnect_from_server(self) -> None:
         self.submit(self._disconnect())
@@ -250,39 +259,65 @@ class Engine(QObject):
         return await getattr(self._require_client(), method)(*args)
 
     async def _entered(self, result: Any) -> None:
+        self._video_ssrcs = {p.id: p.video_ssrc for p in result.participants}
         self.joined.emit(result)
         await self._start_media()
+
+    def _media_guard(self) -> asyncio.Lock:
+        if self._media_lock is None:
+            self._media_lock = asyncio.Lock()
+        return self._media_lock
 
     # ------------------------------------------------------------------ media
 
     async def _start_media(self) -> None:
-        client = self._require_client()
-        grant = client.media_grant
-        if grant is None:
-            self.notice.emit("The server offers no media for this meeting: chat only.")
-            return
-        host = urlsplit(client.url).hostname or "127.0.0.1"
-        self.session = MediaSession(grant, host, on_video=self._on_video,
-                                    on_audio=self._on_audio, device_playout=True)
-        await self.session.open()
-        self._open_speaker()
-        self.session.set_video_source(self._video)
-        self.session.set_audio_source(self._audio)
+        """Open the media path of the meeting we are in. Start and stop are serialised, so
+        a leave (or the end of the meeting) while this runs cannot leave a session behind."""
+        async with self._media_guard():
+            client = self._require_client()
+            grant = client.media_grant
+            if client.meeting is None or self.session is not None:
+                return
+            if grant is None:
+                self.notice.emit("The server offers no media for this meeting: chat only.")
+                return
+            host = urlsplit(client.url).hostname or "127.0.0.1"
+            session = MediaSession(grant, host, on_video=self._on_video,
+                                   on_audio=self._on_audio, device_playout=True,
+                                   on_source_error=self._source_failed)
+            await session.open()
+            self.session = session
+            self._open_speaker()
+            session.set_video_source(self._video)
+            session.set_audio_source(self._audio)
+            self._ticker = asyncio.create_task(self._tick())
         await self._announce()
-        self._ticker = asyncio.create_task(self._tick())
 
-    async def _stop_media(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
-        if self._speaker is not None:
-            self._speaker.close()
-            self._speaker = None
-        if self.session is not None:
-            session, self.session = self.session, None
-            await session.close()
-        self._stop_recording()
-        self.frames.clear()
+    async def _stop_media(self, *, keep_recording: bool = False) -> None:
+        async with self._media_guard():
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
+            if self._speaker is not None:
+                self._speaker.close()
+                self._speaker = None
+            if self.session is not None:
+                session, self.session = self.session, None
+                await session.close()
+            if not keep_recording:
+                self._stop_recording()
+            self.frames.clear()
+
+    def _source_failed(self, kind: str, message: str) -> None:
+        """A camera or microphone died mid-call: say so, and show it as off."""
+        if kind == "video":
+            self._video = None
+            self.frames.drop(SELF)
+        else:
+            self._audio = None
+        self.error.emit(f"The {'camera' if kind == 'video' else 'microphone'} stopped: "
+                        f"{message}")
+        self._loop.create_task(self._guarded(self._announce()))
 
     def _open_speaker(self) -> None:
         session = self.session
@@ -425,13 +460,20 @@ class Engine(QObject):
             case api.MeetingsChanged(meetings=meetings):
                 self.meetings_changed.emit(meetings)
             case api.ParticipantJoined(participant=participant):
+                self._video_ssrcs[participant.id] = participant.video_ssrc
                 self.participant_joined.emit(participant)
             case api.ParticipantLeft():
                 self.frames.drop(event.participant_id)
+                ssrc = self._video_ssrcs.pop(event.participant_id, None)
+                if ssrc is not None and self.session is not None:
+                    self.session.forget_stream(ssrc, ended=True)
                 self.participant_left.emit(event)
             case api.MediaChanged():
                 if not event.camera:
                     self.frames.drop(event.participant_id)
+                    ssrc = self._video_ssrcs.get(event.participant_id)
+                    if ssrc is not None and self.session is not None:
+                        self.session.forget_stream(ssrc, ended=False)
                 self.media_changed.emit(event)
             case api.ChatEvent(message=message):
                 self.chat.emit(message)
@@ -440,15 +482,18 @@ class Engine(QObject):
             case api.MeetingEnded(message=message):
                 self._loop.create_task(self._stop_media())
                 self.left.emit(message[0].upper() + message[1:] + ".")
-            case api.Rejoined():
+            case api.Rejoined(participants=participants):
+                self._video_ssrcs = {p.id: p.video_ssrc for p in participants}
+                self.rejoined.emit(participants)
                 self.notice.emit("Reconnected and back in the meeting.")
-                self._loop.create_task(self._restart_media())
+                self._loop.create_task(self._guarded(self._restart_media()))
             case api.RejoinFailed(message=message):
                 self._loop.create_task(self._stop_media())
                 self.left.emit(f"Could not rejoin the meeting: {message}")
 
     async def _restart_media(self) -> None:
-        await self._stop_media()
+        """New keys and SSRCs after a rejoin; a recording in progress carries on."""
+        await self._stop_media(keep_recording=True)
         if self.client is not None and self.client.meeting is not None:
             await self._start_media()
 

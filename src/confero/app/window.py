@@ -415,6 +415,7 @@ class MainWindow(QMainWindow):
         engine.state_changed.connect(self._set_state)
         engine.meetings_changed.connect(self.lobby.show_meetings)
         engine.joined.connect(self._joined)
+        engine.rejoined.connect(self._rejoined)
         engine.left.connect(self._left)
         engine.participant_joined.connect(self._participant_joined)
         engine.participant_left.connect(self._participant_left)
@@ -543,6 +544,17 @@ class MainWindow(QMainWindow):
         self._fill_pickers()
         self.pages.setCurrentWidget(page)
         self.setWindowTitle(f"{result.meeting.title} - confero")
+
+    def _rejoined(self, participants: list[ParticipantInfo]) -> None:
+        """After a reconnect: who left or came meanwhile, and everyone's new streams."""
+        me = self.engine.participant_id
+        current = {p.id: p for p in participants if p.id != me}
+        for participant_id in set(self.meeting.grid.tiles) - set(current):
+            self.meeting.grid.remove(participant_id)
+        for participant in current.values():
+            self._add_tile(participant)
+        self.participants = {p.id: p for p in participants}
+        self._refresh_people()
 
     def _add_tile(self, participant: ParticipantInfo) -> None:
         tile = self.meeting.grid.add(participant.id, participant.name)

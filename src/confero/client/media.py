@@ -185,6 +185,7 @@ class MediaSession(asyncio.DatagramProtocol):
         fps: int = 30,
         device_playout: bool = False,
         receive_video: bool = True,
+        on_source_error: Callable[[str, str], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms timer on the event loop does, and
@@ -214,6 +215,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._audio_lock = threading.Lock()  # the jitter buffer is shared with the device
         self._device_playout = device_playout
         self._receive_video = receive_video  # False: a send-only load generator
+        self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._last_audio: Samples | None = None
         self._concealed_in_a_row = 0
         self.audio_stats = StreamStats("audio", grant.mix_ssrc)
@@ -317,6 +319,16 @@ class MediaSession(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ sending
 
     async def _send_video(self, source: VideoSource) -> None:
+        try:
+            await self._video_loop(source)
+        except Exception as exc:  # a device that died must stop the stream, not the app
+            log.warning("video source failed: %s", exc)
+            self.counters["source_errors"] = self.counters.get("source_errors", 0) + 1
+            self._video_task = None
+            if self._on_source_error is not None:
+                self._on_source_error("video", str(exc))
+
+    async def _video_loop(self, source: VideoSource) -> None:
         encoder = Vp8Encoder(source.width, source.height, self.fps)
         interval = 1 / self.fps
         loop = asyncio.get_running_loop()
@@ -357,6 +369,16 @@ class MediaSession(asyncio.DatagramProtocol):
             self._send_rtp(plain)
 
     async def _send_audio(self, source: AudioSource) -> None:
+        try:
+            await self._audio_loop(source)
+        except Exception as exc:
+            log.warning("audio source failed: %s", exc)
+            self.counters["source_errors"] = self.counters.get("source_errors", 0) + 1
+            self._audio_task = None
+            if self._on_source_error is not None:
+                self._on_source_error("audio", str(exc))
+
+    async def _audio_loop(self, source: AudioSource) -> None:
         encoder = OpusEncoder()
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -437,7 +459,8 @@ class MediaSession(asyncio.DatagramProtocol):
         if packet.ssrc == self.grant.mix_ssrc and packet.payload_type == OPUS_PAYLOAD_TYPE:
             with self._audio_lock:
                 self.audio_stats.on_packet(packet, size, now, 48_000)
-                self._jitter.push(packet.timestamp, packet.payload, now)
+                if packet.payload:  # an empty one is a loss, not a frame
+                    self._jitter.push(packet.timestamp, packet.payload, now)
             levels = packet.extensions.get(EXT_MIXER_LEVELS, b"")
             for ssrc, level in zip(packet.csrcs, levels, strict=False):
                 self._speaker_levels[ssrc] = (level & 0x7F, now)
@@ -487,9 +510,13 @@ class MediaSession(asyncio.DatagramProtocol):
             self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
             remote.stats.plis_sent += 1
 
-    def forget_stream(self, ssrc: int) -> None:
-        """A participant left: drop its receive state."""
+    def forget_stream(self, ssrc: int, *, ended: bool) -> None:
+        """Drop a video stream's receive state: the frames, the decoder, the statistics.
+        ``ended`` (its sender left) also drops its SRTP state; a camera that is merely off
+        keeps it, since the stream resumes with the same rollover counter."""
         self._remote.pop(ssrc, None)
+        if ended:
+            self._srtp.forget(ssrc)
 
     # ------------------------------------------------------------------ periodic work
 

@@ -51,16 +51,26 @@ class OpusDecoder:
     """Opus packets in, 20 ms int16 frames out; bad packets give silence, not exceptions."""
 
     def __init__(self) -> None:
-        self._codec: Any = av.CodecContext.create("opus", "r")
-        self._codec.sample_rate = SAMPLE_RATE
-        self._codec.layout = "mono"
+        self._codec: Any = self._new_codec()
         self.errors = 0
 
+    @staticmethod
+    def _new_codec() -> Any:
+        codec = av.CodecContext.create("opus", "r")
+        codec.sample_rate = SAMPLE_RATE
+        codec.layout = "mono"
+        return codec
+
     def decode(self, payload: bytes) -> Samples:
+        if not payload:
+            # An empty packet would be a *flush* to FFmpeg and end the decoder for good.
+            self.errors += 1
+            return SILENCE
         try:
             frames = self._codec.decode(av.Packet(payload))
         except (av.FFmpegError, ValueError):
             self.errors += 1
+            self._codec = self._new_codec()  # never stay stuck after a bad packet
             return SILENCE
         if not frames:
             return SILENCE

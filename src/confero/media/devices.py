@@ -125,9 +125,18 @@ class _LatestFrame:
         self._latest = frame
         self._ready.set()
 
+    def _wait_for_first_frame(self, what: str, timeout: float = 5.0) -> None:
+        """Called by the constructor (off the event loop): a device that delivers nothing
+        fails here, clearly, instead of stalling the sender later."""
+        if not self._ready.wait(timeout):
+            self.close()
+            raise DeviceError(f"{what} delivered no picture in {timeout:g} s"
+                              + (f": {self.error}" if self.error else ""))
+
     def frame(self, capture_us: int) -> av.VideoFrame:
-        if not self._ready.wait(5):
-            raise DeviceError(f"no frame from the device in 5 s: {self.error or 'no data'}")
+        """The newest picture (never blocks: the constructor waited for the first)."""
+        if self.error is not None and not self._ready.is_set():
+            raise DeviceError(str(self.error))
         assert self._latest is not None
         return self._latest
 
@@ -147,6 +156,7 @@ class ScreenSource(_LatestFrame):
         except (av.FFmpegError, OSError) as exc:
             raise DeviceError(f"cannot capture the screen {display}: {exc}") from exc
         threading.Thread(target=self._read, name="screen", daemon=True).start()
+        self._wait_for_first_frame(f"the screen {display}")
 
     def _read(self) -> None:
         try:
@@ -181,6 +191,7 @@ class CameraSource(_LatestFrame):
         self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         self._capture.set(cv2.CAP_PROP_FPS, fps)
         threading.Thread(target=self._read, name="camera", daemon=True).start()
+        self._wait_for_first_frame(f"the camera {device}")
 
     def _read(self) -> None:
         cv2 = self._cv2

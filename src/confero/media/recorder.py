@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -73,29 +74,44 @@ class MeetingRecorder:
         self._wav.setframerate(SAMPLE_RATE)
         self._chat = (self.directory / "chat.jsonl").open("a", encoding="utf-8")
         self._videos: dict[int, _VideoTrack] = {}
+        # Audio may come from a sound device's thread while video, chat and close come
+        # from the event loop: one lock keeps the files whole.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def audio(self, samples: Samples) -> None:
-        self._wav.writeframes(samples.astype("<i2").tobytes())
+        with self._lock:
+            if not self._closed:
+                self._wav.writeframes(samples.astype("<i2").tobytes())
 
     def video(self, ssrc: int, name: str, frame: Frame, width: int, height: int) -> None:
-        track = self._videos.get(ssrc)
-        if track is None:
-            track = self._videos[ssrc] = _VideoTrack(
-                self.directory / f"video-{_safe(name)}-{ssrc:08x}.webm"
-            )
-        track.add(frame, width, height)
+        with self._lock:
+            if self._closed:
+                return
+            track = self._videos.get(ssrc)
+            if track is None:
+                track = self._videos[ssrc] = _VideoTrack(
+                    self.directory / f"video-{_safe(name)}-{ssrc:08x}.webm"
+                )
+            track.add(frame, width, height)
 
     def chat(self, message: ChatMessage) -> None:
         record = {"seq": message.seq, "ts": message.ts, "sender": message.sender,
                   "text": message.text}
-        self._chat.write(json.dumps(record) + "\n")
-        self._chat.flush()
+        with self._lock:
+            if not self._closed:
+                self._chat.write(json.dumps(record) + "\n")
+                self._chat.flush()
 
     def files(self) -> list[str]:
         return sorted(str(p) for p in self.directory.iterdir())
 
     def close(self) -> None:
-        self._wav.close()
-        self._chat.close()
-        for track in self._videos.values():
-            track.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wav.close()
+            self._chat.close()
+            for track in self._videos.values():
+                track.close()

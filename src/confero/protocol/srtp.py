@@ -9,6 +9,7 @@ hop-by-hop protection, not end-to-end (that is SFrame's job, later).
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 
 import pylibsrtp
@@ -18,6 +19,9 @@ PROFILE = "AES_CM_128_HMAC_SHA1_80"
 KEY_LENGTH = 30  # 16-byte AES key + 14-byte salt
 #: SRTP adds a 10-byte auth tag to RTP, and a 4-byte index plus the tag to RTCP.
 MAX_OVERHEAD = 14
+#: Replay window in packets: as deep as the NACK histories (512 on the server, 1024 in
+#: clients), so a retransmission is not refused as "too old" (libsrtp's default is 128).
+REPLAY_WINDOW = 1024
 
 
 class SrtpError(ValueError):
@@ -45,8 +49,16 @@ class SrtpContext:
     def __init__(self, tx_key: bytes, rx_key: bytes) -> None:
         tx_policy = Policy(key=tx_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
         tx_policy.allow_repeat_tx = True  # retransmissions resend the same sequence number
+        tx_policy.window_size = REPLAY_WINDOW
         self._tx = Session(policy=tx_policy)
-        self._rx = Session(policy=Policy(key=rx_key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        rx_policy = Policy(key=rx_key, ssrc_type=Policy.SSRC_ANY_INBOUND)
+        rx_policy.window_size = REPLAY_WINDOW
+        self._rx = Session(policy=rx_policy)
+
+    def forget(self, ssrc: int) -> None:
+        """Drop the receive state of a stream that ended (a participant left)."""
+        with contextlib.suppress(pylibsrtp.Error):
+            self._rx.remove_stream(ssrc)
 
     def protect_rtp(self, packet: bytes) -> bytes:
         try:

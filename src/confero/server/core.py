@@ -63,7 +63,7 @@ class MediaPlane(Protocol):
         """Open the media path for a participant who just entered a meeting."""
 
     def release(self, participant_id: str) -> None:
-        """The participant left its meeting: stop routing its media."""
+        """The participant left its meeting: stop routing its media, free its SSRCs."""
 
     def forget(self, participant_id: str) -> None:
         """The connection is gone: free its SSRCs too."""
@@ -371,12 +371,20 @@ class SignalingCore:
             event = notice.event
             if isinstance(event, sig.MeetingEnded):
                 self.store.end_meeting(event.meeting_id, event.reason, now)
-                if self.media is not None:
-                    for pid in notice.recipients:
-                        self.media.release(pid)
-            elif isinstance(event, sig.ParticipantLeft) and self.media is not None:
-                self.media.release(event.participant_id)
+                for pid in notice.recipients:
+                    self._release_media(pid)
+            elif isinstance(event, sig.ParticipantLeft):
+                self._release_media(event.participant_id)
         return notices
+
+    def _release_media(self, participant_id: str) -> None:
+        """Close the participant's media path; its next meeting gets fresh SSRCs."""
+        if self.media is None:
+            return
+        self.media.release(participant_id)
+        conn = self._connections.get(self._conn_by_participant.get(participant_id, -1))
+        if conn is not None and conn.participant is not None:
+            conn.participant.audio_ssrc = conn.participant.video_ssrc = 0
 
     def _deliver(self, notices: list[Notice]) -> list[Action]:
         actions: list[Action] = []

@@ -108,7 +108,7 @@ class MediaRouter:
     def admit(self, participant_id: str, meeting_id: str) -> MediaGrant:
         self.reserve(participant_id)
         peer = self._peers[participant_id]
-        self.release(participant_id)
+        self._leave_meeting(peer)
         key_up, key_down = new_master_key(), new_master_key()
         peer.srtp = SrtpContext(tx_key=key_down, rx_key=key_up)
         peer.meeting_id = meeting_id
@@ -132,9 +132,22 @@ class MediaRouter:
         )
 
     def release(self, participant_id: str) -> None:
-        peer = self._peers.get(participant_id)
-        if peer is None or peer.meeting_id is None:
+        """Out of the meeting: keys, address and SSRCs all go. A later join gets new SSRCs,
+        so nobody's SRTP or jitter-buffer state for the old stream can get in the way."""
+        peer = self._peers.pop(participant_id, None)
+        if peer is None:
             return
+        self._leave_meeting(peer)
+        self._by_ssrc.pop(peer.audio_ssrc, None)
+        self._by_ssrc.pop(peer.video_ssrc, None)
+
+    def forget(self, participant_id: str) -> None:
+        self.release(participant_id)
+
+    def _leave_meeting(self, peer: _Peer) -> None:
+        if peer.meeting_id is None:
+            return
+        participant_id = peer.participant_id
         meeting = self._meetings.get(peer.meeting_id)
         if meeting is not None:
             meeting.members.discard(participant_id)
@@ -147,13 +160,6 @@ class MediaRouter:
         peer.srtp = None  # old keys die with the membership
         peer.address = None
         peer.camera = peer.microphone = False
-
-    def forget(self, participant_id: str) -> None:
-        self.release(participant_id)
-        peer = self._peers.pop(participant_id, None)
-        if peer is not None:
-            self._by_ssrc.pop(peer.audio_ssrc, None)
-            self._by_ssrc.pop(peer.video_ssrc, None)
 
     def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None:
         peer = self._peers.get(participant_id)
@@ -231,10 +237,14 @@ class MediaRouter:
             receiver = self._peers[pid]
             if receiver.address is None or receiver.srtp is None:
                 continue
-            protected = (
-                receiver.srtp.protect_rtcp(plain) if rtcp_packet
-                else receiver.srtp.protect_rtp(plain)
-            )
+            try:
+                protected = (
+                    receiver.srtp.protect_rtcp(plain) if rtcp_packet
+                    else receiver.srtp.protect_rtp(plain)
+                )
+            except SrtpError:
+                self.counters["protect_failed"] += 1  # one receiver's problem, not all
+                continue
             out.append((protected, receiver.address))
         meeting.forwarded_packets += len(out)
         meeting.forwarded_bytes += len(plain) * len(out)
@@ -276,8 +286,11 @@ class MediaRouter:
             plain = publisher.history.get(seq)
             if plain is None:
                 unknown.append(seq)
-            else:
+                continue
+            try:
                 out.append((receiver.srtp.protect_rtp(plain), receiver.address))
+            except SrtpError:
+                self.counters["protect_failed"] += 1
         self.counters["retransmitted"] += len(out)
         if unknown and publisher.address is not None and publisher.srtp is not None:
             # We never got them either: ask the publisher (its answer reaches everyone).

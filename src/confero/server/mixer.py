@@ -87,7 +87,7 @@ class MeetingMixer:
     def push(self, participant_id: str, timestamp: int, payload: bytes, level: int | None,
              now: float) -> None:
         member = self._members.get(participant_id)
-        if member is None:
+        if member is None or not payload:
             return
         if level is not None and level >= SILENCE_LEVEL:
             self.stats.skipped_silent += 1  # silent: not worth a decode
