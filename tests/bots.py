@@ -11,12 +11,13 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+import pytest
 
 from confero.media.video import luma_plane, read_stamp
 
@@ -118,3 +119,19 @@ def video_identities(webm_path: Path) -> tuple[int, set[int]]:
             frames += 1
             identities.add(read_stamp(luma_plane(frame))[1])
     return frames, identities
+
+
+@pytest.fixture
+def bots() -> Iterator[list[BotProcess]]:
+    """Bots started by a test (``start_bot``), killed at its end whatever happened."""
+    started: list[BotProcess] = []
+    yield started
+    for bot in started:
+        bot.cleanup()
+
+
+def start_bot(bots: list[BotProcess], url: str, name: str, *args: str) -> BotProcess:
+    """A bot that reports its statistics twice a second."""
+    bot = BotProcess(url, name, "--stats-interval", "0.5", *args)
+    bots.append(bot)
+    return bot

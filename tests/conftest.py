@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 
 from confero.client import Client
+from tests.bots import bots
+from tests.sound import pulse
+
+__all__ = ["bots", "pulse"]  # fixtures defined beside their helpers, shared by all tests
 
 
 @dataclass

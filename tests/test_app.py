@@ -24,11 +24,9 @@ from pytestqt.qtbot import QtBot
 from confero.app.engine import DeviceChoice
 from confero.app.window import MainWindow
 from confero.media.video import identity_code, read_stamp
-from tests.bots import BotProcess, tone_levels
+from tests.bots import BotProcess, start_bot, tone_levels
 from tests.conftest import ServerProcess
-from tests.sound import playing_tone, pulse, record_sink, write_wav
-
-__all__ = ["pulse"]  # a fixture, imported for pytest
+from tests.sound import playing_tone, record_sink, write_wav
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # CI keeps them as artifacts in docs/screenshots/ (committed when they change
@@ -37,14 +35,6 @@ _KEEP = os.environ.get("CI") == "true" or os.environ.get("CONFERO_SCREENSHOTS") 
 SCREENSHOTS = (Path(__file__).resolve().parent.parent / "docs" / "screenshots" if _KEEP
                else Path(tempfile.gettempdir()) / "confero-screenshots")
 WAIT = 20_000  # ms
-
-
-@pytest.fixture
-def bots() -> Iterator[list[BotProcess]]:
-    started: list[BotProcess] = []
-    yield started
-    for bot in started:
-        bot.cleanup()
 
 
 @pytest.fixture
@@ -70,13 +60,6 @@ def connect(qtbot: QtBot, window: MainWindow, server: ServerProcess, name: str) 
     click(qtbot, window.start.connect_button)
     qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
     assert "Connected to" in window.status.text() and name in window.status.text()
-
-
-def start_bot(bots: list[BotProcess], server: ServerProcess, name: str, *args: str
-              ) -> BotProcess:
-    bot = BotProcess(server.url, name, "--stats-interval", "0.5", *args)
-    bots.append(bot)
-    return bot
 
 
 def lobby_row(window: MainWindow, title: str) -> int:
@@ -106,7 +89,7 @@ def test_start_lobby_join_see_chat_toggle_and_leave(
     qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess]
 ) -> None:
     connect(qtbot, window, server, "Katherine")
-    ada = start_bot(bots, server, "Ada", "--create", "Standup", "--audio", "sine:440")
+    ada = start_bot(bots, server.url, "Ada", "--create", "Standup", "--audio", "sine:440")
     ada.expect("joined")
 
     qtbot.waitUntil(lambda: lobby_row(window, "Standup") >= 0, timeout=WAIT)  # live update
@@ -175,7 +158,7 @@ def test_create_and_end_the_meeting_for_all(
     assert page.end_button.isVisible()
     meeting_id = re.search(r"id (\w+)", page.title.text())
     assert meeting_id
-    bob = start_bot(bots, server, "Bob", "--join", meeting_id.group(1), "--video", "none")
+    bob = start_bot(bots, server.url, "Bob", "--join", meeting_id.group(1), "--video", "none")
     bob.expect("joined")
     qtbot.waitUntil(lambda: len(page.grid.tiles) == 1, timeout=WAIT)
     assert "Bob joined" in page.chat_view.toPlainText()
@@ -209,7 +192,7 @@ def test_unread_count_while_the_chat_is_hidden(
     assert meeting_id
     click(qtbot, page.panel_button)  # hide the side panel
     assert not page.side.isVisible()
-    bob = start_bot(bots, server, "Bob", "--join", meeting_id.group(1), "--video", "none")
+    bob = start_bot(bots, server.url, "Bob", "--join", meeting_id.group(1), "--video", "none")
     bob.expect("joined")
     bob.send("chat one")
     bob.send("chat two")
@@ -222,12 +205,12 @@ def test_four_person_meeting_and_lobby_screenshots(
     qtbot: QtBot, window: MainWindow, server: ServerProcess, bots: list[BotProcess]
 ) -> None:
     connect(qtbot, window, server, "Katherine Johnson")
-    first = start_bot(bots, server, "Ada Lovelace", "--create", "Design review",
+    first = start_bot(bots, server.url, "Ada Lovelace", "--create", "Design review",
                       "--audio", "sine:440")
     meeting = first.expect("joined")["meeting_id"]
-    start_bot(bots, server, "Grace Hopper", "--join", meeting, "--audio", "sine:660")
-    start_bot(bots, server, "Alan Turing", "--join", meeting, "--video", "none")
-    other = start_bot(bots, server, "Hedy Lamarr", "--create", "Weekly sync", "--video", "none",
+    start_bot(bots, server.url, "Grace Hopper", "--join", meeting, "--audio", "sine:660")
+    start_bot(bots, server.url, "Alan Turing", "--join", meeting, "--video", "none")
+    other = start_bot(bots, server.url, "Hedy Lamarr", "--create", "Weekly sync", "--video", "none",
                       "--password", "s3cret")
     other.expect("joined")
     qtbot.waitUntil(lambda: lobby_row(window, "Design review") >= 0
@@ -298,7 +281,7 @@ def test_the_app_plays_and_captures_sound_through_pulseaudio(
     try:
         with playing_tone(pulse, "mic", 660):
             connect(qtbot, window, server, "Katherine")
-            ada = start_bot(bots, server, "Ada", "--create", "Sound check", "--audio",
+            ada = start_bot(bots, server.url, "Ada", "--create", "Sound check", "--audio",
                             "sine:440", "--video", "none", "--record", str(tmp_path / "ada"))
             ada.expect("joined")
             qtbot.waitUntil(lambda: lobby_row(window, "Sound check") >= 0, timeout=WAIT)
@@ -356,7 +339,7 @@ def test_failure_reason_paste_an_id_record_and_close_cleanly(
     window.start.server.setText(server.url)
     click(qtbot, window.start.connect_button)
     qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
-    ada = start_bot(bots, server, "Ada", "--create", "Paste me", "--audio", "sine:440")
+    ada = start_bot(bots, server.url, "Ada", "--create", "Paste me", "--audio", "sine:440")
     meeting = ada.expect("joined")["meeting_id"]
     qtbot.keyClicks(window.lobby.meeting_id, meeting)
     qtbot.keyClick(window.lobby.meeting_id, Qt.Key.Key_Return)

@@ -16,9 +16,8 @@ import pytest
 
 from tests.bots import BotProcess, tone_levels
 from tests.conftest import ServerProcess
-from tests.sound import need, playing_tone, pulse, record_sink, write_wav
+from tests.sound import need, playing_tone, record_sink, write_wav
 
-__all__ = ["pulse"]  # a fixture, imported for pytest
 
 def test_microphone_and_speaker_through_pulseaudio(
     server: ServerProcess, pulse: dict[str, str], tmp_path: Path

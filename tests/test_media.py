@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from confero.client import Client
 from confero.media.video import identity_code
 from confero.protocol.rtp import RtpPacket
 from confero.protocol.srtp import SrtpContext, decode_key, new_master_key
-from tests.bots import BotProcess, tone_levels, video_identities
+from tests.bots import BotProcess, start_bot, tone_levels, video_identities
 from tests.conftest import ServerProcess
-
-
-@pytest.fixture
-def bots() -> Iterator[list[BotProcess]]:
-    started: list[BotProcess] = []
-    yield started
-    for bot in started:
-        bot.cleanup()
-
-
-def start_bot(bots: list[BotProcess], server: ServerProcess, name: str, *args: str) -> BotProcess:
-    bot = BotProcess(server.url, name, "--stats-interval", "0.5", *args)
-    bots.append(bot)
-    return bot
 
 
 def received(stats: dict[str, Any], name: str) -> int:
@@ -62,7 +46,7 @@ def test_two_meetings_each_hear_and_see_only_their_others(
     server: ServerProcess, bots: list[BotProcess], tmp_path: Path
 ) -> None:
     def launch(name: str, tone: float, target: list[str]) -> BotProcess:
-        return start_bot(bots, server, name, *target, "--audio", f"sine:{tone:g}",
+        return start_bot(bots, server.url, name, *target, "--audio", f"sine:{tone:g}",
                          "--record", str(tmp_path / name), "--check-stamps")
 
     first_a = launch("a440", 440, ["--create", "A"])
@@ -110,9 +94,9 @@ def test_two_meetings_each_hear_and_see_only_their_others(
 def test_camera_and_microphone_off_and_on_mid_call(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server, "alice", "--create", "toggles", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "toggles", "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
-    bob = start_bot(bots, server, "bob", "--join", meeting, "--video", "none")
+    bob = start_bot(bots, server.url, "bob", "--join", meeting, "--video", "none")
     wait_until_receiving(bob, ["alice"], frames=10, audio_packets=20)
 
     alice.send("camera off")
@@ -147,13 +131,13 @@ def test_camera_and_microphone_off_and_on_mid_call(
 def test_late_joiner_gets_a_keyframe_and_a_killed_bot_disturbs_nobody(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server, "alice", "--create", "late", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "late", "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
-    bob = start_bot(bots, server, "bob", "--join", meeting, "--audio", "sine:660")
+    bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "sine:660")
     wait_until_receiving(alice, ["bob"])
     wait_until_receiving(bob, ["alice"])
 
-    carol = start_bot(bots, server, "carol", "--join", meeting)
+    carol = start_bot(bots, server.url, "carol", "--join", meeting)
     carol.expect("joined")
     started = {carol.expect("video_started")["name"], carol.expect("video_started")["name"]}
     assert started == {"alice", "bob"}
@@ -191,9 +175,9 @@ async def media_metrics(server: ServerProcess) -> dict[str, float]:
 async def test_garbage_foreign_and_replayed_packets_are_dropped_and_counted(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server, "alice", "--create", "attacked", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "attacked", "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
-    bob = start_bot(bots, server, "bob", "--join", meeting, "--audio", "sine:660")
+    bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "sine:660")
     wait_until_receiving(bob, ["alice"])
 
     # A participant of the same meeting, so it holds real keys to replay with.

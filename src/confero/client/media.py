@@ -19,9 +19,9 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -319,14 +319,24 @@ class MediaSession(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ sending
 
     async def _send_video(self, source: VideoSource) -> None:
+        await self._guard_source("video", self._video_loop(source))
+
+    async def _send_audio(self, source: AudioSource) -> None:
+        await self._guard_source("audio", self._audio_loop(source))
+
+    async def _guard_source(self, kind: str, sending: Coroutine[Any, Any, None]) -> None:
+        """A device that dies must stop its stream, not the session or the app."""
         try:
-            await self._video_loop(source)
-        except Exception as exc:  # a device that died must stop the stream, not the app
-            log.warning("video source failed: %s", exc)
+            await sending
+        except Exception as exc:
+            log.warning("%s source failed: %s", kind, exc)
             self.counters["source_errors"] = self.counters.get("source_errors", 0) + 1
-            self._video_task = None
+            if kind == "video":
+                self._video_task = None
+            else:
+                self._audio_task = None
             if self._on_source_error is not None:
-                self._on_source_error("video", str(exc))
+                self._on_source_error(kind, str(exc))
 
     async def _video_loop(self, source: VideoSource) -> None:
         encoder = Vp8Encoder(source.width, source.height, self.fps)
@@ -367,16 +377,6 @@ class MediaSession(asyncio.DatagramProtocol):
             plain = packet.serialize()
             self._history.store(self._video_seq, plain)
             self._send_rtp(plain)
-
-    async def _send_audio(self, source: AudioSource) -> None:
-        try:
-            await self._audio_loop(source)
-        except Exception as exc:
-            log.warning("audio source failed: %s", exc)
-            self.counters["source_errors"] = self.counters.get("source_errors", 0) + 1
-            self._audio_task = None
-            if self._on_source_error is not None:
-                self._on_source_error("audio", str(exc))
 
     async def _audio_loop(self, source: AudioSource) -> None:
         encoder = OpusEncoder()
