@@ -121,3 +121,31 @@ def test_screen_share_reaches_the_others(
     red, green, blue = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
     # the X root window's colour, #c83214, through VP8 and back
     assert abs(red - 0xC8) < 20 and abs(green - 0x32) < 20 and abs(blue - 0x14) < 20
+
+
+def test_the_camera_source_reads_through_opencv(tmp_path: Path) -> None:
+    """No camera here: OpenCV opens a video file the way it opens /dev/video0, so the
+    capture thread, the colour conversion and the scaling are exercised for real."""
+    from fractions import Fraction
+
+    from confero.media.devices import CameraSource
+    from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+
+    path = tmp_path / "camera.webm"
+    camera = SyntheticCamera("Lens", 640, 480)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        stream.bit_rate = 4_000_000
+        for index in range(30):
+            frame = camera.frame(index)
+            frame.pts, frame.time_base = index, Fraction(1, 30)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    source = CameraSource(str(path), 320, 240)
+    try:
+        frame = source.frame(0)
+        assert (frame.width, frame.height, frame.format.name) == (320, 240, "yuv420p")
+        assert read_stamp(luma_plane(frame))[1] == identity_code("Lens")
+    finally:
+        source.close()
