@@ -353,7 +353,7 @@ def test_failure_reason_paste_an_id_record_and_close_cleanly(
     ada.send("chat for the record")
     qtbot.waitUntil(lambda: "for the record" in page.chat_view.toPlainText(), timeout=WAIT)
     frames = tile.painted_frames
-    qtbot.waitUntil(lambda: tile.painted_frames >= frames + 30, timeout=WAIT)  # ~1 s more
+    qtbot.waitUntil(lambda: tile.painted_frames >= frames + 60, timeout=WAIT)  # ~2 s more
     click(qtbot, page.record_button)
     qtbot.waitUntil(lambda: "Recording saved" in page.notice.text(), timeout=WAIT)
     [folder] = (tmp_path / "recordings").iterdir()

@@ -215,9 +215,10 @@ class Bot:
             _, identity = read_stamp(luma_plane(video.frame))
             ok = identity == identity_code(seen.name)
             seen.stamps["match" if ok else "mismatch"] += 1
-        if self.recorder is not None:
-            self.recorder.video(video.ssrc, seen.name, video.encoded, video.frame.width,
-                                video.frame.height)
+        if self.recorder is not None and not self.recorder.video(
+            video.ssrc, seen.name, video.encoded, video.frame.width, video.frame.height
+        ) and self.session is not None:
+            self.session.request_keyframe(video.ssrc, time.monotonic())
 
     def _on_audio(self, samples: Samples) -> None:
         if self.recorder is not None:

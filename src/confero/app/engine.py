@@ -412,8 +412,6 @@ class Engine(QObject):
         async def start() -> None:
             self._stop_recording()
             self._recorder = MeetingRecorder(Path(directory))
-            if self.session is not None:
-                self.session.request_keyframes()  # each video file starts at a keyframe
             self.recording.emit(True, directory)
 
         self.submit(start())
@@ -443,10 +441,11 @@ class Engine(QObject):
         if participant is None:
             return
         self.frames.put(participant.id, to_qimage(video.frame))
-        recorder = self._recorder
-        if recorder is not None:
-            recorder.video(video.ssrc, participant.name, video.encoded, video.frame.width,
-                           video.frame.height)
+        recorder, session = self._recorder, self.session
+        if recorder is not None and not recorder.video(
+            video.ssrc, participant.name, video.encoded, video.frame.width, video.frame.height
+        ) and session is not None:
+            session.request_keyframe(video.ssrc, time.monotonic())  # the file starts on one
 
     def _on_audio(self, samples: Samples) -> None:
         recorder = self._recorder

@@ -167,6 +167,7 @@ class DecodedVideo:
 
 class _RemoteVideo:
     def __init__(self, ssrc: int, now: float) -> None:
+        self.last_keyframe_request = float("-inf")
         self.assembler = FrameAssembler()
         self.nack = NackGenerator()
         self.decoder = Vp8Decoder()
@@ -504,11 +505,15 @@ class MediaSession(asyncio.DatagramProtocol):
             if now - at <= window and level < threshold
         }
 
-    def request_keyframes(self) -> None:
-        """Ask every sender for a keyframe now (a recording must start with one)."""
-        for ssrc, remote in self._remote.items():
-            self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
-            remote.stats.plis_sent += 1
+    def request_keyframe(self, ssrc: int, now: float, interval: float = 0.5) -> None:
+        """Ask one sender for a keyframe (e.g. a recording must start with one); repeated
+        calls send at most one PLI per ``interval``, as the server forwards no more."""
+        remote = self._remote.get(ssrc)
+        if remote is None or now - remote.last_keyframe_request < interval:
+            return
+        remote.last_keyframe_request = now
+        self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
+        remote.stats.plis_sent += 1
 
     def forget_stream(self, ssrc: int, *, ended: bool) -> None:
         """Drop a video stream's receive state: the frames, the decoder, the statistics.

@@ -35,10 +35,11 @@ class _VideoTrack:
         self._last_pts = -1
         self.frames = 0
 
-    def add(self, frame: Frame, width: int, height: int) -> None:
+    def add(self, frame: Frame, width: int, height: int) -> bool:
+        """Mux the frame; False while the file still waits for its first keyframe."""
         if self._container is None:
             if not frame.keyframe:
-                return  # a file must start with a keyframe to play
+                return False  # a file must start with a keyframe to play
             self._container = av.open(str(self.path), "w", format="webm")
             self._stream = self._container.add_stream("libvpx", rate=30)
             self._stream.width, self._stream.height = width, height
@@ -57,6 +58,7 @@ class _VideoTrack:
         packet.is_keyframe = frame.keyframe
         self._container.mux(packet)
         self.frames += 1
+        return True
 
     def close(self) -> None:
         if self._container is not None:
@@ -84,16 +86,18 @@ class MeetingRecorder:
             if not self._closed:
                 self._wav.writeframes(samples.astype("<i2").tobytes())
 
-    def video(self, ssrc: int, name: str, frame: Frame, width: int, height: int) -> None:
+    def video(self, ssrc: int, name: str, frame: Frame, width: int, height: int) -> bool:
+        """Record a frame; False while this sender's file waits for a keyframe (the caller
+        should ask for one)."""
         with self._lock:
             if self._closed:
-                return
+                return True
             track = self._videos.get(ssrc)
             if track is None:
                 track = self._videos[ssrc] = _VideoTrack(
                     self.directory / f"video-{_safe(name)}-{ssrc:08x}.webm"
                 )
-            track.add(frame, width, height)
+            return track.add(frame, width, height)
 
     def chat(self, message: ChatMessage) -> None:
         record = {"seq": message.seq, "ts": message.ts, "sender": message.sender,
