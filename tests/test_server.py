@@ -19,6 +19,7 @@ from confero.client import (
     ChatEvent,
     Client,
     ClientEvent,
+    ConnectionFailed,
     MeetingEnded,
     MeetingsChanged,
     ParticipantJoined,
@@ -360,3 +361,22 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered(
         finally:
             sloth.stop.set()
             sloth.sock.close()
+
+
+async def test_connections_per_address_are_bounded(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory("--max-connections-per-address", "2")
+    async with Client(server.url, "one") as one, Client(server.url, "two"):
+        third = Client(server.url, "three", reconnect=False)
+        with pytest.raises(ConnectionFailed, match="too many connections from this address"):
+            await third.connect()
+        await one.ping()  # the others are unaffected
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        while True:  # the server frees the slots once it has seen the sockets close
+            async with http.get(server.http + "healthz") as response:
+                if (await response.json())["connections"] == 0:
+                    break
+            await asyncio.sleep(0.05)  # polling an HTTP endpoint: there is no event
+    async with Client(server.url, "later"):  # the slots came back
+        pass

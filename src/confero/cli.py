@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="signaling messages per second allowed per connection")
     server.add_argument("--rate-burst", type=float, default=40.0,
                         help="burst size of --rate-limit")
+    server.add_argument("--max-connections-per-address", type=int, default=256,
+                        help="open WebSocket connections allowed from one address")
     server.add_argument("--media-port", type=int, default=8751,
                         help="UDP port for all RTP/RTCP media (0 picks a free one)")
     server.add_argument("--media-host", default="",
@@ -183,7 +185,7 @@ def _server(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert,
         tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
         media_port=args.media_port, media_host=args.media_host, rate=args.rate_limit,
-        burst=args.rate_burst,
+        burst=args.rate_burst, max_connections_per_address=args.max_connections_per_address,
     )
     try:
         asyncio.run(serve(config))

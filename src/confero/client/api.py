@@ -287,6 +287,11 @@ class Client:
                 "pass the server's certificate with --cafile"
             ) from exc
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 429:
+                raise ConnectionFailed(
+                    "the server refused the connection: too many connections from this "
+                    "address"
+                ) from exc
             raise ConnectionFailed(
                 f"{self.url} is not a confero WebSocket endpoint (HTTP {exc.status})"
             ) from exc

@@ -16,6 +16,7 @@ import signal
 import ssl
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class ServerConfig:
     empty_grace: float = 30.0
     rate: float = 20.0
     burst: float = 40.0
+    max_connections_per_address: int = 256
     media_port: int = 8751
     #: Address clients should send media to; empty: the host they used for signaling.
     media_host: str = ""
@@ -86,14 +88,23 @@ class _Peer:
 
 class SignalingServer:
     def __init__(
-        self, core: SignalingCore, heartbeat: float, media: MediaRouter | None = None
+        self,
+        core: SignalingCore,
+        heartbeat: float,
+        media: MediaRouter | None = None,
+        max_per_address: int = 256,
     ) -> None:
         self.core = core
         self.media = media
         self.heartbeat = heartbeat
+        #: Open WebSockets per remote address: the per-connection rate limit means little
+        #: if one host may open connections without end.
+        self.max_per_address = max_per_address
+        self._per_address: Counter[str] = Counter()
         self._peers: dict[int, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.shell_counters = {"slow_consumers_total": 0, "binary_frames_total": 0}
+        self.shell_counters = {"slow_consumers_total": 0, "binary_frames_total": 0,
+                               "refused_connections_total": 0}
         self.metrics = make_registry(core, lambda: dict(self.shell_counters), media)
         self.app = web.Application()
         self.app.add_routes(
@@ -111,10 +122,21 @@ class SignalingServer:
     # ------------------------------------------------------------------ WebSocket
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        address = request.remote or "?"
+        if self._per_address[address] >= self.max_per_address:
+            self.shell_counters["refused_connections_total"] += 1
+            raise web.HTTPTooManyRequests(
+                text=f"too many connections from {address} "
+                f"(at most {self.max_per_address})\n")
         ws = web.WebSocketResponse(
             heartbeat=self.heartbeat, max_msg_size=HARD_FRAME_LIMIT, decode_text=False
         )
         await ws.prepare(request)
+        return await self._serve(ws, request, address)
+
+    async def _serve(self, ws: web.WebSocketResponse, request: web.Request, address: str
+                     ) -> web.StreamResponse:
+        self._per_address[address] += 1
         conn_id = self.core.open_connection(time.time())
         peer = _Peer(ws, request.transport, asyncio.Queue(OUTBOX_LIMIT))
         self._peers[conn_id] = peer
@@ -130,6 +152,9 @@ class SignalingServer:
                 elif msg.type == WSMsgType.ERROR:
                     log.info("connection %d failed: %s", conn_id, ws.exception())
         finally:
+            self._per_address[address] -= 1  # first: /healthz then tells the truth
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
             self._peers.pop(conn_id, None)
             writer.cancel()
             try:
@@ -264,7 +289,8 @@ def build_server(
     if restored:
         log.info("restored %d open meeting(s); they end in %gs unless someone joins",
                  restored, config.empty_grace)
-    server = SignalingServer(core, config.heartbeat, media)
+    server = SignalingServer(core, config.heartbeat, media,
+                             max_per_address=config.max_connections_per_address)
 
     async def close_store(app: web.Application) -> None:
         store.close()
