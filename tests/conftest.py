@@ -6,6 +6,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +60,12 @@ def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, obj
                 return dict(json.loads(line))
     finally:
         selector.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def start_server(data_dir: Path, *extra: str, port: int = 0) -> ServerProcess:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from confero.media.video import identity_code, read_stamp
 from tests.bots import BotProcess, start_bot, tone_levels
 from tests.conftest import ServerProcess
 from tests.sound import playing_tone, record_sink, write_wav
+from tests.test_resilience import free_port
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # CI keeps them as artifacts in docs/screenshots/ (committed when they change
@@ -365,3 +367,43 @@ def test_failure_reason_paste_an_id_record_and_close_cleanly(
     window.close()  # closing the window leaves the meeting cleanly
     left = ada.expect("participant_left", lambda e: e["name"] == "Mary")
     assert left["reason"] == "left"
+
+
+def test_the_app_reconnects_and_the_meeting_comes_back_after_a_server_restart(
+    qtbot: QtBot, window: MainWindow, server_factory: Callable[..., ServerProcess],
+    bots: list[BotProcess],
+) -> None:
+    port = free_port()
+    server = server_factory(port=port)
+    connect(qtbot, window, server, "Margaret")
+    ada = start_bot(bots, server.url, "Ada", "--create", "Durable", "--audio", "sine:440")
+    ada.expect("joined")
+    qtbot.waitUntil(lambda: lobby_row(window, "Durable") >= 0, timeout=WAIT)
+    window.lobby.table.selectRow(lobby_row(window, "Durable"))
+    click(qtbot, window.lobby.join_selected)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    page = window.meeting
+    qtbot.waitUntil(lambda: len(page.grid.tiles) == 1
+                    and next(iter(page.grid.tiles.values())).shows_video(), timeout=WAIT)
+    states: list[str] = []
+    window.engine.state_changed.connect(lambda state, _reason: states.append(state))
+
+    server.stop(signal.SIGKILL)
+    qtbot.waitUntil(lambda: "reconnecting" in states, timeout=WAIT)
+    assert "Reconnecting" in window.status.text()
+    server_factory(port=port, data_dir=server.data_dir)
+    qtbot.waitUntil(lambda: states[-1:] == ["connected"], timeout=WAIT)
+    ada.expect("rejoined", timeout=30)
+
+    qtbot.waitUntil(lambda: "Reconnected and back in the meeting" in page.notice.text()
+                    or "Reconnected" in page.chat_view.toPlainText(), timeout=WAIT)
+    assert window.pages.currentWidget() is page
+    qtbot.waitUntil(lambda: [t.name for t in page.grid.tiles.values()] == ["Ada"],
+                    timeout=WAIT)
+    tile = next(iter(page.grid.tiles.values()))
+    before = tile.painted_frames
+    qtbot.waitUntil(lambda: tile.painted_frames > before + 15, timeout=WAIT)  # video is back
+    people = [page.people.item(i).text() for i in range(page.people.count())]
+    assert len(people) == 2 and people[0].startswith("Margaret (you)"), people
+    ada.send("chat still here")
+    qtbot.waitUntil(lambda: "still here" in page.chat_view.toPlainText(), timeout=WAIT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from confero.client import (
     RejoinFailed,
     StateChanged,
 )
-from tests.conftest import ClientFactory, ServerProcess
+from tests.conftest import ClientFactory, ServerProcess, free_port
 
 
 @pytest.fixture
@@ -73,12 +72,6 @@ async def test_a_vanished_client_is_removed_and_the_others_are_told(
     assert [p.name for p in alice.participants.values()] == ["alice"]
     sent = await alice.send_chat("still here")
     assert sent.seq == 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_client_reconnects_after_a_server_restart_and_catches_up(
