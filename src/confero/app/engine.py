@@ -33,6 +33,7 @@ from confero.media.devices import (
     MicrophoneSource,
     ScreenSource,
     Speaker,
+    has_default_device,
 )
 from confero.media.recorder import MeetingRecorder
 from confero.media.video import SyntheticCamera
@@ -324,6 +325,11 @@ class Engine(QObject):
         if session is None or self._speaker_device.kind == "none":
             if session is not None:
                 session.set_device_playout(False)  # keep the buffers moving, silently
+            return
+        if self._speaker_device.kind == "default" and not has_default_device("output"):
+            session.set_device_playout(False)
+            self.notice.emit("No speaker found: you can see and chat, but not hear. "
+                             "Pick one when it is connected.")
             return
         try:
             self._speaker = Speaker(self._pull_audio, self._speaker_device.device or None)

@@ -31,6 +31,16 @@ def _sounddevice() -> Any:
     return sounddevice
 
 
+def has_default_device(kind: str) -> bool:
+    """Is there a default ``"input"`` or ``"output"`` sound device to open at all?"""
+    try:
+        sd = _sounddevice()
+        sd.query_devices(kind=kind)
+    except Exception:  # DeviceError, PortAudioError, ValueError: none to be had
+        return False
+    return True
+
+
 def _parse_device(spec: str | None) -> int | str | None:
     if spec is None or spec == "":
         return None
