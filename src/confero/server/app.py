@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ipaddress
 import json
 import logging
 import signal
@@ -309,6 +310,13 @@ def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM. Prints one JSON line with the bound URLs once listening."""
     router = MediaRouter(config.media_port, host=config.media_host)
@@ -342,6 +350,13 @@ async def serve(config: ServerConfig) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if context is None and not _is_loopback(config.host):
+        print(
+            f"WARNING: listening on {config.host} without TLS: chat and the media keys travel "
+            "in the clear. Use --tls-cert/--tls-key beyond a trusted network.",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
