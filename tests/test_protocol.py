@@ -75,3 +75,17 @@ def test_token_bucket_ignores_a_clock_that_steps_back() -> None:
     assert not bucket.allow(50.0)
     assert not bucket.allow(100.5)
     assert bucket.allow(101.0)
+
+
+async def test_pacer_skips_missed_ticks_instead_of_bursting() -> None:
+    from confero.pacing import Pacer
+
+    pacer = Pacer(0.02, resync_after=5)
+    clock = {"now": pacer._next}
+    pacer._loop = type("FakeLoop", (), {"time": lambda self: clock["now"]})()  # type: ignore[assignment]
+    clock["now"] += 0.05  # 2.5 ticks late: within the allowance, catch up tick by tick
+    await pacer.wait()
+    assert pacer.resyncs == 0 and pacer._next == pytest.approx(clock["now"] - 0.03)
+    clock["now"] += 1.0  # a stall of 50 ticks: skip ahead once
+    await pacer.wait()
+    assert pacer.resyncs == 1 and pacer._next == clock["now"]

@@ -39,6 +39,7 @@ from confero.media.audio import (
 )
 from confero.media.video import VIDEO_CLOCK, Vp8Decoder, Vp8Encoder
 from confero.netutil import enlarge_socket_buffers
+from confero.pacing import Pacer
 from confero.protocol import rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
@@ -341,9 +342,7 @@ class MediaSession(asyncio.DatagramProtocol):
 
     async def _video_loop(self, source: VideoSource) -> None:
         encoder = Vp8Encoder(source.width, source.height, self.fps)
-        interval = 1 / self.fps
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        pacer = Pacer(1 / self.fps, resync_after=1)  # behind a frame: drop, keep pace
         while True:
             capture = self._clock()
             capture_us = int(capture * 1e6)
@@ -351,12 +350,7 @@ class MediaSession(asyncio.DatagramProtocol):
             keyframe, self._keyframe_wanted = self._keyframe_wanted, False
             for data in encoder.encode(source.frame(capture_us), rtp_ts, keyframe):
                 self._send_frame(data, rtp_ts, capture_us, keyframe)
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay < -interval:  # fell behind (a busy machine): drop frames, keep pace
-                next_at = loop.time()
-                delay = 0
-            await asyncio.sleep(max(0.0, delay))
+            await pacer.wait()
 
     def _send_frame(self, data: bytes, rtp_ts: int, capture_us: int, keyframe: bool) -> None:
         self._picture_id = (self._picture_id + 1) & 0x7FFF
@@ -381,8 +375,7 @@ class MediaSession(asyncio.DatagramProtocol):
 
     async def _audio_loop(self, source: AudioSource) -> None:
         encoder = OpusEncoder()
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        pacer = Pacer(FRAME_SECONDS)
         first = True
         while True:
             samples = source.next_frame()
@@ -406,12 +399,7 @@ class MediaSession(asyncio.DatagramProtocol):
             )
             first = False
             self._send_rtp(packet.serialize())
-            next_at += FRAME_SECONDS
-            delay = next_at - loop.time()
-            if delay < -5 * FRAME_SECONDS:
-                next_at = loop.time()
-                delay = 0
-            await asyncio.sleep(max(0.0, delay))
+            await pacer.wait()
 
     def _send_rtp(self, plain: bytes) -> None:
         if self.transport is None:
@@ -526,14 +514,9 @@ class MediaSession(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ periodic work
 
     async def _every(self, interval: float, work: Callable[[float], None]) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        pacer = Pacer(interval)
         while True:
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay < -5 * interval:
-                next_at = loop.time()
-            await asyncio.sleep(max(0.0, delay))
+            await pacer.wait()
             try:
                 work(self._clock())
             except Exception:

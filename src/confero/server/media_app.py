@@ -8,6 +8,7 @@ import logging
 import time
 
 from confero.netutil import enlarge_socket_buffers
+from confero.pacing import Pacer
 from confero.server.media_router import Datagram, MediaRouter
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ class MediaServer(asyncio.DatagramProtocol):
         self.router = router
         self.transport: asyncio.DatagramTransport | None = None
         self._clock: asyncio.Task[None] | None = None
-        self.clock_overruns = 0
+        self._pacer: Pacer | None = None
 
     @classmethod
     async def start(cls, router: MediaRouter, host: str, port: int) -> MediaServer:
@@ -36,6 +37,11 @@ class MediaServer(asyncio.DatagramProtocol):
         enlarge_socket_buffers(transport, SOCKET_BUFFER)
         protocol._clock = asyncio.create_task(protocol._run_clock())
         return protocol
+
+    @property
+    def clock_overruns(self) -> int:
+        """How often the mixing clock fell more than five ticks behind and skipped ahead."""
+        return self._pacer.resyncs if self._pacer is not None else 0
 
     async def stop(self) -> None:
         if self._clock is not None:
@@ -68,16 +74,9 @@ class MediaServer(asyncio.DatagramProtocol):
 
     async def _run_clock(self) -> None:
         """Tick every 20 ms on a drift-free schedule; resynchronise after a long stall."""
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        self._pacer = Pacer(MIX_INTERVAL)
         while True:
-            next_tick += MIX_INTERVAL
-            delay = next_tick - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -5 * MIX_INTERVAL:
-                self.clock_overruns += 1
-                next_tick = loop.time()
+            await self._pacer.wait()
             try:
                 self._send(self.router.tick(time.time()))
             except Exception:
