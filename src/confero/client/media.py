@@ -37,12 +37,19 @@ from confero.media.audio import (
     conceal,
     level_dbov,
 )
-from confero.media.video import VIDEO_CLOCK, Vp8Decoder, Vp8Encoder
+from confero.media.video import Vp8Decoder, Vp8Encoder
 from confero.netutil import enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol import rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
+from confero.protocol.profile import (
+    EXT_AUDIO_LEVEL,
+    EXT_CAPTURE_TIME,
+    EXT_MIXER_LEVELS,
+    VIDEO_CLOCK,
+    VIDEO_PAYLOAD_TYPE,
+)
 from confero.protocol.rtp import RtpError, RtpPacket, SequenceUnwrapper, is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
@@ -51,10 +58,6 @@ from confero.protocol.vp8 import packetize
 
 log = logging.getLogger(__name__)
 
-VIDEO_PAYLOAD_TYPE = 96
-EXT_CAPTURE_TIME = 1
-EXT_AUDIO_LEVEL = 2
-EXT_MIXER_LEVELS = 3
 CONTROL_INTERVAL = 0.02
 KEEPALIVE_INTERVAL = 1.0
 MAX_REMOTE_STREAMS = 32

@@ -12,10 +12,12 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from confero.protocol.profile import AUDIO_PAYLOAD_TYPE
+
 SAMPLE_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
-OPUS_PAYLOAD_TYPE = 111
+OPUS_PAYLOAD_TYPE = AUDIO_PAYLOAD_TYPE
 
 Samples = npt.NDArray[np.int16]
 Mix = npt.NDArray[np.int32]

@@ -17,7 +17,7 @@ from typing import Any
 import av
 
 from confero.media.audio import SAMPLE_RATE, Samples
-from confero.media.video import VIDEO_CLOCK
+from confero.protocol.profile import VIDEO_CLOCK
 from confero.protocol.signaling import ChatMessage
 from confero.protocol.video_jitter import Frame
 

@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from confero.media.glyphs import render_text
+from confero.protocol.profile import VIDEO_CLOCK
 
-VIDEO_CLOCK = 90_000
 STAMP_BITS = 96  # 64 bits of capture time + 32 bits of identity
 _HIGH, _LOW = 235, 16
 

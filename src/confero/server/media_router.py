@@ -23,6 +23,15 @@ from dataclasses import dataclass, field
 
 from confero.protocol import rtcp
 from confero.protocol.nack import RetransmitBuffer
+from confero.protocol.profile import (
+    AUDIO_FRAME_TICKS,
+    AUDIO_PAYLOAD_TYPE,
+    EXT_AUDIO_LEVEL,
+    EXT_CAPTURE_TIME,
+    EXT_MIXER_LEVELS,
+    MAX_CSRCS,
+    VIDEO_PAYLOAD_TYPE,
+)
 from confero.protocol.rtp import MAX_PACKET_SIZE, RtpError, RtpPacket, is_rtcp, peek_ssrc
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import (
@@ -37,13 +46,7 @@ from confero.server.mixer import MeetingMixer
 Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
 
-VIDEO_PAYLOAD_TYPE = 96
-AUDIO_PAYLOAD_TYPE = 111
-EXT_CAPTURE_TIME = 1  # 8 bytes: capture wall-clock time, microseconds since the Unix epoch
-EXT_AUDIO_LEVEL = 2  # RFC 6464: V bit + level in -dBov
-EXT_MIXER_LEVELS = 3  # RFC 6465: one level byte per CSRC, in CSRC order
-MAX_CSRCS = 15
-FRAME_TICKS = 960
+FRAME_TICKS = AUDIO_FRAME_TICKS
 
 
 @dataclass
