@@ -189,3 +189,23 @@ def test_reconfigure_changes_size() -> None:
     assert errors == 0 and lumas[0].shape == (120, 160)
     with pytest.raises(ValueError):
         encoder.encode(NoisySource().planes(), 0)  # 320x240 planes into 160x120
+
+
+def test_keyframe_dimensions_of_a_real_keyframe() -> None:
+    from confero.protocol.vp8 import keyframe_dimensions, packetize
+
+    encoder = VpxVp8Encoder(W, H, FPS, 500_000, temporal_layers=3)
+    frames = encode_stream(encoder, 2)
+    key, delta = packetize(frames[0].data, 1, temporal=(0, False, 0)), packetize(
+        frames[1].data, 2, temporal=(2, True, 0))
+    assert keyframe_dimensions(key[0]) == (W, H)
+    assert keyframe_dimensions(delta[0]) is None
+
+
+def test_bad_sizes_are_refused_before_closing() -> None:
+    with pytest.raises(ValueError):
+        VpxVp8Encoder(321, 240)
+    encoder = VpxVp8Encoder(W, H)
+    with pytest.raises(ValueError):
+        encoder.reconfigure(160, 121, 30)
+    assert encode_stream(encoder, 1)  # still open and working

@@ -247,6 +247,7 @@ class VpxVp8Encoder:
         keyframe_interval_s: float = 20.0,
         layout: CfgLayout = LIBVPX_1_16,
     ) -> None:
+        self._ctx: ctypes.Array[ctypes.c_char] | None = None
         if temporal_layers not in (1, 3):
             raise ValueError("temporal_layers must be 1 or 3")
         self._lib = _load()
@@ -257,14 +258,17 @@ class VpxVp8Encoder:
         self.width, self.height, self.fps = width, height, fps
         self.keyframes = 0
         self.dropped_frames = 0  # frames the rate control skipped
-        self._ctx: ctypes.Array[ctypes.c_char] | None = None
         self._open()
 
     # -- set-up --------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_size(width: int, height: int, fps: int) -> None:
+        if width <= 0 or height <= 0 or width % 2 or height % 2 or not 0 < fps <= 240:
+            raise ValueError(f"unusable video format {width}x{height}@{fps}")
+
     def _open(self) -> None:
-        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
-            raise ValueError("width and height must be positive and even")
+        self._check_size(self.width, self.height, self.fps)
         lib, layout = self._lib, self._layout
         iface = lib.vpx_codec_vp8_cx()
         cfg = ctypes.create_string_buffer(_CFG_BUFFER)
@@ -358,6 +362,7 @@ class VpxVp8Encoder:
         """New size or frame rate: a fresh encoder (its first frame is a keyframe)."""
         if (width, height, fps) == (self.width, self.height, self.fps):
             return
+        self._check_size(width, height, fps)
         self.close()
         self.width, self.height, self.fps = width, height, fps
         self._open()
@@ -368,7 +373,8 @@ class VpxVp8Encoder:
             self._ctx = None
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_ctx", None) is not None:
+            self.close()
 
     def _load_picture(self, frame: FrameInput) -> None:
         w, h = self.width, self.height
