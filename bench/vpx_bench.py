@@ -25,7 +25,7 @@ from confero.media.video import SyntheticCamera, Vp8Encoder
 from confero.media.vpx import VpxVp8Encoder, libvpx_version
 from confero.protocol.layers import LayerForwarder
 from confero.protocol.rtp import RtpPacket
-from confero.protocol.vp8 import packetize
+from confero.protocol.vp8 import packetize, parse_descriptor
 
 W, H, FPS = 640, 480, 30
 BITRATE = 1_200_000
@@ -106,6 +106,15 @@ def forwarder_cost() -> dict[str, Any]:
             forwarder.forward(packet)
         result[f"max_tid_{target}_us_per_packet"] = round(
             (time.process_time() - start) / len(packets) * 1e6, 2)
+    # the server's case: parse once per publisher packet, forward to 10 subscribers
+    forwarders = [LayerForwarder(k % 3) for k in range(10)]
+    start = time.process_time()
+    for packet in packets:
+        descriptor = parse_descriptor(packet.payload)
+        for forwarder in forwarders:
+            forwarder.forward(packet, descriptor)
+    result["ten_subscribers_us_per_publisher_packet"] = round(
+        (time.process_time() - start) / len(packets) * 1e6, 2)
     return result
 
 

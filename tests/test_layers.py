@@ -253,6 +253,38 @@ def test_nack_maps_back_to_the_publisher_sequence() -> None:
     assert forwarder.publisher_sequence((last_sub - 3000) & 0xFFFF) is None  # never sent
 
 
+def test_resend_renumbers_a_history_packet_as_first_sent() -> None:
+    pub = Publisher()
+    forwarder = LayerForwarder(0)
+    history = {}
+    sent = {}
+    for packet in [p for f in [pub.frame(keyframe=True), *pub.frames(20)] for p in f]:
+        history[packet.sequence_number] = packet
+        out = forwarder.forward(packet)
+        if out is not None:
+            sent[out.sequence_number] = out
+    for sub_seq, first in sent.items():
+        publisher_seq = forwarder.publisher_sequence(sub_seq)
+        assert publisher_seq is not None
+        again = forwarder.resend(history[publisher_seq])
+        assert again is not None
+        assert (again.sequence_number, again.payload) == (first.sequence_number, first.payload)
+    dropped = [p for p in history.values() if parse_descriptor(p.payload).tid == 2]
+    assert dropped and all(forwarder.resend(p) is None for p in dropped)
+    assert forwarder.stats.resent == len(sent)
+
+
+def test_unlayered_streams_pass_through() -> None:
+    forwarder = LayerForwarder(0)
+    seq = 100
+    for pid in range(10):
+        for k, payload in enumerate(packetize(b"\x01" * 2000, pid)):
+            packet = RtpPacket(96, seq, pid * 3000, 1, payload, marker=k == 1)
+            out = forwarder.forward(packet)
+            assert out is not None and out.sequence_number == seq and out.payload == payload
+            seq += 1
+
+
 def test_nack_history_is_bounded() -> None:
     pub = Publisher()
     forwarder = LayerForwarder(2, history=64)
@@ -391,3 +423,15 @@ def test_forwarded_layers_decode_like_the_full_stream(target: int) -> None:
     assert 0 < len(reduced) < len(full)
     for ts, picture in reduced.items():
         assert np.array_equal(picture, full[ts])
+
+
+def test_a_shared_descriptor_gives_the_same_result() -> None:
+    pub = Publisher()
+    packets = [p for f in [pub.frame(keyframe=True), *pub.frames(30)] for p in f]
+    own, shared = LayerForwarder(1), LayerForwarder(1)
+    for packet in packets:
+        a = own.forward(packet)
+        b = shared.forward(packet, parse_descriptor(packet.payload))
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert (a.sequence_number, a.payload) == (b.sequence_number, b.payload)
