@@ -435,3 +435,49 @@ def test_a_shared_descriptor_gives_the_same_result() -> None:
         assert (a is None) == (b is None)
         if a is not None and b is not None:
             assert (a.sequence_number, a.payload) == (b.sequence_number, b.payload)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_loss_reordering_and_switching_keep_the_invariants(seed: int) -> None:
+    """Random loss (all repaired later), reordering and target changes: every forwarded
+    frame arrives whole, subscriber numbers are unique, and the only holes are the counted
+    late packets of dropped frames."""
+    rng = np.random.default_rng(seed)
+    pub = Publisher()
+    frames = [pub.frame(keyframe=True), *pub.frames(300)]
+    stream = [p for f in frames for p in f]
+    arrivals: list[RtpPacket] = []
+    lost: list[RtpPacket] = []
+    for packet in stream:
+        if rng.random() < 0.08:
+            lost.append(packet)
+        elif arrivals and rng.random() < 0.05:  # overtakes up to 4 packets
+            arrivals.insert(len(arrivals) - int(rng.integers(1, min(4, len(arrivals)) + 1)),
+                            packet)
+        else:
+            arrivals.append(packet)
+        if lost and rng.random() < 0.3:
+            arrivals.append(lost.pop(0))  # the retransmission, a little later
+    arrivals += lost
+    forwarder = LayerForwarder(2)
+    out: list[tuple[RtpPacket, RtpPacket]] = []
+    for packet in arrivals:
+        if rng.random() < 0.02:
+            forwarder.set_target(int(rng.integers(0, 3)))
+        sent = forwarder.forward(packet)
+        if sent is not None:
+            out.append((packet, sent))
+    sub_seqs = [s.sequence_number for _, s in out]
+    assert len(set(sub_seqs)) == len(sub_seqs)
+    per_frame: dict[int, int] = {}
+    for original, _ in out:
+        per_frame[original.timestamp] = per_frame.get(original.timestamp, 0) + 1
+    sizes = {f[0].timestamp: len(f) for f in frames}
+    assert all(per_frame[ts] == sizes[ts] for ts in per_frame), "partial frame forwarded"
+    assert len(per_frame) < len(frames)
+    first = min(sub_seqs, key=lambda s: (s - 65_520) & 0xFFFF)
+    span = max((s - first) & 0xFFFF for s in sub_seqs) + 1
+    assert span - len(sub_seqs) == forwarder.stats.late_holes
+    for original, sent in out:  # the NACK map points back at the right packet
+        if forwarder.publisher_sequence(sent.sequence_number) is not None:
+            assert forwarder.publisher_sequence(sent.sequence_number) == original.sequence_number

@@ -85,6 +85,10 @@ class LayerForwarder:
         self._back_pub = [-1] * history
         self._back_sub = [0] * history
         self._sub_top: int | None = None  # highest subscriber ext seq sent
+        # Packets older than the very first one seen may extend the numbering downwards
+        # (nothing was sent below it), as long as they leave no hole.
+        self._sub_bottom: int | None = None
+        self._bottom_ext = 0
 
     def set_target(self, tid: int) -> None:
         """The layer the subscriber's downlink can carry (from :class:`LayerRateMeter`)."""
@@ -123,6 +127,7 @@ class LayerForwarder:
         top = self._sub_top if self._sub_top is not None else ext - 1
         self._offset = ext - (top + 1)
         self._next = ext
+        self._sub_bottom = None
         self._reserved.clear()
         self._last_pid = None
         self._last_marker = True
@@ -130,7 +135,9 @@ class LayerForwarder:
     def _new_packet(self, packet: RtpPacket, descriptor: Vp8Descriptor, ext: int,
                     pid: int | None, picture: _Picture | None,
                     sub_pid: int | None) -> RtpPacket | None:
-        if self._next is not None and ext > self._next:
+        if self._next is None:
+            self._sub_bottom = self._bottom_ext = ext
+        elif ext > self._next:
             self._open_gap(ext, pid, descriptor)
         self._next = ext + 1
         self._last_pid = pid
@@ -147,6 +154,8 @@ class LayerForwarder:
         if offset is None:  # a duplicate or retransmission of a packet we placed
             sub = self._sub_for(ext)
             if sub is None:
+                sub = self._extend_down(ext, picture)
+            if sub is None:
                 self.stats.dropped += 1
                 return None
         else:
@@ -157,6 +166,21 @@ class LayerForwarder:
             self.stats.dropped += 1
             return None
         return self._emit(packet, descriptor, sub, ext, sub_pid)
+
+    def _extend_down(self, ext: int, picture: _Picture | None) -> int | None:
+        """A packet from before the first one seen (the stream's start, reordered): number
+        it below everything sent so far, keeping places for what is still missing."""
+        if self._sub_bottom is None or not 0 < self._bottom_ext - ext <= 64:
+            return None
+        offset = self._bottom_ext - self._sub_bottom
+        for missing in range(ext + 1, self._bottom_ext):
+            self._reserved[missing] = offset
+        self._sub_bottom -= self._bottom_ext - ext - 1
+        self._bottom_ext = ext
+        if picture is not None and not picture.forward:
+            return None  # no number used: nothing to fill
+        self._sub_bottom -= 1
+        return self._sub_bottom
 
     def _open_gap(self, ext: int, pid: int | None, descriptor: Vp8Descriptor) -> None:
         """Packets [next, ext) are missing: keep their place, unless they can only belong
