@@ -379,17 +379,16 @@ def test_rate_meter_and_layer_choice() -> None:
 # -- end to end with the real encoder --------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", [0, 1])
-def test_forwarded_layers_decode_like_the_full_stream(target: int) -> None:
-    from confero.media.video import Vp8Decoder, luma_plane
+def encoded_packets(frames: int, seed: int = 3) -> list[RtpPacket]:
+    """A real 3-layer VP8 stream from media/vpx.py, packetized with the T/L fields."""
     from confero.media.vpx import VpxVp8Encoder
 
     encoder = VpxVp8Encoder(320, 240, 30, 800_000, temporal_layers=3)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, (240, 320), dtype=np.uint8)
     u = np.full((120, 160), 90, dtype=np.uint8)
     packets, seq, pid, tl0 = [], 100, 7, 0
-    for i in range(40):
+    for i in range(frames):
         y = np.roll(texture, 4 * i, axis=1)
         for frame in encoder.encode((y, u, u), i * 3000):
             if frame.temporal_id == 0:
@@ -401,20 +400,29 @@ def test_forwarded_layers_decode_like_the_full_stream(target: int) -> None:
                                          marker=k == len(payloads) - 1))
                 seq += 1
             pid += 1
+    return packets
 
-    def decode(stream: list[RtpPacket]) -> dict[int, np.ndarray]:
-        decoder, frames, data = Vp8Decoder(), {}, b""
-        for packet in stream:
-            d = parse_descriptor(packet.payload)
-            data += packet.payload[d.header_size :]
-            if packet.marker:
-                picture = decoder.decode(data)
-                assert picture is not None
-                frames[packet.timestamp] = luma_plane(picture).copy()
-                data = b""
-        assert decoder.errors == 0
-        return frames
 
+def decode_stream(stream: list[RtpPacket]) -> dict[int, np.ndarray]:
+    from confero.media.video import Vp8Decoder, luma_plane
+
+    decoder, frames, data = Vp8Decoder(), {}, b""
+    for packet in stream:
+        d = parse_descriptor(packet.payload)
+        data += packet.payload[d.header_size :]
+        if packet.marker:
+            picture = decoder.decode(data)
+            assert picture is not None
+            frames[packet.timestamp] = luma_plane(picture).copy()
+            data = b""
+    assert decoder.errors == 0
+    return frames
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_forwarded_layers_decode_like_the_full_stream(target: int) -> None:
+    packets = encoded_packets(40)
+    decode = decode_stream
     full = decode(packets)
     forwarder = LayerForwarder(target)
     out = run(forwarder, packets)
@@ -481,3 +489,26 @@ def test_loss_reordering_and_switching_keep_the_invariants(seed: int) -> None:
     for original, sent in out:  # the NACK map points back at the right packet
         if forwarder.publisher_sequence(sent.sequence_number) is not None:
             assert forwarder.publisher_sequence(sent.sequence_number) == original.sequence_number
+
+
+@pytest.mark.parametrize("upswitch_at_base", [True, False])
+def test_switching_layers_keeps_every_forwarded_frame_exact(upswitch_at_base: bool) -> None:
+    """Targets changing every few frames: whatever is forwarded decodes exactly as in the
+    full stream, so no switch ever let through a frame whose references were missing."""
+    packets = encoded_packets(120, seed=5)
+    full = decode_stream(packets)
+    rng = np.random.default_rng(11)
+    forwarder = LayerForwarder(2, upswitch_at_base=upswitch_at_base)
+    out = []
+    for packet in packets:
+        if packet.marker and rng.random() < 0.3:
+            forwarder.set_target(int(rng.integers(0, 3)))
+        sent = forwarder.forward(packet)
+        if sent is not None:
+            out.append(sent)
+    assert_continuous(out)
+    reduced = decode_stream(out)
+    assert forwarder.stats.switches_up >= 5 and forwarder.stats.switches_down >= 5
+    assert 0 < len(reduced) < len(full)
+    for ts, picture in reduced.items():
+        assert np.array_equal(picture, full[ts]), ts
