@@ -47,14 +47,18 @@ def run_encoder(name: str, frames: list[av.VideoFrame]) -> dict[str, Any]:
         vpx = VpxVp8Encoder(W, H, FPS, BITRATE, temporal_layers=layers)
 
         def encode(frame: av.VideoFrame, pts: int) -> list[bytes]:
-            return [f.data for f in vpx.encode(frame, pts)]
+            out = vpx.encode(frame, pts)
+            for f in out:
+                per_layer[f.temporal_id] += len(f.data)
+            return [f.data for f in out]
+    per_layer = [0, 0, 0]
     costs, sizes = [], 0
     for i, frame in enumerate(frames):
         start = time.process_time()
         out = encode(frame, i * 3000)
         costs.append(time.process_time() - start)
         sizes += sum(len(d) for d in out)
-    return {"costs": costs, "bits": sizes * 8, "frames": len(frames)}
+    return {"costs": costs, "bits": sizes * 8, "frames": len(frames), "per_layer": per_layer}
 
 
 def step_response(frames: list[av.VideoFrame]) -> dict[str, Any]:
@@ -139,6 +143,10 @@ def main() -> None:
             "ms_per_frame_p95": round(percentile(costs, 0.95) * 1000, 3),
             "output_bps": round(statistics.fmean(r["bits"] * FPS / r["frames"] for r in results)),
         }
+        if name == "vpx_3_layers":
+            layer_bytes = [sum(r["per_layer"][t] for r in results) for t in range(3)]
+            encoders[name]["share_of_bits_per_tid"] = [
+                round(b / sum(layer_bytes), 3) for b in layer_bytes]
     reference = encoders["pyav"]["ms_per_frame_mean"]
     for entry in encoders.values():
         entry["mean_cost_vs_pyav"] = round(entry["ms_per_frame_mean"] / reference, 3)
