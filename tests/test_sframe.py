@@ -224,6 +224,18 @@ def test_malformed_headers_are_errors(data: bytes) -> None:
         receiver.unprotect(data)
 
 
+def test_context_header_matches_encode_header() -> None:
+    values = [0, 1, 7, 8, 255, 256, 65535, 65536, 2**32 - 1, 2**48 + 5, sframe.MAX_UINT64]
+    for kid in values:
+        sender, receiver = SFrameContext(), SFrameContext()
+        sender.add_send_key(kid, b"h" * 16)
+        receiver.add_receive_key(kid, b"h" * 16)
+        state = sender._send[kid]
+        for ctr in values:
+            assert state.header(ctr) == sframe.encode_header(kid, ctr)
+        assert receiver.unprotect(sender.protect(kid, b"x")) == b"x"
+
+
 def test_header_extremes() -> None:
     top = sframe.MAX_UINT64
     assert sframe.decode_header(sframe.encode_header(top, top)) == (top, top, 17)

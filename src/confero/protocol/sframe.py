@@ -100,23 +100,23 @@ def decode_header(data: bytes) -> tuple[int, int, int]:
     config = data[0]
     offset = 1
     if config & 0x80:
-        n = ((config >> 4) & 0x07) + 1
-        if len(data) < offset + n:
+        end = offset + ((config >> 4) & 0x07) + 1
+        if len(data) < end:
             raise SFrameError("truncated SFrame KID")
-        kid = int.from_bytes(data[offset : offset + n], "big")
-        offset += n
-        if kid < 8 or _uint_len(kid) != n:
+        if data[offset] == 0 or (end == 2 and data[1] < 8):  # a shorter form existed
             raise SFrameError("non-minimal SFrame KID encoding")
+        kid = int.from_bytes(data[offset:end], "big")
+        offset = end
     else:
         kid = (config >> 4) & 0x07
     if config & 0x08:
-        n = (config & 0x07) + 1
-        if len(data) < offset + n:
+        end = offset + (config & 0x07) + 1
+        if len(data) < end:
             raise SFrameError("truncated SFrame CTR")
-        ctr = int.from_bytes(data[offset : offset + n], "big")
-        offset += n
-        if ctr < 8 or _uint_len(ctr) != n:
+        if data[offset] == 0 or (end == offset + 1 and data[offset] < 8):
             raise SFrameError("non-minimal SFrame CTR encoding")
+        ctr = int.from_bytes(data[offset:end], "big")
+        offset = end
     else:
         ctr = config & 0x07
     return kid, ctr, offset
@@ -211,10 +211,11 @@ def aead_decrypt(suite: CipherSuite, key: bytes, nonce: bytes, aad: bytes, ct: b
 class _ReplayWindow:
     """SRTP-style sliding window (RFC 3711 3.3.2) over CTR: each CTR is accepted once."""
 
-    __slots__ = ("bitmap", "highest", "size")
+    __slots__ = ("bitmap", "highest", "mask", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.mask = (1 << size) - 1
         self.highest = -1
         self.bitmap = 0  # bit i set: highest - i already seen
 
@@ -230,14 +231,14 @@ class _ReplayWindow:
     def accept(self, ctr: int) -> None:
         if ctr > self.highest:
             shift = ctr - self.highest
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+            self.bitmap = 1 if shift >= self.size else ((self.bitmap << shift) | 1) & self.mask
             self.highest = ctr
         else:
             self.bitmap |= 1 << (self.highest - ctr)
 
 
 class _KeyState:
-    __slots__ = ("aead", "counter", "replay", "salt")
+    __slots__ = ("aead", "counter", "kid_bytes", "kid_config", "replay", "salt")
 
     def __init__(self, suite: CipherSuite, kid: int, base_key: bytes, window: int) -> None:
         key, salt = derive_key_salt(suite, kid, base_key)
@@ -245,6 +246,18 @@ class _KeyState:
         self.salt = int.from_bytes(salt, "big")
         self.counter = 0
         self.replay = _ReplayWindow(window)
+        # The KID half of the header never changes for a key: encode it once.
+        if kid < 8:
+            self.kid_config, self.kid_bytes = kid << 4, b""
+        else:
+            n = _uint_len(kid)
+            self.kid_config, self.kid_bytes = 0x80 | ((n - 1) << 4), kid.to_bytes(n, "big")
+
+    def header(self, ctr: int) -> bytes:
+        if ctr < 8:
+            return bytes((self.kid_config | ctr,)) + self.kid_bytes
+        n = (ctr.bit_length() + 7) >> 3
+        return bytes((self.kid_config | 0x08 | (n - 1),)) + self.kid_bytes + ctr.to_bytes(n, "big")
 
 
 class SFrameContext:
@@ -338,7 +351,7 @@ class SFrameContext:
         if ctr > self._counter_limit:
             raise SFrameError(f"send KID {kid} exhausted its counter: rotate the key")
         state.counter = ctr + 1  # before sealing: a CTR is never handed out twice
-        header = encode_header(kid, ctr)
+        header = state.header(ctr)
         nonce = (state.salt ^ ctr).to_bytes(self._nn, "big")
         return header + state.aead.seal(nonce, header + metadata, plaintext)
 
