@@ -348,6 +348,25 @@ def test_garbage_blobs_are_rejected_with_a_reason(blob: bytes, reason: str) -> N
     assert a.session.receive_keys() == keys and a.session.verified("bob")
 
 
+@pytest.mark.parametrize(
+    "spake_msg", [b"\x00" * 33, b"S" + b"\xff" * 32, b"A" + bytes(range(32)), b"S" + bytes(32)]
+)
+def test_hostile_hello_cannot_verify_without_crashing(spake_msg: bytes) -> None:
+    a = E2eeSession("alice", MEETING, PASSPHRASE)
+    a.on_participant_joined("bob", 0.0)
+    b = E2eeSession("bob", MEETING, PASSPHRASE)
+    events = a.handle_blob("bob", b"\x01\x01" + b.public_key + spake_msg, 0.0)
+    assert len(events) == 1 and isinstance(events[0], PeerUnverified)
+    assert "cannot verify" in events[0].reason and not a.verified("bob")
+    # A low-order X25519 point is refused the same way.
+    c = E2eeSession("carol", MEETING, PASSPHRASE)
+    c.on_participant_joined("bob", 0.0)
+    b.on_participant_joined("carol", 0.0)
+    [(_, hello)] = b.outgoing()
+    events = c.handle_blob("bob", hello[:2] + bytes(32) + hello[34:], 0.0)
+    assert isinstance(events[0], PeerUnverified) and "bad key exchange" in events[0].reason
+
+
 def test_blobs_from_strangers_and_ourselves() -> None:
     relay = Relay()
     a = relay.join("alice")

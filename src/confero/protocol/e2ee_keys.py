@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from spake2 import SPAKE2_Symmetric  # type: ignore[import-untyped]
-from spake2.spake2 import SPAKEError  # type: ignore[import-untyped]
 
 BLOB_VERSION = 1
 MSG_HELLO = 1
@@ -54,6 +53,8 @@ RATCHET_LOOKAHEAD = 2
 ACTIVATION_TIMEOUT = 0.5
 #: Superseded receive keys keep decrypting frames still in flight for this long.
 RETIRED_KEY_GRACE = 2.0
+#: At most this many superseded key sets are kept, even if ``tick`` is not called.
+MAX_RETIRED = 4 * MAX_PEERS
 #: Iterations of the safety code's hash: slows a relay searching for colliding codes.
 SAFETY_CODE_ITERATIONS = 1024
 
@@ -188,7 +189,7 @@ class _Peer:
         return out
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Retired:
     expires: float
     pid: str
@@ -377,10 +378,15 @@ class E2eeSession:
             raise E2eeError("hello carries our own identity key")
         try:
             shared = self._identity.exchange(X25519PublicKey.from_public_bytes(public))
+            if spake_msg[:1] != b"S":  # SPAKE2's symmetric-mode side byte
+                raise E2eeError("not a symmetric SPAKE2 message")
             pake_key: bytes = peer.spake.finish(spake_msg)
-        except (ValueError, SPAKEError) as exc:
+        except Exception as exc:
+            # Hostile bytes into two parsers, one of which (spake2) also fails with
+            # AssertionError on some points: any failure means "cannot verify".
             peer.failed = True
-            return [PeerUnverified(peer.pid, f"cannot verify: bad key exchange ({exc})")]
+            reason = f"{type(exc).__name__}: {exc}"
+            return [PeerUnverified(peer.pid, f"cannot verify: bad key exchange ({reason})")]
         tag = sender_tag(public)
         if tag == self.tag or any(p.tag == tag for p in self._peers.values()):
             peer.failed = True
@@ -440,7 +446,7 @@ class E2eeSession:
         if epoch <= peer.last_explicit_epoch:
             raise E2eeError("stale sender key")
         if peer.keys:
-            self._retired.append(_Retired(now + RETIRED_KEY_GRACE, peer.pid, peer.keys))
+            self._retire(_Retired(now + RETIRED_KEY_GRACE, peer.pid, peer.keys))
         peer.last_explicit_epoch = epoch
         peer.last_explicit_key = plain[8:]
         peer.base_epoch = epoch
@@ -458,6 +464,10 @@ class E2eeSession:
             self._pending.discard(peer.pid)
             return self._maybe_activate(now)
         return []
+
+    def _retire(self, retired: _Retired) -> None:
+        self._retired.append(retired)
+        del self._retired[:-MAX_RETIRED]
 
     # --- our sender key ----------------------------------------------------------------------
 
@@ -490,7 +500,7 @@ class E2eeSession:
             peer.ahead += 1
             while peer.ahead > 1 and peer.base_epoch < MAX_EPOCH:
                 old = {make_kid(peer.tag, peer.base_epoch): peer.base_key}
-                self._retired.append(_Retired(now + RETIRED_KEY_GRACE, peer.pid, old))
+                self._retire(_Retired(now + RETIRED_KEY_GRACE, peer.pid, old))
                 peer.base_key = ratchet(peer.base_key)
                 peer.base_epoch += 1
                 peer.ahead -= 1

@@ -271,7 +271,7 @@ class SFrameContext:
         self,
         suite: CipherSuite = DEFAULT_SUITE,
         *,
-        max_receive_keys: int = 256,
+        max_receive_keys: int = 1024,
         max_send_keys: int = 16,
         replay_window: int = 1024,
         counter_limit: int = MAX_UINT64,
