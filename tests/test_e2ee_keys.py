@@ -7,10 +7,13 @@ an SFrame authentication failure, not a missing dictionary entry.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from confero.protocol import e2ee_keys as ek
 from confero.protocol.e2ee_keys import (
@@ -470,6 +473,36 @@ def test_passphrase_is_normalized_and_safety_code_symmetric() -> None:
     assert b.session.verified("alice")
     assert ek.safety_code("m", b"a" * 32, b"b" * 32) == ek.safety_code("m", b"b" * 32, b"a" * 32)
     assert ek.safety_code("m", b"a" * 32, b"b" * 32) != ek.safety_code("n", b"a" * 32, b"b" * 32)
+
+
+@functools.cache
+def _paired_alice() -> E2eeSession:
+    relay = Relay()
+    alice = relay.join("alice")
+    relay.join("bob")
+    return alice.session
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([ek.MSG_HELLO, ek.MSG_KEY, ek.MSG_ACK, 0, 7]),
+    body=st.binary(max_size=300),
+    version=st.sampled_from([1, 1, 1, 0, 2]),
+)
+def test_random_blobs_never_raise_nor_change_keys(kind: int, version: int, body: bytes) -> None:
+    session = _paired_alice()
+    keys = session.receive_keys()
+    events = session.handle_blob("bob", bytes((version, kind)) + body, 1.0)
+    assert all(isinstance(e, BlobRejected) for e in events)
+    assert session.receive_keys() == keys and session.verified("bob")
+
+
+def test_sender_of_maps_kids_to_peers() -> None:
+    relay = Relay()
+    a, b = relay.join("alice"), relay.join("bob")
+    assert a.session.sender_of(b.session.send_key()[0]) == "bob"
+    assert a.session.sender_of(a.session.send_key()[0]) is None
+    assert a.session.sender_of(12345) is None
 
 
 def test_verified_event_carries_the_code() -> None:

@@ -260,6 +260,14 @@ class E2eeSession:
         peer = self._peers.get(pid)
         return None if peer is None else peer.code
 
+    def sender_of(self, kid: int) -> str | None:
+        """Which peer a KID belongs to (for "this tile is verified"); None if not a peer's."""
+        tag = kid >> 16
+        for peer in self._peers.values():
+            if peer.tag == tag and peer.public is not None:
+                return peer.pid
+        return None
+
     def peers(self) -> list[str]:
         return list(self._peers)
 
