@@ -437,16 +437,16 @@ class E2eeSession:
                 PeerUnverified(peer.pid, "cannot verify: wrong passphrase or tampered key exchange")
             ]
         peer.seq_in = seq
+        kid = int.from_bytes(plain[:8], "big")
+        if kid >> 16 != (self.tag if kind == MSG_ACK else peer.tag):
+            raise E2eeError("key id does not belong to this participant")
         events: list[Event] = []
         if not peer.verified:
             peer.verified = True
             assert peer.code is not None
             events.append(PeerVerified(peer.pid, peer.code))
-        kid = int.from_bytes(plain[:8], "big")
         if kind == MSG_ACK:
             return events + self._on_ack(peer, kid, now)
-        if kid >> 16 != peer.tag:
-            raise E2eeError("key id does not belong to this participant")
         epoch = kid_epoch(kid)
         if epoch == peer.last_explicit_epoch and plain[8:] == peer.last_explicit_key:
             self._seal(peer, MSG_ACK, kid.to_bytes(8, "big"))  # our acknowledgement was lost
@@ -466,8 +466,6 @@ class E2eeSession:
         return events
 
     def _on_ack(self, peer: _Peer, kid: int, now: float) -> list[Event]:
-        if kid >> 16 != self.tag:
-            raise E2eeError("acknowledgement of a key that is not ours")
         if peer.pid in self._pending and kid_epoch(kid) >= self._pending_epoch:
             self._pending.discard(peer.pid)
             return self._maybe_activate(now)
