@@ -238,10 +238,11 @@ class _ReplayWindow:
 
 
 class _KeyState:
-    __slots__ = ("aead", "counter", "kid_bytes", "kid_config", "replay", "salt")
+    __slots__ = ("aead", "base_key", "counter", "kid_bytes", "kid_config", "replay", "salt")
 
     def __init__(self, suite: CipherSuite, kid: int, base_key: bytes, window: int) -> None:
         key, salt = derive_key_salt(suite, kid, base_key)
+        self.base_key = base_key
         self.aead = _Aead(suite, key)
         self.salt = int.from_bytes(salt, "big")
         self.counter = 0
@@ -323,17 +324,13 @@ class SFrameContext:
         fresh: OrderedDict[int, _KeyState] = OrderedDict()
         for kid, base_key in keys.items():
             old = self._receive.get(kid)
-            if old is not None and self._same_key(old, kid, base_key):
+            if old is not None and hmac.compare_digest(old.base_key, base_key):
                 fresh[kid] = old
             else:
                 if kid in self._send or kid in self._retired_send:
                     raise SFrameError(f"KID {kid} is a send key")
                 fresh[kid] = _KeyState(self.suite, kid, base_key, self._window)
         self._receive = fresh
-
-    def _same_key(self, state: _KeyState, kid: int, base_key: bytes) -> bool:
-        _, salt = derive_key_salt(self.suite, kid, base_key)
-        return int.from_bytes(salt, "big") == state.salt
 
     @property
     def receive_kids(self) -> list[int]:
