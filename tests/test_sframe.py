@@ -212,6 +212,17 @@ def test_set_receive_keys_keeps_replay_state_of_unchanged_keys() -> None:
         receiver.unprotect(frame)
 
 
+def test_set_receive_keys_replaces_a_changed_key() -> None:
+    sender, receiver = SFrameContext(), SFrameContext()
+    sender.add_send_key(30, b"new key!" * 2)
+    receiver.set_receive_keys({30: b"old key!" * 2})  # e.g. a ratchet guess
+    frame = sender.protect(30, b"fresh")
+    with pytest.raises(SFrameError):
+        receiver.unprotect(frame)
+    receiver.set_receive_keys({30: b"new key!" * 2})  # the explicit key arrived
+    assert receiver.unprotect(frame) == b"fresh"
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"\x80", b"\x88\x01", b"\x08", b"\x80\x05\x00", b"\x08\x07", b"\xff" + b"\x00" * 7],
