@@ -73,6 +73,13 @@ class _Meeting:
     mix_timestamp: int = field(default_factory=lambda: secrets.randbelow(1 << 32))
     forwarded_packets: int = 0
     forwarded_bytes: int = 0
+    #: authenticated RTP media (audio and video) received from the members: the proof
+    #: that a peer-to-peer meeting sends the server nothing but keepalives (RTCP)
+    received_packets: int = 0
+    received_bytes: int = 0
+    #: mixed audio packets sent to the members (not counted as forwarded)
+    mixed_packets: int = 0
+    mixed_bytes: int = 0
 
 
 class MediaRouter:
@@ -175,6 +182,23 @@ class MediaRouter:
         """Meeting id -> (forwarded packets, forwarded bytes), for open meetings."""
         return {mid: (m.forwarded_packets, m.forwarded_bytes) for mid, m in self._meetings.items()}
 
+    def meeting_media(self) -> dict[str, dict[str, int]]:
+        """Meeting id -> media counters (received, forwarded, mixed; packets and bytes,
+        the mixer's frames) for open meetings: what /metrics and the status page show."""
+        return {
+            mid: {
+                "received_packets": m.received_packets,
+                "received_bytes": m.received_bytes,
+                "forwarded_packets": m.forwarded_packets,
+                "forwarded_bytes": m.forwarded_bytes,
+                "mixed_packets": m.mixed_packets,
+                "mixed_bytes": m.mixed_bytes,
+                "mixer_decoded": m.mixer.stats.decoded,
+                "mixer_encoded": m.mixer.stats.encoded,
+            }
+            for mid, m in self._meetings.items()
+        }
+
     def forwarded_totals(self) -> tuple[int, int]:
         packets = self._ended_packets + sum(m.forwarded_packets for m in self._meetings.values())
         size = self._ended_bytes + sum(m.forwarded_bytes for m in self._meetings.values())
@@ -219,6 +243,8 @@ class MediaRouter:
             self.counters["dropped_malformed"] += 1
             return []
         meeting = self._meetings[peer.meeting_id]  # type: ignore[index]
+        meeting.received_packets += 1
+        meeting.received_bytes += len(plain)
         if packet.ssrc == peer.video_ssrc and packet.payload_type == VIDEO_PAYLOAD_TYPE:
             peer.history.store(packet.sequence_number, plain)
             return self._fan_out(meeting, peer, plain, rtcp_packet=False)
@@ -352,7 +378,10 @@ class MediaRouter:
                     extensions=extensions,
                 )
                 listener.mix_was_silent = False
-                out.append((listener.srtp.protect_rtp(packet.serialize()), listener.address))
+                plain = packet.serialize()
+                meeting.mixed_packets += 1
+                meeting.mixed_bytes += len(plain)
+                out.append((listener.srtp.protect_rtp(plain), listener.address))
         return out
 
     # ------------------------------------------------------------------ helpers
