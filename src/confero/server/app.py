@@ -264,7 +264,7 @@ class SignalingServer:
         person can see that a peer-to-peer meeting sends nothing through the server."""
         if self.media is None:
             return ""
-        modes = self.core.meeting_modes() if hasattr(self.core, "meeting_modes") else {}
+        modes = self.core.meeting_modes()
         rows = "".join(
             f"<tr><td><code>{html.escape(mid)}</code></td>"
             f"<td>{html.escape(modes.get(mid, 'server'))}</td>"
