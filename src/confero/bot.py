@@ -84,7 +84,9 @@ class Bot:
                          device_playout=args.play is not None,
                          receive_video=not args.send_only,
                          on_source_error=self._source_failed,
-                         on_media_started=self._media_started)
+                         on_media_started=self._media_started,
+                         on_mode_changed=self._mode_changed)
+        self.client.p2p = not getattr(args, "no_p2p", False)
         self.speaker: Speaker | None = None
         self.video_source = make_video_source(args.video, args.name, args.width, args.height)
         self.audio_source = make_audio_source(args.audio)
@@ -102,9 +104,13 @@ class Bot:
         except api.ConnectionFailed as exc:
             emit("error", code="connection_failed", message=str(exc))
             return 2
+        # listen before entering: a p2p_start can follow the join reply at once
+        self.client.add_listener(self._on_event)
         try:
             if self.args.create:
-                result = await self.client.create_meeting(self.args.create, self.args.password)
+                result = await self.client.create_meeting(
+                    self.args.create, self.args.password,
+                    mode=getattr(self.args, "mode", "auto") or "auto")
             else:
                 result = await self.client.join(self.args.join, self.args.password)
         except api.RequestError as exc:
@@ -113,8 +119,8 @@ class Bot:
             return 1
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),
-             participants=[p.name for p in result.participants])
-        self.client.add_listener(self._on_event)
+             participants=[p.name for p in result.participants],
+             mode=result.mode, mode_setting=result.mode_setting)
         if self.args.record:
             self.call.start_recording(self.args.record)
         await self.call.entered(result)
@@ -242,6 +248,10 @@ class Bot:
             await self.client.send_chat(rest)
         elif word == "stats":
             self._emit_stats()
+        elif word == "server":  # ask the server to take the meeting back from P2P
+            await self.call.request_server_mode()
+        elif word == "media":  # the server's media counters for this meeting
+            await self._emit_server_media("media")
         elif word == "leave":
             self._finish("leave")
         elif line:
@@ -259,7 +269,8 @@ class Bot:
             return
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
-             audio_buffer=stats["audio_buffer"], sent=stats["sent"])
+             audio_buffer=stats["audio_buffer"], sent=stats["sent"], mode=self.call.mode,
+             paths=self.call.session.path_counters())
 
     def _summary(self) -> dict[str, Any]:
         return {
@@ -268,7 +279,28 @@ class Bot:
                 for seen in self.seen.values()
             },
             "stats": self.call.session.stats() if self.call.session is not None else None,
+            "mode": self.call.mode,
+            "paths": self.call.session.path_counters() if self.call.session is not None
+            else None,
         }
+
+    # ------------------------------------------------------------------ peer-to-peer
+
+    def _mode_changed(self, mode: str, reason: str) -> None:
+        emit("mode", mode=mode, reason=reason)
+        task = asyncio.get_running_loop().create_task(self._emit_server_media("server_media"))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _emit_server_media(self, event: str) -> None:
+        """The server's own count of what it received and forwarded for this meeting."""
+        try:
+            media = await self.client.meeting_media()
+        except (api.RequestError, api.ConnectionLost, TimeoutError) as exc:
+            emit("error", code="meeting_media", message=str(exc))
+            return
+        emit(event, mode=media.mode, received_bytes=media.received_bytes,
+             received_packets=media.received_packets, forwarded_bytes=media.forwarded_bytes,
+             forwarded_packets=media.forwarded_packets, mixed_bytes=media.mixed_bytes)
 
 
 def main(args: Any) -> int:

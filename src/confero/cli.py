@@ -75,6 +75,11 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
                         help="read the synthetic stamp of every decoded frame and count "
                         "frames whose identity matches the sender's name")
     parser.add_argument("--no-stdin", action="store_true", help="ignore standard input")
+    parser.add_argument("--mode", choices=("auto", "server"), default="auto",
+                        help="with --create: auto (two people talk peer-to-peer, the "
+                        "default) or server (media always through the server)")
+    parser.add_argument("--no-p2p", action="store_true",
+                        help="never take part in peer-to-peer media")
     parser.add_argument("--send-only", action="store_true",
                         help="do not receive or decode others' video (a cheap load "
                         "generator; audio is still received)")

@@ -26,6 +26,7 @@ from typing import Final
 from confero.client.stats import StreamStats
 from confero.protocol import rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+from confero.protocol.audio_streams import AudioStreams
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
 from confero.protocol.profile import (
     AUDIO_CLOCK,
@@ -132,6 +133,25 @@ class _Budget:
         return True
 
 
+class _RecentSeqs:
+    """The last sequence numbers of one stream, to drop a copy that took the other path."""
+
+    SIZE: Final = 1024
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._set: set[int] = set()
+
+    def seen(self, seq: int) -> bool:
+        if seq in self._set:
+            return True
+        self._order.append(seq)
+        self._set.add(seq)
+        if len(self._order) > self.SIZE:
+            self._set.discard(self._order.popleft())
+        return False
+
+
 @dataclass
 class _Sender:
     ssrc: int
@@ -187,6 +207,24 @@ class MediaEndpoint:
             "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
             "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
             "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
+        }
+        # ---- the peer-to-peer path (issue 10): a second hop with its own SRTP keys.
+        # Which hops our media goes to; RTCP keepalives always go to the server.
+        self.send_to_server = True
+        self.send_to_peer = False
+        self._peer_srtp: SrtpContext | None = None
+        self._peer_out: list[bytes] = []
+        #: each sender's own audio stream (the peer's, in P2P), beside the server's mix
+        self.peer_audio = AudioStreams()
+        self._recent: dict[int, _RecentSeqs] = {}  # duplicates across the two paths
+        #: when authenticated media (RTP) last came from each hop, and any packet from
+        #: the peer (its RTCP too: a liveness check of the direct path)
+        self.server_rtp_at: float | None = None
+        self.peer_rtp_at: float | None = None
+        self.peer_heard_at: float | None = None
+        self.peer_counters: dict[str, int] = {
+            "sent_packets": 0, "sent_bytes": 0, "received_packets": 0, "received_bytes": 0,
+            "dropped_auth": 0, "duplicates": 0,
         }
 
     # ------------------------------------------------------------------ outputs
@@ -283,16 +321,25 @@ class MediaEndpoint:
         self._send_rtcp(rtcp.Bye([self.config.audio_ssrc, self.config.video_ssrc]).pack())
 
     def _send_rtp(self, plain: bytes, sender: _Sender | None) -> None:
-        protected = self._srtp.protect_rtp(plain)
-        self._out.append(protected)
-        self.counters["sent_packets"] += 1
-        self.counters["sent_bytes"] += len(protected)
+        if self.send_to_peer and self._peer_srtp is not None:
+            peer_protected = self._peer_srtp.protect_rtp(plain)
+            self._peer_out.append(peer_protected)
+            self.peer_counters["sent_packets"] += 1
+            self.peer_counters["sent_bytes"] += len(peer_protected)
+        if self.send_to_server:
+            protected = self._srtp.protect_rtp(plain)
+            self._out.append(protected)
+            self.counters["sent_packets"] += 1
+            self.counters["sent_bytes"] += len(protected)
         if sender is not None:
             sender.packets += 1
             sender.octets += len(plain) - 12
 
-    def _send_rtcp(self, plain: bytes) -> None:
-        self._out.append(self._srtp.protect_rtcp(plain))
+    def _send_rtcp(self, plain: bytes, *, keepalive: bool = False) -> None:
+        if self.send_to_peer and self._peer_srtp is not None:
+            self._peer_out.append(self._peer_srtp.protect_rtcp(plain))
+        if self.send_to_server or keepalive:
+            self._out.append(self._srtp.protect_rtcp(plain))
 
     def _send_reports(self, now: float) -> None:
         """Sender reports for what we send (they let receivers map RTP time to wall time:
@@ -308,7 +355,7 @@ class MediaEndpoint:
                                              sender.octets & 0xFFFFFFFF).pack())
         if not packets:
             packets.append(rtcp.ReceiverReport(self.config.video_ssrc).pack())
-        self._send_rtcp(b"".join(packets))
+        self._send_rtcp(b"".join(packets), keepalive=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -317,7 +364,11 @@ class MediaEndpoint:
             if is_rtcp(data):
                 self._on_rtcp(self._srtp.unprotect_rtcp(data), now)
             else:
-                self._on_rtp(self._srtp.unprotect_rtp(data), len(data), now)
+                plain = self._srtp.unprotect_rtp(data)
+                self.server_rtp_at = now
+                if self._peer_srtp is not None and self._duplicate(plain):
+                    return
+                self._on_rtp(plain, len(data), now)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -357,6 +408,10 @@ class MediaEndpoint:
 
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
+        if packet.payload_type == AUDIO_PAYLOAD_TYPE and packet.ssrc != self.config.mix_ssrc:
+            if packet.payload:  # a sender's own stream (the peer's, in P2P)
+                self.peer_audio.push(packet.ssrc, packet.timestamp, packet.payload, now)
+            return
         if packet.ssrc == self.config.mix_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             self.audio_stats.on_packet(packet, size, now, AUDIO_CLOCK)
             if packet.payload:  # an empty one is a loss, not a frame
@@ -399,6 +454,77 @@ class MediaEndpoint:
             self._events.popleft()
             self.counters["events_dropped"] += 1
         self._events.append(event)
+
+    # ------------------------------------------------------------------ the peer path
+
+    def start_peer(self, tx_key: bytes, rx_key: bytes) -> None:
+        """Open the direct path with this P2P session's fresh keys (ours protects what we
+        send, the peer's what it sends). Nothing is sent there until ``send_to_peer``."""
+        self._peer_srtp = SrtpContext(tx_key=tx_key, rx_key=rx_key)
+        self._peer_out = []
+        self.peer_rtp_at = self.peer_heard_at = None
+
+    def stop_peer(self) -> None:
+        """Close the direct path: its keys die with it; the server path carries all."""
+        self._peer_srtp = None
+        self.send_to_peer = False
+        self.send_to_server = True
+        self._peer_out = []
+        self._recent.clear()
+
+    @property
+    def peer_open(self) -> bool:
+        return self._peer_srtp is not None
+
+    def peer_datagrams_to_send(self) -> list[bytes]:
+        out, self._peer_out = self._peer_out, []
+        return out
+
+    def receive_peer_datagram(self, data: bytes, now: float) -> None:
+        """A datagram from the peer's ICE path (STUN is aioice's, never seen here)."""
+        srtp = self._peer_srtp
+        if srtp is None:
+            self.peer_counters["dropped_auth"] += 1
+            return
+        try:
+            if is_rtcp(data):
+                plain = srtp.unprotect_rtcp(data)
+                self.peer_heard_at = now
+                self._on_rtcp(plain, now)
+                return
+            plain = srtp.unprotect_rtp(data)
+        except SrtpError:
+            self.peer_counters["dropped_auth"] += 1
+            return
+        except (RtpError, rtcp.RtcpError):
+            self.counters["dropped_malformed"] += 1
+            return
+        self.peer_heard_at = self.peer_rtp_at = now
+        self.peer_counters["received_packets"] += 1
+        self.peer_counters["received_bytes"] += len(data)
+        if self._duplicate(plain):
+            return
+        try:
+            self._on_rtp(plain, len(data), now)
+        except (RtpError, rtcp.RtcpError):
+            self.counters["dropped_malformed"] += 1
+
+    def _duplicate(self, plain: bytes) -> bool:
+        """The same packet (SSRC and sequence number) already came by the other path."""
+        ssrc = int.from_bytes(plain[8:12], "big")
+        recent = self._recent.get(ssrc)
+        if recent is None:
+            if len(self._recent) >= MAX_REMOTE_STREAMS:
+                self._recent.clear()
+            recent = self._recent[ssrc] = _RecentSeqs()
+        if recent.seen(int.from_bytes(plain[2:4], "big")):
+            self.peer_counters["duplicates"] += 1
+            return True
+        return False
+
+    def pop_peer_audio(self, now: float) -> dict[int, bytes | object]:
+        """The next 20 ms of every sender's own audio stream (see :class:`AudioStreams`)."""
+        return self.peer_audio.pop(now)
 
     # ------------------------------------------------------------------ decoder feedback
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import av
 
+from confero.client.audio_mix import Crossfade, LocalMixer
 from confero.client.endpoint import (
     LOST,
     EndpointConfig,
@@ -31,6 +32,8 @@ from confero.client.endpoint import (
     MediaEndpoint,
     VideoFrameReady,
 )
+from confero.client.p2p import PeerLink
+from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import (
     FRAME_SECONDS,
@@ -140,6 +143,16 @@ class MediaSession(asyncio.DatagramProtocol):
         #: (monotonic seconds).
         self.own_level: tuple[int, float] = (127, 0.0)
         self._extra_counters: dict[str, int] = {"source_errors": 0, "decode_backlog": 0}
+        # ---- peer-to-peer (issue 10): the direct path, the switch, local audio mixing
+        self._peer: PeerLink | None = None
+        self.switch = PathSwitch()
+        self._local_mixer = LocalMixer()
+        self._crossfade = Crossfade(ramp_frames=2)  # 40 ms
+        #: what playout took from where, and how often it had to conceal (per source)
+        self.playout_counters: dict[str, int] = {
+            "mix_frames": 0, "mix_concealed": 0, "direct_frames": 0, "direct_concealed": 0,
+            "blended": 0, "silent": 0,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,6 +231,9 @@ class MediaSession(asyncio.DatagramProtocol):
         endpoint, loop = self._endpoint, self._loop
         if endpoint is None or loop is None or self._closed:
             return
+        if self.switch.switching:
+            with self._lock:
+                self.switch.poll(endpoint, time.monotonic())
         self._flush()
         while True:
             with self._lock:
@@ -245,6 +261,12 @@ class MediaSession(asyncio.DatagramProtocol):
         if transport is not None:
             for datagram in datagrams:
                 transport.sendto(datagram)
+        peer = self._peer
+        if peer is not None:
+            with self._lock:
+                direct = endpoint.peer_datagrams_to_send()
+            for datagram in direct:
+                peer.send(datagram)
 
     # ------------------------------------------------------------------ sources
 
@@ -426,8 +448,10 @@ class MediaSession(asyncio.DatagramProtocol):
         endpoint = self._endpoint
         if endpoint is None:
             return SILENCE
+        now = time.monotonic()
         with self._lock:
             item = endpoint.pop_audio()
+            direct_items = endpoint.pop_peer_audio(now)
         with self._audio_decode_lock:
             if item is None:
                 samples = SILENCE
@@ -440,9 +464,115 @@ class MediaSession(asyncio.DatagramProtocol):
                 samples = self._audio_decoder.decode(item)
                 self._last_audio = samples
                 self._concealed_in_a_row = 0
+            if direct_items or self._crossfade.weight_b > 0.0:
+                samples = self._blend(item, samples, direct_items)
+            elif item is not None:
+                self.playout_counters["mix_frames"] += 1
+                if item is LOST:
+                    self.playout_counters["mix_concealed"] += 1
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
+
+    def _blend(self, item: object, mixed: Samples, direct_items: dict[int, object]
+               ) -> Samples:
+        """The server's mix and the senders' own streams (P2P), crossfaded at a switch."""
+        counters = self.playout_counters
+        direct = self._local_mixer.mix(direct_items)
+        if direct is not None:
+            counters["direct_frames"] += 1
+            if any(not isinstance(v, bytes) for v in direct_items.values()):
+                counters["direct_concealed"] += 1
+        if item is not None:
+            counters["mix_frames"] += 1
+            if item is LOST:
+                counters["mix_concealed"] += 1
+        weight_before = self._crossfade.weight_b
+        out = self._crossfade.step(mixed if item is not None else None, direct,
+                                   self.switch.prefer_direct)
+        if 0.0 < self._crossfade.weight_b < 1.0 or weight_before != self._crossfade.weight_b:
+            counters["blended"] += 1
+        if out is None:
+            counters["silent"] += 1
+            return SILENCE
+        return out
+
+    # ------------------------------------------------------------------ peer-to-peer
+
+    @property
+    def peer(self) -> PeerLink | None:
+        return self._peer
+
+    def attach_peer(self, link: PeerLink) -> None:
+        """Use ``link`` as the direct path once its keys are known (:meth:`peer_keys`)."""
+        self._peer = link
+
+    def peer_keys(self, tx_key: bytes, rx_key: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.start_peer(tx_key, rx_key)
+
+    def peer_datagram_received(self, data: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or self._closed:
+            return
+        with self._lock:
+            endpoint.receive_peer_datagram(data, time.monotonic())
+        self._service()
+
+    def switch_to_p2p(self) -> None:
+        """The meeting went P2P: send on the direct path too, leave the server once the
+        peer is heard directly (make-before-break)."""
+        endpoint = self._endpoint
+        if endpoint is None or not endpoint.peer_open:
+            return
+        with self._lock:
+            self.switch.to_p2p(endpoint, time.monotonic())
+        self._service()
+
+    def switch_to_server(self) -> None:
+        """Back through the server: resume there at once, drop the direct path once the
+        server's media flows again."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        with self._lock:
+            self.switch.to_server(endpoint, time.monotonic())
+        self._service()
+
+    def detach_peer(self) -> None:
+        """The P2P session is over: the server path carries everything."""
+        self._peer = None
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.stop_peer()
+                self.switch.mode = "server"
+        self._service()
+
+    def peer_heard_at(self) -> float | None:
+        endpoint = self._endpoint
+        return endpoint.peer_heard_at if endpoint is not None else None
+
+    def path_counters(self) -> dict[str, object]:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return {}
+        with self._lock:
+            return {
+                "mode": self.switch.mode,
+                "to_server": endpoint.send_to_server,
+                "to_peer": endpoint.send_to_peer,
+                "peer": dict(endpoint.peer_counters),
+                "playout": dict(self.playout_counters),
+                "switches": [
+                    {"to": r.to, "ms": None if r.completed is None
+                     else round((r.completed - r.started) * 1000, 1),
+                     "by_timeout": r.by_timeout}
+                    for r in self.switch.history
+                ],
+            }
 
     # ------------------------------------------------------------------ queries, control
 
