@@ -147,3 +147,66 @@ def test_two_go_p2p_behind_nat_a_third_brings_the_server_back(
             bot.cleanup()
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.timeout(300)
+def test_blocked_direct_path_falls_back_to_the_server_by_itself(
+    netlab: Lab, tmp_path: Path
+) -> None:
+    """Consent freshness: the peers' direct UDP is cut mid-call; the meeting goes back
+    through the server within seconds without anyone acting, and retries fail cleanly
+    (it stays on the server, with the reason)."""
+    nat = nat_topology(netlab, 2)
+    home_router_firewall(nat)
+    server = nat.public.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    started: list[BotProcess] = []
+    try:
+        alice = BotProcess(f"ws://{nat.sites[0].wan.a.ip}:{port}/ws", "alice", "--create",
+                           "cut", "--audio", "sine:440", *COMMON,
+                           prefix=nat.sites[0].client.argv([]))
+        started.append(alice)
+        meeting = str(alice.expect("joined", timeout=40)["meeting_id"])
+        bob = BotProcess(f"ws://{nat.sites[1].wan.a.ip}:{port}/ws", "bob", "--join", meeting,
+                         "--audio", "sine:660", "--record", str(tmp_path / "bob"), *COMMON,
+                         prefix=nat.sites[1].client.argv([]))
+        started.append(bob)
+        for bot in (alice, bob):
+            assert bot.expect("mode", timeout=40)["mode"] == "p2p"
+        # cut the direct path between the two sites (the server stays reachable)
+        other = nat.sites[1].wan.b.ip
+        nat.sites[0].router.nft(
+            "table ip p2p_cut {\n"
+            "  chain forward { type filter hook forward priority filter; policy accept;\n"
+            f"    ip daddr {other} drop\n    ip saddr {other} drop\n"
+            "  }\n}\n"
+        )
+        reasons = set()
+        for bot in (alice, bob):
+            mode = bot.expect("mode", timeout=30)
+            assert mode["mode"] == "server"
+            reasons.add(mode["reason"])
+        assert reasons & {"consent_lost", "ice_failed"}, reasons
+        # media flows through the server again
+        bob.expect("stats", lambda e: e["paths"]["to_server"] is True, timeout=10)
+        start = bob.expect("stats", timeout=10)
+        bob.expect("stats", lambda e: _frames(e, "alice") >= _frames(start, "alice") + 30,
+                   timeout=30)
+        # the server retries after a back-off; ICE cannot connect, so it stays put
+        stop = alice.expect("p2p_stop", lambda e: e["session"] >= 2, timeout=60)
+        assert stop["reason"] in ("ice_failed", "ice_timeout")
+        alice.send("media")
+        assert alice.expect("media", timeout=20)["mode"] == "server"
+        bob.send("leave")
+        bob.finish(timeout=40)
+        heard = tone_levels(tmp_path / "bob" / "audio.wav", [440, 660])
+        assert heard[440] > -6 and heard[660] < -30, heard
+    finally:
+        for bot in started:
+            bot.cleanup()
+        server.terminate()
+        server.wait(10)

@@ -31,6 +31,7 @@ from confero.media.devices import (
 )
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+from confero.protocol import signaling as sig
 from confero.stdin import stdin_lines
 
 
@@ -221,6 +222,10 @@ class Bot:
                     self._finish("connection_failed")
             case api.Rejoined():
                 emit("rejoined")
+            case sig.P2pStart(session=session, controlling=controlling):
+                emit("p2p_start", session=session, controlling=controlling)
+            case sig.P2pStop(session=session, reason=reason):
+                emit("p2p_stop", session=session, reason=reason)
             case api.RejoinFailed(code=code, message=message):
                 emit("error", code=code, message=message)
                 self._finish("rejoin_failed")
