@@ -472,6 +472,11 @@ class MediaEndpoint:
         self._peer_out = []
         self._recent.clear()
 
+    def nudge_keepalive(self, now: float) -> None:
+        """Send RTCP reports at the next timer: at a switch the other side learns at once
+        that our direct path is up, even if we send no media."""
+        self._next_keepalive = min(self._next_keepalive, now)
+
     @property
     def peer_open(self) -> bool:
         return self._peer_srtp is not None

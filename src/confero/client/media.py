@@ -529,6 +529,7 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         with self._lock:
             self.switch.to_p2p(endpoint, time.monotonic())
+            endpoint.nudge_keepalive(time.monotonic())
         self._service()
 
     def switch_to_server(self) -> None:
