@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from confero.client.audio_mix import Crossfade, LocalMixer
-from confero.client.endpoint import VideoFrameReady
+from confero.client.endpoint import EndpointConfig, VideoFrameReady
 from confero.client.p2p_switch import PathSwitch
 from confero.media.audio import FRAME_SAMPLES, OpusEncoder, SineSource
 from confero.protocol.audio_jitter import LOST
@@ -178,3 +178,21 @@ def test_crossfade_ramps_over_two_frames_and_follows_the_source_that_plays() -> 
     out = fade.step(a, None, prefer_b=True)
     assert out is not None and fade.weight_b < 1.0
     assert fade.step(None, None, prefer_b=True) is None
+
+
+def test_server_path_rekey_after_p2p_replaces_both_ends_keys() -> None:
+    """Back from P2P the server hands out fresh server-path keys: the client's old-key
+    packets are refused, new-key packets flow, and video reaches the other side."""
+    pair = Pair()
+    alice, bob = pair.alice, pair.bob
+    pair.run(0.5)
+    for client in (alice, bob):
+        grant = pair.net.router.rekey(client.name)
+        assert grant is not None
+        assert grant.audio_ssrc == client.endpoint.config.audio_ssrc  # same SSRCs
+        config = EndpointConfig.from_grant(grant)
+        client.endpoint.rekey_server(config.tx_key, config.rx_key)
+    before = len(_frames(bob, alice))
+    pair.run(1.5)
+    assert len(_frames(bob, alice)) >= before + 25
+    assert pair.net.router.counters["rekeyed"] == 2

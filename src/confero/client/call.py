@@ -282,7 +282,10 @@ class Call:
                 self._p2p_signal(event)
             case sig.P2pStop(session=session, reason=reason):
                 self._p2p_stop(session, reason)
-            case sig.ModeChanged(mode=mode, reason=reason):
+            case sig.ModeChanged(mode=mode, reason=reason, media=grant):
+                if grant is not None and self.session is not None:
+                    self.session.rekey_server(grant)
+                    self.client.media_grant = grant
                 self._mode_changed(mode, reason)
             case api.Rejoined(participants=participants):
                 self._known = {p.id: p for p in participants}

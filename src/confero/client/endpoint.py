@@ -472,6 +472,11 @@ class MediaEndpoint:
         self._peer_out = []
         self._recent.clear()
 
+    def rekey_server(self, tx_key: bytes, rx_key: bytes) -> None:
+        """The server renewed our server-path keys (back from P2P): new SRTP state, same
+        SSRCs. Packets still in flight under the old keys are refused and counted."""
+        self._srtp = SrtpContext(tx_key=tx_key, rx_key=rx_key)
+
     def nudge_keepalive(self, now: float) -> None:
         """Send RTCP reports at the next timer: at a switch the other side learns at once
         that our direct path is up, even if we send no media."""

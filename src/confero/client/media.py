@@ -542,6 +542,18 @@ class MediaSession(asyncio.DatagramProtocol):
             self.switch.to_server(endpoint, time.monotonic())
         self._service()
 
+    def rekey_server(self, grant: MediaGrant) -> None:
+        """New server-path keys (same port and SSRCs), from a ``mode_changed``."""
+        endpoint = self._endpoint
+        if endpoint is None or grant.audio_ssrc != self._config.audio_ssrc:
+            return
+        config = EndpointConfig.from_grant(grant)
+        self.grant, self._config = grant, config
+        with self._lock:
+            endpoint.rekey_server(config.tx_key, config.rx_key)
+            endpoint.nudge_keepalive(time.monotonic())  # re-open the path under new keys
+        self._service()
+
     def detach_peer(self) -> None:
         """The P2P session is over: the server path carries everything."""
         self._peer = None

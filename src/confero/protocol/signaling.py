@@ -366,6 +366,10 @@ class ModeChanged(ServerMessage, tag="mode_changed", frozen=True):
     mode: MediaMode
     reason: str
     session: int = 0
+    #: back on the server after P2P: fresh SRTP keys for the server path (same port and
+    #: SSRCs). An SRTP receiver that missed more than 32768 packets of a stream (about six
+    #: minutes of P2P video) would refuse it under the old keys.
+    media: MediaGrant | None = None
 
 
 ServerEvent = (

@@ -505,6 +505,14 @@ class SignalingCore:
                 members = list(meeting.participants) if meeting is not None else []
                 event = sig.ModeChanged(meeting_id=meeting_id, mode=action.mode,
                                         reason=action.reason, session=action.session)
+                rekey = getattr(self.media, "rekey", None)
+                if action.mode == "server" and rekey is not None:
+                    for pid in [p for p in members if p in action.peers]:
+                        members.remove(pid)
+                        grant = rekey(pid)
+                        out += self._send_to(pid, sig.ModeChanged(
+                            meeting_id=meeting_id, mode=action.mode, reason=action.reason,
+                            session=action.session, media=grant))
                 out += self._deliver([Notice(tuple(members), event)])
         return out
 

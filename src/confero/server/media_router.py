@@ -141,6 +141,24 @@ class MediaRouter:
             host=self.host,
         )
 
+    def rekey(self, participant_id: str) -> MediaGrant | None:
+        """Fresh SRTP keys for a member's server path (same SSRCs, address kept): after a
+        P2P spell both ends' stream state would be too far behind to accept it again."""
+        peer = self._peers.get(participant_id)
+        if peer is None or peer.meeting_id is None or peer.srtp is None:
+            return None
+        meeting = self._meetings.get(peer.meeting_id)
+        if meeting is None:
+            return None
+        key_up, key_down = new_master_key(), new_master_key()
+        peer.srtp = SrtpContext(tx_key=key_down, rx_key=key_up)
+        self.counters["rekeyed"] += 1
+        return MediaGrant(
+            port=self.port, srtp_profile=PROFILE, key_up=encode_key(key_up),
+            key_down=encode_key(key_down), audio_ssrc=peer.audio_ssrc,
+            video_ssrc=peer.video_ssrc, mix_ssrc=meeting.mix_ssrc, host=self.host,
+        )
+
     def release(self, participant_id: str) -> None:
         """Out of the meeting: keys, address and SSRCs all go. A later join gets new SSRCs,
         so nobody's SRTP or jitter-buffer state for the old stream can get in the way."""

@@ -45,6 +45,8 @@ class ModeChange:
     mode: Mode
     reason: str
     session: int
+    #: the peers of the session: back on the server, their server-path keys are renewed
+    peers: tuple[str, ...] = field(default=(), compare=False)
 
 
 Action = Start | Stop | ModeChange
@@ -125,7 +127,8 @@ class ModeMachine:
             if len(attempt.connected) == 2 and self.mode != "p2p":
                 self.mode = "p2p"
                 self._retry_delay = self._retry_base
-                return [self._record(ModeChange("p2p", "ice_connected", attempt.session), now)]
+                return [self._record(
+                    ModeChange("p2p", "ice_connected", attempt.session, attempt.peers), now)]
             return []
         if state == "want_server":
             self._declined = True
@@ -172,7 +175,8 @@ class ModeMachine:
         out: list[Action] = []
         if self.mode == "p2p":
             self.mode = "server"
-            out.append(self._record(ModeChange("server", reason, attempt.session), now))
+            out.append(self._record(
+                ModeChange("server", reason, attempt.session, attempt.peers), now))
         out.append(Stop(attempt.session, attempt.peers, reason))
         return out
 
