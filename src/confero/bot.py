@@ -75,6 +75,10 @@ class _Seen:
     first_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
+    #: decoded-frame gaps (a freeze shows as one long gap), monotonic seconds
+    last_frame_at: float | None = None
+    max_gap: float = 0.0
+    gaps_over_100ms: int = 0
 
 
 class Bot:
@@ -184,6 +188,11 @@ class Bot:
         if seen is None:
             seen = self.seen[video.ssrc] = _Seen(call_video.name)
         seen.frames += 1
+        if seen.last_frame_at is not None:
+            gap = video.received_at - seen.last_frame_at
+            seen.max_gap = max(seen.max_gap, gap)
+            seen.gaps_over_100ms += gap > 0.1
+        seen.last_frame_at = video.received_at
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
             joined_at = self.call.joined_at or video.received_at
@@ -275,12 +284,17 @@ class Bot:
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
              audio_buffer=stats["audio_buffer"], sent=stats["sent"], mode=self.call.mode,
+             gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
+                               "over_100ms": seen.gaps_over_100ms}
+                   for seen in self.seen.values()},
              paths=self.call.session.path_counters())
 
     def _summary(self) -> dict[str, Any]:
         return {
             "video": {
-                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps)}
+                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
+                            "max_gap_ms": round(seen.max_gap * 1000, 1),
+                            "gaps_over_100ms": seen.gaps_over_100ms}
                 for seen in self.seen.values()
             },
             "stats": self.call.session.stats() if self.call.session is not None else None,
