@@ -140,9 +140,9 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             bots.append(carol)
             carol.expect("stats", lambda e: e["video"].get("alice", {}).get(
                 "frames_decoded", 0) > 0, timeout=60)
+            pre_p2p = _fresh(bob)
             carol.send("leave")
             carol.finish(timeout=60)
-            pre_p2p = _fresh(bob)
             bob.expect("mode", lambda e: e["mode"] == "p2p", timeout=60)
             again = bob.expect("stats", _direct_only, timeout=30)
             final = bob.expect("stats", lambda e: e["t"] >= pre_p2p["t"] + 3, timeout=60)
