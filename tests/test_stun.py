@@ -87,3 +87,33 @@ async def test_real_server_answers_stun_on_the_media_port(server: ServerProcess)
     metrics = await asyncio.to_thread(
         lambda: urllib.request.urlopen(server.http + "metrics", timeout=5).read().decode())
     assert 'confero_media_events_total{event="stun_answered"} 1.0' in metrics
+
+
+async def test_status_page_and_metrics_show_media_per_meeting(server: ServerProcess) -> None:
+    from confero.client import Client
+
+    alice = Client(server.url, "alice")
+    bob = Client(server.url, "bob")
+    alice.p2p = bob.p2p = True
+    await alice.connect()
+    await bob.connect()
+    try:
+        created = await alice.create_meeting("proof", mode="server")
+        assert created.mode_setting == "server" and created.mode == "server"
+        await bob.join(created.meeting.id)
+        media = await bob.meeting_media()
+        assert media.meeting_id == created.meeting.id and media.mode == "server"
+        assert media.forwarded_bytes == 0 and media.received_bytes == 0
+
+        def fetch(path: str) -> str:
+            with urllib.request.urlopen(server.http + path, timeout=5) as response:
+                return str(response.read().decode())
+
+        page = await asyncio.to_thread(fetch, "")
+        assert "Media per meeting" in page and created.meeting.id in page
+        metrics = await asyncio.to_thread(fetch, "metrics")
+        line = f'confero_meeting_media_received_bytes{{meeting="{created.meeting.id}"}} 0.0'
+        assert line in metrics
+    finally:
+        await alice.close()
+        await bob.close()
