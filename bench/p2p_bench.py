@@ -86,7 +86,17 @@ def tone_dropouts(wav_path: Path, frequency: float) -> dict[str, int]:
         return {"frames": 0, "dropouts": 0}
     span = level[audible[0] : audible[-1] + 1]
     reference = float(np.median(span))
-    return {"frames": len(span), "dropouts": int(np.sum(span < 0.25 * reference))}
+    low = np.nonzero(span < 0.25 * reference)[0]
+    runs: list[list[float]] = []  # [second into the recording, frames]
+    for index in low:
+        if runs and index == runs[-1][2]:
+            runs[-1][1] += 1
+            runs[-1][2] += 1
+        else:
+            runs.append([round((audible[0] + index) * 0.02, 2), 1, index + 1])
+    return {"frames": len(span), "dropouts": len(low),
+            "longest": max((r[1] for r in runs), default=0),
+            "runs": [r[:2] for r in runs][:30]}
 
 
 def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -114,10 +124,13 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                       "--record", str(work / f"bob{run}"))
             bots.append(bob)
             joined = bob.expect("joined", timeout=60)
+            recording_from = time.time()
             to_p2p = bob.expect("mode", lambda e: e["mode"] == "p2p", timeout=60)
+            switch_times = [to_p2p["t"]]
             idle = bob.expect("stats", _direct_only, timeout=30)
             alice.expect("stats", _direct_only, timeout=30)
             first_switch = idle["paths"]["switches"][-1]
+            alice.expect("stats", lambda e: e["t"] >= idle["t"] + 0.5, timeout=10)
             alice.send("media")
             before = alice.expect("media", timeout=20)
             p2p_start = _fresh(bob)
@@ -129,7 +142,8 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             # p2p -> server without extra load: bob asks for the server
             pre_switch = _fresh(bob)
             bob.send("server")
-            bob.expect("mode", lambda e: e["mode"] == "server", timeout=60)
+            switch_times.append(
+                bob.expect("mode", lambda e: e["mode"] == "server", timeout=60)["t"])
             bob.expect("stats", lambda e: e["paths"]["to_peer"] is False, timeout=30)
             after_switch = bob.expect("stats", lambda e: e["t"] >= pre_switch["t"] + 3,
                                       timeout=60)
@@ -143,7 +157,8 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             pre_p2p = _fresh(bob)
             carol.send("leave")
             carol.finish(timeout=60)
-            bob.expect("mode", lambda e: e["mode"] == "p2p", timeout=60)
+            switch_times.append(
+                bob.expect("mode", lambda e: e["mode"] == "p2p", timeout=60)["t"])
             again = bob.expect("stats", _direct_only, timeout=30)
             final = bob.expect("stats", lambda e: e["t"] >= pre_p2p["t"] + 3, timeout=60)
             bob.send("leave")
@@ -169,6 +184,7 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "server_to_p2p_switch": _phase(pre_p2p, final, "alice"),
                 "back_to_p2p_after_leave_ms": round((again["t"] - pre_p2p["t"]) * 1000),
                 "bob_hears_alice": tone_dropouts(work / f"bob{run}" / "audio.wav", 440),
+                "switch_times_s": [round(t - recording_from, 2) for t in switch_times],
             }
         finally:
             for b in bots:
@@ -184,9 +200,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--window", type=float, default=6.0, help="seconds of P2P measured")
+    parser.add_argument("--keep", type=Path, help="keep recordings and data here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
-        runs = [one_run(i, args, Path(tmp)) for i in range(args.runs)]
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        runs = [one_run(i, args, args.keep) for i in range(args.runs)]
+    else:
+        with tempfile.TemporaryDirectory(prefix="p2p-bench-") as tmp:
+            runs = [one_run(i, args, Path(tmp)) for i in range(args.runs)]
     joins = [r["join_to_p2p_ms"] for r in runs]
     print(json.dumps({
         "bench": "p2p",

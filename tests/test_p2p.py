@@ -87,7 +87,10 @@ def test_two_go_p2p_behind_nat_a_third_brings_the_server_back(
             bot.expect("stats", _direct_only, timeout=20)  # the server path is idle now
 
         # 2. the proof: over 5 s the server receives and forwards no media for the meeting
-        # while both decode each other's video
+        # while both decode each other's video (after half a second for the server's mixer
+        # to finish concealing the last frames it got before the switch)
+        settled = alice.expect("stats", timeout=10)
+        alice.expect("stats", lambda e: e["t"] >= settled["t"] + 0.5, timeout=10)
         alice.send("media")
         before = alice.expect("media", timeout=20)
         a0 = alice.expect("stats", timeout=10)

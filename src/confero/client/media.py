@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 #: Frames of one stream waiting for the decoder thread before we stop feeding it and ask
 #: for a keyframe instead: a bounded queue, about a quarter of a second at 30 fps.
 MAX_PENDING_DECODES = 8
+#: At a P2P switch playout crosses to the new audio source once it delivered this many
+#: frames in a row (100 ms): the old source carries on meanwhile, both hold the same sound.
+STEADY_FRAMES = 5
 
 __all__ = ["AudioSource", "DecodedVideo", "MediaSession", "StreamStats", "VideoSource"]
 
@@ -148,6 +151,10 @@ class MediaSession(asyncio.DatagramProtocol):
         self.switch = PathSwitch()
         self._local_mixer = LocalMixer()
         self._crossfade = Crossfade(ramp_frames=2)  # 40 ms
+        # frames in a row each source delivered (not concealed): a switch moves playout
+        # to the new source only once it runs steadily, the old one carries until then
+        self._mix_run = 0
+        self._direct_run = 0
         #: what playout took from where, and how often it had to conceal (per source)
         self.playout_counters: dict[str, int] = {
             "mix_frames": 0, "mix_concealed": 0, "direct_frames": 0, "direct_concealed": 0,
@@ -487,9 +494,19 @@ class MediaSession(asyncio.DatagramProtocol):
             counters["mix_frames"] += 1
             if item is LOST:
                 counters["mix_concealed"] += 1
+        mix_ok = isinstance(item, bytes)
+        direct_ok = bool(direct_items) and all(isinstance(v, bytes)
+                                               for v in direct_items.values())
+        self._mix_run = self._mix_run + 1 if mix_ok else 0
+        self._direct_run = self._direct_run + 1 if direct_ok else 0
+        steady = STEADY_FRAMES
+        if self.switch.prefer_direct:
+            prefer_direct = self._direct_run >= steady or self._mix_run == 0
+        else:
+            prefer_direct = self._mix_run < steady and self._direct_run > 0
         weight_before = self._crossfade.weight_b
         out = self._crossfade.step(mixed if item is not None else None, direct,
-                                   self.switch.prefer_direct)
+                                   prefer_direct)
         if 0.0 < self._crossfade.weight_b < 1.0 or weight_before != self._crossfade.weight_b:
             counters["blended"] += 1
         if out is None:
