@@ -96,7 +96,8 @@ def test_two_meetings_each_hear_and_see_only_their_others(
 def test_camera_and_microphone_off_and_on_mid_call(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server.url, "alice", "--create", "toggles", "--mode", "server", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "toggles", "--mode", "server",
+                      "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
     bob = start_bot(bots, server.url, "bob", "--join", meeting, "--video", "none")
     wait_until_receiving(bob, ["alice"], frames=10, audio_packets=20)
@@ -133,7 +134,8 @@ def test_camera_and_microphone_off_and_on_mid_call(
 def test_late_joiner_gets_a_keyframe_and_a_killed_bot_disturbs_nobody(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server.url, "alice", "--create", "late", "--mode", "server", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "late", "--mode", "server",
+                      "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
     bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "sine:660")
     wait_until_receiving(alice, ["bob"])
@@ -175,7 +177,8 @@ async def media_metrics(server: ServerProcess) -> dict[str, float]:
 async def test_garbage_foreign_and_replayed_packets_are_dropped_and_counted(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server.url, "alice", "--create", "attacked", "--mode", "server", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "attacked", "--mode", "server",
+                      "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
     bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "sine:660")
     wait_until_receiving(bob, ["alice"])

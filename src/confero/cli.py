@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--media-host", default="",
                         help="address clients should send media to (default: the host "
                         "they reached the server by)")
+    server.add_argument("--turn-url", default="",
+                        help="a TURN server (coturn with use-auth-secret) peers may relay "
+                        "peer-to-peer media through, e.g. turn:203.0.113.1:3478")
+    server.add_argument("--turn-secret", default=os.environ.get("CONFERO_TURN_SECRET", ""),
+                        help="coturn's static-auth-secret (env CONFERO_TURN_SECRET); "
+                        "credentials handed out per P2P session live 10 minutes")
 
     meetings = commands.add_parser("meetings", help="list or create meetings (for scripts)")
     meeting_commands = meetings.add_subparsers(dest="meetings_command", required=True)
@@ -191,6 +197,7 @@ def _server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
         media_port=args.media_port, media_host=args.media_host, rate=args.rate_limit,
         burst=args.rate_burst, max_connections_per_address=args.max_connections_per_address,
+        turn_url=args.turn_url, turn_secret=args.turn_secret,
     )
     try:
         asyncio.run(serve(config))

@@ -312,6 +312,8 @@ class Call:
         self._keys_set = False
         link = PeerLink(
             start.session, start.controlling, stun_server=session.address,
+            turn=(start.turn_url, start.turn_username, start.turn_password)
+            if start.turn_url else None,
             send_signal=self._send_signal, on_datagram=session.peer_datagram_received,
             on_state=self._link_state,
         )

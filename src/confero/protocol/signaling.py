@@ -337,6 +337,10 @@ class P2pStart(ServerMessage, tag="p2p_start", frozen=True):
     session: int
     peer_id: str
     controlling: bool
+    #: a TURN relay this peer may use (``turn:host:port``) and its short-lived credentials
+    turn_url: str = ""
+    turn_username: str = ""
+    turn_password: str = ""
 
 
 class P2pSignalEvent(ServerMessage, tag="p2p_signal", frozen=True):

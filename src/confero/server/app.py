@@ -58,6 +58,9 @@ class ServerConfig:
     media_port: int = 8751
     #: Address clients should send media to; empty: the host they used for signaling.
     media_host: str = ""
+    #: TURN relay for peer-to-peer media (coturn, use-auth-secret); empty: none
+    turn_url: str = ""
+    turn_secret: str = ""
 
 
 CLOSE_TIMEOUT = 2.0  # a close handshake that takes longer is cut by aborting the socket
@@ -307,6 +310,7 @@ def build_server(
     settings = CoreSettings(
         rate=config.rate, burst=config.burst, heartbeat_interval=config.heartbeat
     )
+    settings.turn_url, settings.turn_secret = config.turn_url, config.turn_secret
     core = SignalingCore(registry, store, settings, media=media)
     restored = core.restore(time.time())
     if restored:

@@ -7,7 +7,9 @@ fan-out of events and of the lobby list. Tests drive it directly with a fake clo
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import secrets
 import unicodedata
@@ -97,6 +99,10 @@ class CoreSettings:
     password_rate: float = 1.0
     password_burst: float = 3.0
     password_rate_server: float = 20.0
+    #: TURN relay for P2P (coturn ``use-auth-secret``): credentials per P2P session
+    turn_url: str = ""
+    turn_secret: str = ""
+    turn_ttl: float = 600.0
 
 
 @dataclass
@@ -308,7 +314,7 @@ class SignalingCore:
                 if machine is not None:
                     meeting_id = self._meeting_id_of(participant)
                     out += self._mode_actions(
-                        meeting_id, machine.report(participant.id, session, state, now))
+                        meeting_id, machine.report(participant.id, session, state, now), now)
                 return sig.Empty()
             case sig.MeetingMedia():
                 return self._meeting_media(participant)
@@ -483,9 +489,18 @@ class SignalingCore:
         actions = machine.members(members, self._p2p_capable, now)
         if tick:
             actions += machine.tick(now)
-        return self._mode_actions(meeting_id, actions)
+        return self._mode_actions(meeting_id, actions, now)
 
-    def _mode_actions(self, meeting_id: str, actions: list[ModeAction]) -> list[Action]:
+    def _turn_credentials(self, participant_id: str, now: float) -> tuple[str, str]:
+        """coturn's REST credentials (``use-auth-secret``): the username is the expiry
+        (Unix seconds) and who, the password HMAC-SHA1(secret, username) in base64."""
+        username = f"{int(now + self.settings.turn_ttl)}:{participant_id}"
+        digest = hmac.new(self.settings.turn_secret.encode(), username.encode(),
+                          hashlib.sha1).digest()
+        return username, base64.b64encode(digest).decode()
+
+    def _mode_actions(self, meeting_id: str, actions: list[ModeAction],
+                      now: float = 0.0) -> list[Action]:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, Start):
@@ -493,9 +508,14 @@ class SignalingCore:
                     (action.controlling, action.controlled, True),
                     (action.controlled, action.controlling, False),
                 ):
+                    turn: dict[str, str] = {}
+                    if self.settings.turn_url and self.settings.turn_secret:
+                        username, password = self._turn_credentials(pid, now)
+                        turn = {"turn_url": self.settings.turn_url, "turn_username": username,
+                                "turn_password": password}
                     out += self._send_to(pid, sig.P2pStart(
                         meeting_id=meeting_id, session=action.session, peer_id=peer,
-                        controlling=controlling))
+                        controlling=controlling, **turn))
             elif isinstance(action, Stop):
                 for pid in action.peers:
                     out += self._send_to(pid, sig.P2pStop(session=action.session,
