@@ -306,7 +306,7 @@ class Bot:
     # ------------------------------------------------------------------ peer-to-peer
 
     def _mode_changed(self, mode: str, reason: str) -> None:
-        emit("mode", mode=mode, reason=reason)
+        emit("mode", mode=mode, reason=reason, path=self.call.peer_path if mode == "p2p" else "")
         task = asyncio.get_running_loop().create_task(self._emit_server_media("server_media"))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 

@@ -408,6 +408,11 @@ class Call:
             link.poll_liveness(max(heard or since, since), time.monotonic(),
                                self.peer_silence_timeout)
 
+    @property
+    def peer_path(self) -> str:
+        """The direct path's candidate types (``srflx->srflx``, ``relay->relay``...)."""
+        return self._link.selected if self._link is not None else ""
+
     async def request_server_mode(self) -> None:
         """Ask the server to take the meeting back (this side wants no direct path)."""
         link = self._link

@@ -180,6 +180,16 @@ class PeerLink:
         transport.sendto(data, pair.remote_addr)
         self.sent += 1
 
+    @property
+    def selected(self) -> str:
+        """The nominated pair's candidate types, e.g. ``srflx->srflx`` or ``relay->host``."""
+        pair = self._ice._nominated.get(1)
+        if pair is None:
+            return ""
+        local = getattr(getattr(pair, "local_candidate", None), "type", "?")
+        remote = getattr(getattr(pair, "remote_candidate", None), "type", "?")
+        return f"{local}->{remote}"
+
     def poll_liveness(self, heard_at: float | None, now: float, silence_timeout: float
                       ) -> None:
         """Declare consent lost when the connected peer was silent too long."""
