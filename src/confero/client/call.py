@@ -19,17 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import av
 
 from confero.client import api
 from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
-from confero.client.p2p import PeerLink
 from confero.media.audio import SILENCE, Samples
 from confero.media.recorder import MeetingRecorder
 from confero.protocol import signaling as sig
+
+if TYPE_CHECKING:  # imported when a P2P session starts (aioice costs ~0.3 s to import)
+    from confero.client.p2p import PeerLink
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +312,8 @@ class Call:
         if old is not None:
             self._spawn(old.close())
         self._keys_set = False
+        from confero.client.p2p import PeerLink  # lazily: see the import above
+
         link = PeerLink(
             start.session, start.controlling, stun_server=session.address,
             turn=(start.turn_url, start.turn_username, start.turn_password)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 
@@ -32,7 +32,6 @@ from confero.client.endpoint import (
     MediaEndpoint,
     VideoFrameReady,
 )
-from confero.client.p2p import PeerLink
 from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import (
@@ -49,6 +48,9 @@ from confero.netutil import enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
+
+if TYPE_CHECKING:  # aioice (and dnspython) cost ~0.3 s to import: only when P2P starts
+    from confero.client.p2p import PeerLink
 
 log = logging.getLogger(__name__)
 
