@@ -40,7 +40,7 @@ from confero.media.audio import (
 from confero.media.video import Vp8Decoder, Vp8Encoder
 from confero.netutil import enlarge_socket_buffers
 from confero.pacing import Pacer
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
 from confero.protocol.profile import (
@@ -445,6 +445,10 @@ class MediaSession(asyncio.DatagramProtocol):
             elif isinstance(packet, rtcp.Pli) and packet.media_ssrc == self.grant.video_ssrc:
                 self.counters["plis_received"] += 1
                 self._keyframe_wanted = True
+            # consent check (issue 7 item 4; the lead carries this over to the endpoint):
+            # echo the server's nonce so it sends our media to this address
+            elif (echo := consent.answer(packet, self.grant.video_ssrc)) is not None:
+                self._send_rtcp(echo)
 
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)

@@ -83,3 +83,30 @@ def parse_descriptor(payload: bytes) -> Vp8Descriptor:
 def is_keyframe(payload: bytes, descriptor: Vp8Descriptor) -> bool:
     """Only meaningful on a frame's first packet: the VP8 header's P bit is 0 on keyframes."""
     return descriptor.starts_frame and not payload[descriptor.header_size] & 0x01
+
+
+#: RFC 6386 9.1: the three bytes after a keyframe's 3-byte frame tag.
+_KEYFRAME_START_CODE = b"\x9d\x01\x2a"
+
+
+def keyframe_dimensions(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) a keyframe declares, read from the first RTP packet of the frame.
+
+    The header is in the clear (it precedes any E2EE of the frame body), so a server or a
+    receiver can refuse a "decoder bomb" (a tiny keyframe declaring a huge picture) before
+    any decoder allocates for it. ``None`` for anything that is not the start of a keyframe
+    with a valid start code: interframes, continuation packets, truncated or malformed
+    payloads. The 2-bit scaling fields are ignored: they do not change the coded size.
+    """
+    try:
+        descriptor = parse_descriptor(payload)
+    except Vp8Error:
+        return None
+    if not descriptor.starts_frame:
+        return None
+    header = payload[descriptor.header_size : descriptor.header_size + 10]
+    if len(header) < 10 or header[0] & 0x01 or header[3:6] != _KEYFRAME_START_CODE:
+        return None
+    width = int.from_bytes(header[6:8], "little") & 0x3FFF
+    height = int.from_bytes(header[8:10], "little") & 0x3FFF
+    return width, height
