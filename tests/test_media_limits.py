@@ -83,6 +83,16 @@ def test_keyframe_dimensions_of_crafted_and_broken_headers() -> None:
     assert keyframe_dimensions(bytes(wrong)) is None
 
 
+def test_keyframe_dimensions_walk_every_descriptor_layout() -> None:
+    key = vp8_keyframe(800, 600)
+    for descriptor in (b"\x10", b"\x90\x00", b"\x90\x80\x05", b"\x90\x80\x85\x01",
+                       b"\x90\xe0\x85\x01\x07\x40", b"\x90\x10\x40"):
+        assert keyframe_dimensions(descriptor + key) == (800, 600), descriptor
+    assert keyframe_dimensions(b"\x80\x80\x85\x01" + key) is None  # not the start (S=0)
+    assert keyframe_dimensions(b"\x11" + key) is None  # S=1, but of partition 1
+    assert keyframe_dimensions(b"\x10" + b"\x01" + key[1:]) is None  # P=1: an interframe
+
+
 # ---------------------------------------------------------------------------- consent
 
 

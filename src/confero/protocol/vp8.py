@@ -98,13 +98,23 @@ def keyframe_dimensions(payload: bytes) -> tuple[int, int] | None:
     with a valid start code: interframes, continuation packets, truncated or malformed
     payloads. The 2-bit scaling fields are ignored: they do not change the coded size.
     """
-    try:
-        descriptor = parse_descriptor(payload)
-    except Vp8Error:
+    # On the server's path for every video packet: a lean walk of the RFC 7741 descriptor
+    # (the same rules as parse_descriptor) instead of building a Vp8Descriptor.
+    if not payload or payload[0] & 0x17 != 0x10:  # S=1 and partition 0 start a frame
         return None
-    if not descriptor.starts_frame:
-        return None
-    header = payload[descriptor.header_size : descriptor.header_size + 10]
+    offset = 1
+    if payload[0] & 0x80:  # X
+        if len(payload) < 3:
+            return None
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: a 7- or 15-bit PictureID
+            offset += 2 if payload[2] & 0x80 else 1
+        if ext & 0x40:  # L
+            offset += 1
+        if ext & 0x30:  # T or K
+            offset += 1
+    header = payload[offset : offset + 10]
     if len(header) < 10 or header[0] & 0x01 or header[3:6] != _KEYFRAME_START_CODE:
         return None
     width = int.from_bytes(header[6:8], "little") & 0x3FFF
