@@ -169,7 +169,9 @@ async def bench_forward_async(seconds: float, subscribers: int, rate: int) -> di
             udp.bind(("127.0.0.1", 0))
             ctx = SrtpContext(tx_key=decode_key(grant.key_up), rx_key=decode_key(grant.key_down))
             udp.sendto(ctx.protect_rtcp(rtcp.ReceiverReport(grant.video_ssrc).pack()), target)
-            udp.settimeout(10)  # the server's consent challenge: echo it, as clients do
+            # the server's consent challenge: echo it, as clients do (these sockets are not
+            # read again, so they miss the refreshes: fine for runs shorter than 30 s)
+            udp.settimeout(10)
             [challenge] = rtcp.parse_compound(ctx.unprotect_rtcp(udp.recv(2048)))
             echo = consent.answer(challenge, grant.video_ssrc)
             assert echo is not None

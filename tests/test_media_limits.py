@@ -10,6 +10,7 @@ from confero.protocol.rtp import RtpPacket
 from confero.protocol.vp8 import keyframe_dimensions, packetize
 from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
 from confero.server.media_router import (
+    CONSENT_REFRESH,
     CONSENT_RETRY,
     HISTORY_PACKETS,
     MAX_RETRANSMIT_PER_NACK,
@@ -48,6 +49,16 @@ def nack(receiver: Peer, publisher: Peer, lost: list[int]) -> bytes:
 
 def to(out: Datagrams, address: tuple[str, int]) -> list[bytes]:
     return [data for data, where in out if where == address]
+
+
+def nacks_to(out: Datagrams, peer: Peer) -> list[rtcp.Nack]:
+    """The NACKs among what was sent to ``peer`` (not its consent checks)."""
+    found = []
+    for data in to(out, peer.address):
+        for packet in rtcp.parse_compound(peer.srtp.unprotect_rtcp(data)):
+            if isinstance(packet, rtcp.Nack):
+                found.append(packet)
+    return found
 
 
 # ---------------------------------------------------------------------------- VP8 header
@@ -199,28 +210,44 @@ def test_nacks_the_server_cannot_answer_are_dropped_or_coalesced_upstream() -> N
             alice.seq += 1  # lost on the way to the server
         send_video(router, alice, b"\x01" + b"v" * 100, i / 30)
     now = 20.0
-    to_alice: list[bytes] = []
+    asked: list[rtcp.Nack] = []
     for i in range(95):  # 95 NACKs in 95 ms: stale, never sent, and real holes
         lost = [5 + i, alice.seq + 1 + i, 300, 301, 450]
         now = 20.0 + i / 1000
-        out = router.handle_datagram(nack(bob, alice, lost), bob.address, now)
-        to_alice += to(out, alice.address)
-        to_alice += to(router.tick(now), alice.address)
-    asked = [rtcp.parse_compound(alice.srtp.unprotect_rtcp(d)) for d in to_alice]
-    assert len(asked) == 1  # one NACK in 95 ms: the holes, once
-    [[first]] = asked
-    assert isinstance(first, rtcp.Nack) and sorted(first.lost) == [300, 301, 450]
+        asked += nacks_to(router.handle_datagram(nack(bob, alice, lost), bob.address, now),
+                          alice)
+        asked += nacks_to(router.tick(now), alice)
+    [first] = asked  # one NACK in 95 ms: the holes, once
+    assert sorted(first.lost) == [300, 301, 450]
     assert router.counters["nack_dropped_stale"] == 95
     assert router.counters["nack_dropped_unknown"] == 95
     assert router.counters["nack_throttled"] > 0
     # later, still missing: asked again, coalesced with what waited for the interval
-    out = router.handle_datagram(nack(bob, alice, [300]), bob.address, 20.3)
-    [again] = rtcp.parse_compound(alice.srtp.unprotect_rtcp(to(out, alice.address)[0]))
-    assert isinstance(again, rtcp.Nack) and again.lost == [300]
+    [again] = nacks_to(router.handle_datagram(nack(bob, alice, [300]), bob.address, 20.3),
+                       alice)
+    assert again.lost == [300]
     router.handle_datagram(nack(bob, alice, [301]), bob.address, 20.31)  # waits its turn
-    [data] = to(router.tick(20.36), alice.address)
-    [waited] = rtcp.parse_compound(alice.srtp.unprotect_rtcp(data))
-    assert isinstance(waited, rtcp.Nack) and waited.lost == [301]
+    [waited] = nacks_to(router.tick(20.36), alice)
+    assert waited.lost == [301]
+
+
+def test_consent_is_refreshed_and_expires_without_answers() -> None:
+    """As RFC 7675: an address that stops answering stops getting media."""
+    router = MediaRouter(5000)
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    now = 0.0
+    while now < 60:  # alice answers every check; bob, gone, answers none
+        now += 0.02
+        rest = alice.answer_consent(router, router.tick(now), now)
+        assert all(address == bob.address for _, address in rest)
+    assert router.counters["consent_refreshed"] >= 60 / CONSENT_REFRESH - 2
+    assert router.counters["consent_expired"] == 1
+    assert send_video(router, alice, b"\x01" + b"v" * 50, now) == []  # nothing for bob
+    # bob is back: his next packet starts a check, his answer restores his media
+    out = send_video(router, bob, b"\x01" + b"v" * 50, now)
+    assert bob.answer_consent(router, out, now) == [(out[-1][0], alice.address)]
+    assert [a for _, a in send_video(router, alice, b"\x01" + b"v" * 50, now)] == [bob.address]
 
 
 def test_upstream_nacks_unit() -> None:

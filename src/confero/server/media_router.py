@@ -68,6 +68,10 @@ HISTORY_PACKETS = 512
 #: At most one consent challenge per participant this often (each is 42 bytes): what a
 #: forger can aim at a victim through us is bounded by this, not by what it sends.
 CONSENT_RETRY = 0.5
+#: Consent freshness, as RFC 7675: the media address is checked again this often, and
+#: loses its media when it has not answered for ``CONSENT_EXPIRY``.
+CONSENT_REFRESH = 5.0
+CONSENT_EXPIRY = 30.0
 #: Of one NACK, the sequence numbers looked at, and the most packets answered.
 MAX_NACK_SEQS = 64
 MAX_RETRANSMIT_PER_NACK = 32
@@ -81,6 +85,15 @@ RETRANSMIT_BURST = 1.0
 UPSTREAM_NACK_INTERVAL = 0.05
 #: Largest picture a VP8 keyframe may declare, in either orientation.
 DEFAULT_MAX_VIDEO_SIZE = (1920, 1080)
+#: Counters of the limits above, exported from the start (at 0) so that a dashboard or
+#: an alert can name them before the first attack.
+LIMIT_EVENTS = (
+    "consent_challenges", "consent_granted", "consent_refreshed", "consent_expired",
+    "consent_mismatch", "unconsented_packets",
+    "address_moved", "retransmitted", "retransmit_over_budget", "nack_seqs_ignored",
+    "nack_dropped_stale", "nack_dropped_unknown", "nack_throttled", "nack_forwarded",
+    "dropped_video_too_large",
+)
 
 
 @dataclass
@@ -99,6 +112,7 @@ class _Peer:
     candidate: Address | None = None
     nonce: bytes | None = None
     challenged_at: float = float("-inf")
+    consented_at: float = float("-inf")
     # video: the range of sequence numbers seen (unwrapped), its bitrate, its repair
     video_unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
     video_first: int | None = None
@@ -144,7 +158,7 @@ class MediaRouter:
         self._meetings: dict[str, _Meeting] = {}
         self._upstream_pending: set[str] = set()  # publishers with NACKs waiting to go
         #: Datagrams dropped, by reason; and other events worth a counter.
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(dict.fromkeys(LIMIT_EVENTS, 0))
         # what ended meetings had forwarded, so /metrics counters never go backwards
         self._ended_packets = 0
         self._ended_bytes = 0
@@ -221,7 +235,7 @@ class MediaRouter:
     @staticmethod
     def _reset_media_state(peer: _Peer) -> None:
         peer.address = peer.candidate = peer.nonce = None
-        peer.challenged_at = float("-inf")
+        peer.challenged_at = peer.consented_at = float("-inf")
         peer.history = RetransmitBuffer(HISTORY_PACKETS)
         peer.video_unwrap = SequenceUnwrapper()
         peer.video_first = peer.video_highest = None
@@ -290,27 +304,52 @@ class MediaRouter:
         most every ``CONSENT_RETRY``) and becomes the media address when its echo comes
         back from it. The packet itself is still used (it is authenticated): only where
         the server *sends* depends on consent."""
-        if address == peer.address:
-            return []
+        if address == peer.address and not packets:
+            return []  # the common case: media from where media goes
         for packet in packets:
             if not consent.is_response(packet):
                 continue
             if peer.candidate == address and peer.nonce and consent.verify(packet, peer.nonce):
-                if peer.address is not None:
+                if peer.address is None:
+                    self.counters["consent_granted"] += 1
+                elif peer.address != address:
+                    self.counters["consent_granted"] += 1
                     self.counters["address_moved"] += 1
-                self.counters["consent_granted"] += 1
+                else:
+                    self.counters["consent_refreshed"] += 1
                 peer.address, peer.candidate, peer.nonce = address, None, None
+                peer.consented_at = now
             else:
                 self.counters["consent_mismatch"] += 1  # stale, or not from the candidate
+            return []
+        if address == peer.address:
             return []
         if now - peer.challenged_at < CONSENT_RETRY:
             self.counters["unconsented_packets"] += 1
             return []
+        return self._challenge(peer, address, now)
+
+    def _challenge(self, peer: _Peer, address: Address, now: float) -> list[Datagram]:
         assert peer.srtp is not None and peer.meeting_id is not None
         peer.candidate, peer.nonce, peer.challenged_at = address, consent.new_nonce(), now
         challenge = consent.make_challenge(self._meetings[peer.meeting_id].mix_ssrc, peer.nonce)
         self.counters["consent_challenges"] += 1
         return [(peer.srtp.protect_rtcp(challenge), address)]
+
+    def _refresh_consent(self, now: float) -> list[Datagram]:
+        """Consent freshness (RFC 7675): the media address is challenged again every
+        ``CONSENT_REFRESH``; one that has not answered for ``CONSENT_EXPIRY`` gets nothing
+        more until it passes a new check (its owner's next packet starts one)."""
+        out: list[Datagram] = []
+        for peer in self._peers.values():
+            if peer.address is None or peer.srtp is None or peer.meeting_id is None:
+                continue
+            if now - peer.consented_at > CONSENT_EXPIRY:
+                peer.address = None
+                self.counters["consent_expired"] += 1
+            elif now - max(peer.consented_at, peer.challenged_at) >= CONSENT_REFRESH:
+                out += self._challenge(peer, peer.address, now)
+        return out
 
     def _on_rtp(self, peer: _Peer, plain: bytes, now: float) -> list[Datagram]:
         try:
@@ -475,8 +514,9 @@ class MediaRouter:
     # ------------------------------------------------------------------ mixing clock
 
     def tick(self, now: float) -> list[Datagram]:
-        """One 20 ms mixing step for every meeting, and the NACKs that waited their turn."""
-        out: list[Datagram] = []
+        """One 20 ms mixing step for every meeting, the NACKs that waited their turn, and
+        consent freshness checks."""
+        out = self._refresh_consent(now)
         for pid in list(self._upstream_pending):
             publisher = self._peers.get(pid)
             if publisher is None:
