@@ -148,6 +148,19 @@ def test_a_new_address_gets_media_only_after_it_echoed_the_challenge() -> None:
     assert [a for _, a in send_video(router, alice, b"\x01" + b"v" * 50, 0.4)] == [bob.address]
 
 
+def test_a_client_slower_to_answer_than_the_retry_interval_still_gets_consent() -> None:
+    router = MediaRouter(5000)
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice)
+    keepalive = rtcp.ReceiverReport(bob.grant.video_ssrc)
+    first = router.handle_datagram(bob.rtcp(keepalive), bob.address, 0.0)
+    for i in range(1, 10):  # bob keeps sending; his echo takes 3 s (a loaded machine)
+        router.handle_datagram(bob.rtcp(keepalive), bob.address, i / 3)
+    assert router.counters["consent_challenges"] >= 4  # re-sent meanwhile
+    assert bob.answer_consent(router, first, 3.0) == []  # the first one, answered late
+    assert [a for _, a in send_video(router, alice, b"\x01" + b"v" * 50, 3.1)] == [bob.address]
+
+
 def test_forged_source_nacks_send_the_victim_only_rare_small_challenges() -> None:
     """Issue 7 item 4: mallory holds her own keys and forges the victim's source address."""
     router = MediaRouter(5000)

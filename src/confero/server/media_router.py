@@ -330,8 +330,13 @@ class MediaRouter:
         return self._challenge(peer, address, now)
 
     def _challenge(self, peer: _Peer, address: Address, now: float) -> list[Datagram]:
+        """Challenge ``address``; again the same nonce if it is already the candidate, so
+        that a client slower to answer than ``CONSENT_RETRY`` (a loaded machine, a long
+        path) still gets through: a new nonce each time would void every late echo."""
         assert peer.srtp is not None and peer.meeting_id is not None
-        peer.candidate, peer.nonce, peer.challenged_at = address, consent.new_nonce(), now
+        if peer.candidate != address or peer.nonce is None:
+            peer.candidate, peer.nonce = address, consent.new_nonce()
+        peer.challenged_at = now
         challenge = consent.make_challenge(self._meetings[peer.meeting_id].mix_ssrc, peer.nonce)
         self.counters["consent_challenges"] += 1
         return [(peer.srtp.protect_rtcp(challenge), address)]
