@@ -315,3 +315,15 @@ def test_keyframes_declaring_too_large_a_picture_are_dropped_with_what_follows()
     bind(smaller, carol, dave)
     assert send_video(smaller, carol, vp8_keyframe(1280, 720), 1.0) == []
     assert len(send_video(smaller, carol, vp8_keyframe(640, 480), 1.1)) == 1
+
+
+def test_max_video_size_option_parses_width_by_height() -> None:
+    import argparse
+
+    from confero.cli import _video_size
+
+    assert _video_size("1280x720") == (1280, 720)
+    assert _video_size("640X480") == (640, 480)
+    for bad in ("1280", "x720", "0x10", "-5x5", "axb", "1280x720x3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _video_size(bad)
