@@ -1,0 +1,251 @@
+"""Transport-wide congestion control bookkeeping, sans-I/O.
+
+Every media packet a sender puts on a path carries a transport-wide sequence number
+(:data:`confero.protocol.profile.EXT_TRANSPORT_SEQ`, two bytes, assigned when the packet
+actually leaves, i.e. after the pacer). The receiving end of the path runs a
+:class:`TwccRecorder` that notes when each one arrived and reports it back every ~50 ms as
+:class:`~confero.protocol.rtcp.TransportFeedback`; the sending end keeps a
+:class:`SentHistory` that joins those reports with what it sent, giving the
+:class:`PacketResult` list the bandwidth estimator (:mod:`confero.protocol.bwe`) eats.
+
+Arrival times in a :class:`PacketResult` are on the receiver's clock: only differences
+between them mean anything, which is all a delay-based estimator needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confero.protocol.rtcp import (
+    MAX_TWCC_STATUS,
+    TWCC_DELTA_TICK,
+    TWCC_REFERENCE_TICKS,
+    TransportFeedback,
+)
+from confero.protocol.rtp import Unwrapper, seq_distance
+
+#: Statuses per feedback packet we build: keeps one feedback under ~1 KB even when every
+#: packet needs a two-byte delta, well inside a datagram.
+FEEDBACK_MAX_STATUS = 400
+assert FEEDBACK_MAX_STATUS <= MAX_TWCC_STATUS
+_DELTA_MIN, _DELTA_MAX = -0x8000, 0x7FFF
+
+
+@dataclass(frozen=True, slots=True)
+class PacketResult:
+    """What became of one sent packet, as learnt from transport feedback."""
+
+    transport_seq: int  # unwrapped (monotonic) transport sequence number
+    size: int  # bytes on the wire, as given to :meth:`SentHistory.on_sent`
+    send_time: float  # sender's ``now`` (monotonic seconds) when it left
+    arrival_time: float | None  # receiver clock seconds; None = reported not received
+
+    @property
+    def received(self) -> bool:
+        return self.arrival_time is not None
+
+
+class TwccRecorder:
+    """Receiver side: arrival times by transport sequence number, reported periodically.
+
+    Reordered packets are welcome: a packet that arrives after its number was already
+    reported as missing moves the next report's start back to it (the sender then learns it
+    did arrive). Memory is bounded by ``history`` seconds and ``max_packets`` entries.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval: float = 0.05,
+        max_pending: int = 100,
+        history: float = 0.5,
+        max_packets: int = 2048,
+    ) -> None:
+        self.interval = interval
+        self.max_pending = max_pending
+        self.history = history
+        self.max_packets = max_packets
+        self._unwrap = Unwrapper(16)
+        self._arrivals: dict[int, float] = {}  # unwrapped seq -> arrival; insertion ~ seq order
+        self._next_report: int | None = None  # first sequence number the next report covers
+        self._highest: int | None = None
+        self._pending = 0
+        self._last_feedback: float | None = None
+        self._fb_count = 0
+        self.duplicates = 0
+        self.too_late = 0  # arrived after its report, and too old to report again
+        self.skipped = 0  # numbers never reported because of a jump larger than we cover
+
+    def on_packet(self, transport_seq: int, now: float) -> None:
+        seq = self._unwrap.unwrap(transport_seq & 0xFFFF)
+        if seq in self._arrivals:
+            self.duplicates += 1
+            return
+        if self._next_report is not None and seq < self._next_report:
+            oldest = min(self._arrivals, default=seq)
+            if seq < oldest or self._highest is None or self._highest - seq >= self.max_packets:
+                self.too_late += 1
+                return
+            self._next_report = seq  # report it (and what came since) again
+        self._arrivals[seq] = now
+        if self._highest is None or seq > self._highest:
+            self._highest = seq
+        if self._next_report is None:
+            self._next_report = seq
+        self._pending += 1
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        # Insertion order is arrival order, so the front holds the oldest entries.
+        while self._arrivals:
+            seq, arrival = next(iter(self._arrivals.items()))
+            reported = self._next_report is not None and seq < self._next_report
+            if len(self._arrivals) > self.max_packets or (
+                reported and arrival < now - self.history
+            ):
+                del self._arrivals[seq]
+            else:
+                break
+
+    def feedback_due(self, now: float) -> bool:
+        if self._pending == 0:
+            return False
+        if self._pending >= self.max_pending or self._last_feedback is None:
+            return True
+        return now - self._last_feedback >= self.interval
+
+    def next_feedback_time(self) -> float | None:
+        """When :meth:`feedback_due` turns true by itself (None: nothing to report)."""
+        if self._pending == 0:
+            return None
+        if self._last_feedback is None or self._pending >= self.max_pending:
+            return -float("inf")
+        return self._last_feedback + self.interval
+
+    def build_feedback(self, now: float, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
+        """Packed feedback packets for everything since the last report (usually one)."""
+        return [fb.pack() for fb in self.build_feedback_packets(now, sender_ssrc, media_ssrc)]
+
+    def build_feedback_packets(
+        self, now: float, sender_ssrc: int, media_ssrc: int
+    ) -> list[TransportFeedback]:
+        self._last_feedback = now
+        self._pending = 0
+        if self._next_report is None or self._highest is None:
+            return []
+        start, end = self._next_report, self._highest + 1
+        if end - start > self.max_packets:
+            self.skipped += end - self.max_packets - start
+            start = end - self.max_packets
+        self._next_report = end
+        packets: list[TransportFeedback] = []
+        seq = start
+        while seq < end:
+            fb, seq = self._one_packet(seq, end, now, sender_ssrc, media_ssrc)
+            packets.append(fb)
+        return packets
+
+    def _one_packet(
+        self, start: int, end: int, now: float, sender_ssrc: int, media_ssrc: int
+    ) -> tuple[TransportFeedback, int]:
+        deltas: list[int | None] = []
+        reference: int | None = None
+        previous = 0  # ticks of the previous received packet (or of the reference time)
+        seq = start
+        while seq < end and len(deltas) < FEEDBACK_MAX_STATUS:
+            arrival = self._arrivals.get(seq)
+            if arrival is None:
+                deltas.append(None)
+            else:
+                ticks = round(arrival / TWCC_DELTA_TICK)
+                if reference is None:
+                    reference = ticks // TWCC_REFERENCE_TICKS
+                    previous = reference * TWCC_REFERENCE_TICKS
+                delta = ticks - previous
+                if not _DELTA_MIN <= delta <= _DELTA_MAX:
+                    break  # does not fit: the next packet starts with a fresh reference
+                deltas.append(delta)
+                previous = ticks
+            seq += 1
+        if reference is None:
+            reference = round(now / TWCC_DELTA_TICK) // TWCC_REFERENCE_TICKS
+        fb = TransportFeedback(
+            sender_ssrc, media_ssrc, start & 0xFFFF, reference & 0xFFFFFF, self._fb_count, deltas
+        )
+        self._fb_count = (self._fb_count + 1) & 0xFF
+        return fb, seq
+
+
+@dataclass(slots=True)
+class _Sent:
+    send_time: float
+    size: int
+    state: int = 0  # 0 unreported, 1 reported lost, 2 reported received
+
+
+class SentHistory:
+    """Sender side: what left when, joined with transport feedback.
+
+    Each packet yields one :class:`PacketResult` when first reported, and a second one if it
+    was first reported lost and later reported received (a late, reordered arrival). Keeps
+    at most ``max_packets`` entries (a few seconds at video rates); older feedback is
+    ignored and counted.
+    """
+
+    def __init__(self, *, max_packets: int = 8192) -> None:
+        self.max_packets = max_packets
+        self._sent: dict[int, _Sent] = {}
+        self._highest: int | None = None
+        self._reference = Unwrapper(24)
+        self.unknown = 0  # statuses for packets we do not (or no longer) know
+
+    def on_sent(self, transport_seq: int, size: int, now: float) -> None:
+        seq = self._unwrap_sent(transport_seq)
+        self._sent[seq] = _Sent(now, size)
+        if self._highest is None or seq > self._highest:
+            self._highest = seq
+        while len(self._sent) > self.max_packets:
+            del self._sent[next(iter(self._sent))]
+
+    def _unwrap_sent(self, transport_seq: int) -> int:
+        if self._highest is None:
+            return (transport_seq & 0xFFFF) + 0x10000
+        return self._highest + seq_distance(transport_seq & 0xFFFF, self._highest & 0xFFFF)
+
+    @property
+    def in_flight(self) -> int:
+        """Packets sent and not yet reported on."""
+        return sum(1 for entry in self._sent.values() if entry.state == 0)
+
+    def on_feedback(self, fb: TransportFeedback, now: float) -> list[PacketResult]:
+        if self._highest is None:
+            self.unknown += len(fb.deltas)
+            return []
+        base = self._unwrap_sent(fb.base_seq)
+        ticks = self._reference.unwrap(fb.reference_time) * TWCC_REFERENCE_TICKS
+        results: list[PacketResult] = []
+        for offset, delta in enumerate(fb.deltas):
+            if delta is not None:
+                ticks += delta
+            entry = self._sent.get(base + offset)
+            if entry is None:
+                self.unknown += 1
+                continue
+            if delta is None:
+                if entry.state == 0:
+                    entry.state = 1
+                    results.append(PacketResult(base + offset, entry.size, entry.send_time, None))
+            elif entry.state != 2:
+                entry.state = 2
+                arrival = ticks * TWCC_DELTA_TICK
+                results.append(PacketResult(base + offset, entry.size, entry.send_time, arrival))
+        return results
+
+    def on_feedbacks(
+        self, feedbacks: Iterable[TransportFeedback], now: float
+    ) -> list[PacketResult]:
+        results: list[PacketResult] = []
+        for fb in feedbacks:
+            results += self.on_feedback(fb, now)
+        return results
