@@ -161,28 +161,35 @@ def test_results_carry_send_time_size_and_arrival_differences() -> None:
         assert abs((r.arrival_time - first) - (arrivals[i] - arrivals[0])) <= 0.00025
 
 
-def test_gaps_are_reported_lost_once() -> None:
-    rec, hist = TwccRecorder(), SentHistory()
+def test_gaps_are_declared_lost_once_after_the_reorder_wait() -> None:
+    rec, hist = TwccRecorder(), SentHistory(loss_wait=0.15)
     for seq in range(10):
         hist.on_sent(seq, 500, seq * 0.01)
         if seq not in (3, 4, 8):
             rec.on_packet(seq, 1 + seq * 0.01)
     results = hist.on_feedbacks(_loop(rec, hist, 1.2), 1.2)
-    lost = [r.transport_seq - results[0].transport_seq for r in results if not r.received]
-    assert lost == [3, 4, 8]
+    assert len(results) == 7 and all(r.received for r in results)  # missing: not yet lost
+    assert hist.in_flight == 3
+    assert hist.expire(1.34) == []
+    lost = hist.expire(1.35)
+    assert [r.transport_seq - results[0].transport_seq for r in lost] == [3, 4, 8]
+    assert all(not r.received and r.size == 500 for r in lost)
+    assert hist.expire(2.0) == []
     assert not rec.feedback_due(1.3)  # nothing new
     # reporting the same range again (a duplicate feedback) yields nothing new
-    assert hist.on_feedbacks(_loop(rec, hist, 1.3), 1.3) == []
+    rec._next_report = min(rec._arrivals)
+    rec._pending = 1
+    assert hist.on_feedbacks(_loop(rec, hist, 1.5), 1.5) == []
 
 
-def test_reordered_packet_is_reported_again_after_being_reported_missing() -> None:
+def test_reordered_packet_is_never_counted_lost() -> None:
     rec, hist = TwccRecorder(), SentHistory()
     for seq in range(6):
         hist.on_sent(seq, 500, seq * 0.01)
     for seq in (0, 1, 3, 4):
         rec.on_packet(seq, 1 + seq * 0.01)
     first = hist.on_feedbacks(_loop(rec, hist, 1.05), 1.05)
-    assert [r.received for r in first] == [True, True, False, True, True]
+    assert [r.transport_seq - first[0].transport_seq for r in first] == [0, 1, 3, 4]
     rec.on_packet(2, 1.06)  # late
     rec.on_packet(5, 1.07)
     assert rec.feedback_due(1.11)
@@ -192,6 +199,19 @@ def test_reordered_packet_is_reported_again_after_being_reported_missing() -> No
     assert [(r.transport_seq - first[0].transport_seq, r.received) for r in second] == [
         (2, True), (5, True)
     ]
+    assert hist.expire(10.0) == []
+
+
+def test_packet_declared_lost_that_turns_up_later_is_still_reported() -> None:
+    rec, hist = TwccRecorder(), SentHistory(loss_wait=0.1)
+    for seq in range(3):
+        hist.on_sent(seq, 500, 0.0)
+    rec.on_packet(0, 1.0)
+    rec.on_packet(2, 1.0)
+    hist.on_feedbacks(_loop(rec, hist, 1.0), 1.0)
+    assert [r.received for r in hist.expire(1.1)] == [False]
+    rec.on_packet(1, 1.2)
+    assert [r.received for r in hist.on_feedbacks(_loop(rec, hist, 1.25), 1.25)] == [True]
 
 
 def test_feedback_timing() -> None:

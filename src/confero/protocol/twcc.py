@@ -14,6 +14,7 @@ between them mean anything, which is all a delay-based estimator needs.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -181,23 +182,27 @@ class TwccRecorder:
 class _Sent:
     send_time: float
     size: int
-    state: int = 0  # 0 unreported, 1 reported lost, 2 reported received
+    state: int = 0  # 0 unreported, 1 reported missing, 2 received, 3 declared lost
 
 
 class SentHistory:
     """Sender side: what left when, joined with transport feedback.
 
-    Each packet yields one :class:`PacketResult` when first reported, and a second one if it
-    was first reported lost and later reported received (a late, reordered arrival). Keeps
-    at most ``max_packets`` entries (a few seconds at video rates); older feedback is
-    ignored and counted.
+    Each packet yields one :class:`PacketResult`: received (with its arrival time) as soon
+    as a feedback says so, or lost once it has been reported missing and no later feedback
+    revised that within ``loss_wait`` seconds. The wait is what keeps reordering (a packet
+    overtaken near the end of one report arrives in time for the next) from counting as
+    loss. A packet declared lost that turns up later still yields its received result.
+    Keeps at most ``max_packets`` entries; feedback about older ones is ignored and counted.
     """
 
-    def __init__(self, *, max_packets: int = 8192) -> None:
+    def __init__(self, *, max_packets: int = 8192, loss_wait: float = 0.15) -> None:
         self.max_packets = max_packets
+        self.loss_wait = loss_wait
         self._sent: dict[int, _Sent] = {}
         self._highest: int | None = None
         self._reference = Unwrapper(24)
+        self._missing: deque[tuple[float, int]] = deque(maxlen=max_packets)
         self.unknown = 0  # statuses for packets we do not (or no longer) know
 
     def on_sent(self, transport_seq: int, size: int, now: float) -> None:
@@ -215,31 +220,42 @@ class SentHistory:
 
     @property
     def in_flight(self) -> int:
-        """Packets sent and not yet reported on."""
-        return sum(1 for entry in self._sent.values() if entry.state == 0)
+        """Packets sent and not yet known received or lost."""
+        return sum(1 for entry in self._sent.values() if entry.state in (0, 1))
 
     def on_feedback(self, fb: TransportFeedback, now: float) -> list[PacketResult]:
+        results: list[PacketResult] = []
         if self._highest is None:
             self.unknown += len(fb.deltas)
-            return []
+            return results
         base = self._unwrap_sent(fb.base_seq)
         ticks = self._reference.unwrap(fb.reference_time) * TWCC_REFERENCE_TICKS
-        results: list[PacketResult] = []
         for offset, delta in enumerate(fb.deltas):
             if delta is not None:
                 ticks += delta
             entry = self._sent.get(base + offset)
             if entry is None:
                 self.unknown += 1
-                continue
-            if delta is None:
+            elif delta is None:
                 if entry.state == 0:
                     entry.state = 1
-                    results.append(PacketResult(base + offset, entry.size, entry.send_time, None))
+                    self._missing.append((now + self.loss_wait, base + offset))
             elif entry.state != 2:
                 entry.state = 2
                 arrival = ticks * TWCC_DELTA_TICK
                 results.append(PacketResult(base + offset, entry.size, entry.send_time, arrival))
+        return results + self.expire(now)
+
+    def expire(self, now: float) -> list[PacketResult]:
+        """Lost results for packets missing longer than ``loss_wait`` (called by
+        :meth:`on_feedback`; call it on a timer too if feedback may stop)."""
+        results: list[PacketResult] = []
+        while self._missing and self._missing[0][0] <= now:
+            _, seq = self._missing.popleft()
+            entry = self._sent.get(seq)
+            if entry is not None and entry.state == 1:
+                entry.state = 3
+                results.append(PacketResult(seq, entry.size, entry.send_time, None))
         return results
 
     def on_feedbacks(
