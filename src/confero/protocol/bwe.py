@@ -310,6 +310,11 @@ class AimdRateController:
         self._last_change: float | None = None
         self.decreases = 0
 
+    def hold(self, now: float) -> None:
+        """No increase now; the next normal signal starts increasing from ``now``."""
+        self.state = _RateState.HOLD
+        self._last_change = now
+
     def time_to_reduce_further(self, now: float, acked_bps: float | None) -> bool:
         """Back off at most once per RTT, unless what gets through is far below us."""
         if self._last_change is None:
@@ -440,14 +445,24 @@ class SendSideBwe:
         start_bps: float = 300_000,
         min_bps: float = 50_000,
         max_bps: float = 5_000_000,
-        increase_per_s: float = 0.08,
+        increase_per_s: float = 0.25,
         feedback_timeout: float = 1.0,
+        standing_queue: float = 0.1,
+        standing_window: float = 10.0,
+        drain_time: float = 2.0,
     ) -> None:
         if not 0 < min_bps <= start_bps <= max_bps:
             raise ValueError("need 0 < min_bps <= start_bps <= max_bps")
         self.min_bps = min_bps
         self.max_bps = max_bps
         self.feedback_timeout = feedback_timeout
+        self.standing_queue = standing_queue
+        self.standing_window = standing_window
+        self.drain_time = drain_time
+        self._owd: deque[tuple[float, float]] = deque()
+        self._last_drain: float | None = None
+        self.queue_delay = 0.0  # seconds, estimated from one-way delays
+        self.drains = 0
         self.inter_arrival = InterArrival()
         self.trendline = TrendlineEstimator()
         self.detector = OveruseDetector()
@@ -513,13 +528,45 @@ class SendSideBwe:
             if delta is not None:
                 modified = self.trendline.update(delta)
                 self.detector.detect(modified, self.trendline.trend, delta.send_delta, now)
+        if received:
+            self._track_queue(received, now)
         acked = self.acked.bitrate_bps
         usage = self.detector.usage
-        if usage is not Usage.OVERUSING or self.rate.time_to_reduce_further(now, acked):
+        if usage is Usage.OVERUSING:
+            if self.rate.time_to_reduce_further(now, acked):
+                self.rate.update(usage, acked, now)
+        elif self.queue_delay > self.standing_queue:
+            self._drain(acked, now)
+        else:
             self.rate.update(usage, acked, now)
         self.loss.on_packets(lost, len(results), self.rate.bitrate_bps, now)
         self._combine()
         return self.target_bps
+
+    def _track_queue(self, received: Sequence[PacketResult], now: float) -> None:
+        """Queueing delay = this batch's smallest one-way delay minus the smallest seen in
+        ``standing_window`` seconds (the clocks' offset cancels out)."""
+        owd = min(r.arrival_time - r.send_time for r in received if r.arrival_time is not None)
+        self._owd.append((now, owd))
+        while self._owd and self._owd[0][0] < now - self.standing_window:
+            self._owd.popleft()
+        self.queue_delay = max(owd - min(v for _, v in self._owd), 0.0)
+
+    def _drain(self, acked: float | None, now: float) -> None:
+        """A queue the trendline cannot see (it only sees delay *change*): typically what a
+        sudden capacity drop left behind. Hold increases; while the path delivers more than
+        we send (the queue is what feeds it), aim below the delivered rate so the queue is
+        gone in about ``drain_time``, re-aiming once per RTT. A path that merely got longer
+        delivers what we send, so it is held, never cut."""
+        self.rate.hold(now)
+        if acked is None or acked <= 1.05 * self.rate.bitrate_bps:
+            return
+        if self._last_drain is not None and now - self._last_drain < (self._rtt or 0.1):
+            return
+        factor = max(0.5, 1 - self.queue_delay / self.drain_time)
+        self.rate.bitrate_bps = max(min(self.rate.bitrate_bps, acked * factor), self.min_bps)
+        self._last_drain = now
+        self.drains += 1
 
     def on_tick(self, now: float) -> int:
         """Backs off by 20 % per ``feedback_timeout`` while feedback has stopped."""
