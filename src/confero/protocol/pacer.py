@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import deque
 from enum import IntEnum
 
+_EPSILON = 1e-6  # bytes: float error must not delay a packet past next_send_time()
+
 
 class PacketKind(IntEnum):
     """Lower value leaves first."""
@@ -123,7 +125,7 @@ class Pacer:
         self._refill(now)
         self._enforce_delay(now)
         out: list[bytes] = []
-        while self._budget >= 0:
+        while self._budget > -_EPSILON:
             data = self._pop_next()
             if data is None:
                 break
@@ -145,6 +147,6 @@ class Pacer:
         """When :meth:`poll` will release the next packet (None: queue empty)."""
         if not self.queued_packets:
             return None
-        if self._last is None or self._budget >= 0:
+        if self._last is None or self._budget > -_EPSILON:
             return self._last if self._last is not None else 0.0
         return self._last + -self._budget * 8 / self.pacing_bps
