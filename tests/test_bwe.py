@@ -356,3 +356,13 @@ def test_without_feedback_the_estimator_only_backs_off() -> None:
     sim.link.loss = 1.0  # the path dies: nothing arrives, no feedback
     sim.run(10.0)
     assert sim.bwe.target_bps <= 0.5 * before
+
+
+def test_loss_bands_are_configurable() -> None:
+    tolerant = LossBasedController(1_000_000, min_packets=100, low=0.06, high=0.2)
+    tolerant.on_packets(5, 100, 1_200_000, 0.0)  # 5 %: still "allow" in this band
+    assert tolerant.bitrate_bps == 1_200_000 and not tolerant.limited
+    tolerant.on_packets(15, 100, 1_200_000, 1.0)  # 15 %: hold
+    assert tolerant.bitrate_bps == 1_200_000 and tolerant.limited
+    bwe = SendSideBwe(loss_low=0.06, loss_high=0.2)
+    assert (bwe.loss.low, bwe.loss.high) == (0.06, 0.2)
