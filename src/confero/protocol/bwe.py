@@ -231,14 +231,15 @@ class AckedBitrateEstimator:
         self.window = window
         self._packets: deque[tuple[float, int]] = deque(maxlen=max_packets)
         self._bytes = 0
+        self._newest: float | None = None
 
     def on_packet(self, arrival_time: float, size: int) -> None:
         if len(self._packets) == self._packets.maxlen:
             self._bytes -= self._packets[0][1]
         self._packets.append((arrival_time, size))
         self._bytes += size
-        newest = max(arrival_time, self._packets[-1][0])
-        while self._packets and self._packets[0][0] < newest - self.window:
+        self._newest = arrival_time if self._newest is None else max(self._newest, arrival_time)
+        while self._packets and self._packets[0][0] < self._newest - self.window:
             self._bytes -= self._packets.popleft()[1]
 
     @property
@@ -246,7 +247,8 @@ class AckedBitrateEstimator:
         """None until the samples span half a window (too little to mean a rate)."""
         if len(self._packets) < 2:
             return None
-        span = self._packets[-1][0] - self._packets[0][0]
+        assert self._newest is not None
+        span = self._newest - self._packets[0][0]
         if span < self.window / 2:
             return None
         return self._bytes * 8 / max(span, self.window * 0.75)

@@ -117,7 +117,8 @@ class TwccRecorder:
         return now - self._last_feedback >= self.interval
 
     def next_feedback_time(self) -> float | None:
-        """When :meth:`feedback_due` turns true by itself (None: nothing to report)."""
+        """When :meth:`feedback_due` turns true by itself: None when there is nothing to
+        report, ``-inf`` when it is due already (for the caller's timer)."""
         if self._pending == 0:
             return None
         if self._last_feedback is None or self._pending >= self.max_pending:
