@@ -14,7 +14,7 @@ between them mean anything, which is all a delay-based estimator needs.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -68,7 +68,8 @@ class TwccRecorder:
         self.history = history
         self.max_packets = max_packets
         self._unwrap = Unwrapper(16)
-        self._arrivals: dict[int, float] = {}  # unwrapped seq -> arrival; insertion ~ seq order
+        # unwrapped seq -> arrival, in arrival order (OrderedDict: O(1) pops at the front)
+        self._arrivals: OrderedDict[int, float] = OrderedDict()
         self._next_report: int | None = None  # first sequence number the next report covers
         self._highest: int | None = None
         self._pending = 0
@@ -105,7 +106,7 @@ class TwccRecorder:
             if len(self._arrivals) > self.max_packets or (
                 reported and arrival < now - self.history
             ):
-                del self._arrivals[seq]
+                self._arrivals.popitem(last=False)
             else:
                 break
 
@@ -200,7 +201,7 @@ class SentHistory:
     def __init__(self, *, max_packets: int = 8192, loss_wait: float = 0.15) -> None:
         self.max_packets = max_packets
         self.loss_wait = loss_wait
-        self._sent: dict[int, _Sent] = {}
+        self._sent: OrderedDict[int, _Sent] = OrderedDict()  # in send order
         self._highest: int | None = None
         self._reference = Unwrapper(24)
         self._missing: deque[tuple[float, int]] = deque(maxlen=max_packets)
@@ -212,7 +213,7 @@ class SentHistory:
         if self._highest is None or seq > self._highest:
             self._highest = seq
         while len(self._sent) > self.max_packets:
-            del self._sent[next(iter(self._sent))]
+            self._sent.popitem(last=False)
 
     def _unwrap_sent(self, transport_seq: int) -> int:
         if self._highest is None:
