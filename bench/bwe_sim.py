@@ -64,6 +64,7 @@ def run(scenario: str) -> tuple[CallSim, dict[str, Any]]:
         final_target_bps=sim.bwe.target_bps,
         overuse_decreases=sim.bwe.rate.decreases,
         standing_queue_drains=sim.bwe.drains,
+        delay_rebaselines=sim.bwe.rebaselines,
         packets_lost_seen=sim.bwe.packets_lost,
         link_tail_drops=sim.link.tail_drops,
         link_random_losses=sim.link.random_losses,

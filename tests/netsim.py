@@ -124,6 +124,8 @@ class CallSim:
     audio: bool = True
     return_delay: float | None = None  # feedback path; default: the link's delay
     increase_per_s: float | None = None  # None: SendSideBwe's default
+    keyframe_every: float = 0.0  # seconds; a keyframe is ``keyframe_size`` x a normal frame
+    keyframe_size: float = 6.0
     bwe: SendSideBwe = field(init=False)
     pacer: Pacer = field(init=False)
     history: SentHistory = field(init=False)
@@ -144,6 +146,7 @@ class CallSim:
         self._next_audio = 0.0
         self._next_tick = 0.0
         self._next_sample = 0.0
+        self._next_keyframe = 0.0
         self._sent_window: deque[tuple[float, int]] = deque()
 
     def run(self, until: float, *, step: float = 0.001, sample_every: float = 0.1) -> None:
@@ -185,6 +188,9 @@ class CallSim:
         if t >= self._next_frame:
             budget = self.bwe.target_bps - (AUDIO_BPS if self.audio else 0)
             frame = max(int(budget / self.fps / 8), 200)
+            if self.keyframe_every and t >= self._next_keyframe:
+                frame = int(frame * self.keyframe_size)
+                self._next_keyframe += self.keyframe_every
             while frame > 0:
                 size = min(frame, MTU_PAYLOAD)
                 self.pacer.enqueue(bytes(max(size, 2)), PacketKind.VIDEO, t)

@@ -366,3 +366,48 @@ def test_loss_bands_are_configurable() -> None:
     assert tolerant.bitrate_bps == 1_200_000 and tolerant.limited
     bwe = SendSideBwe(loss_low=0.06, loss_high=0.2)
     assert (bwe.loss.low, bwe.loss.high) == (0.06, 0.2)
+
+
+def test_a_longer_path_is_held_not_drained() -> None:
+    """One-way delay jumps 200 ms for good (a route change) while everything sent still
+    arrives: no standing-queue cuts, and the rate is not driven down."""
+    bwe = SendSideBwe(start_bps=500_000)
+    seq, t = 0, 0.0
+    for _ in range(100):  # 5 s clean, 600 kbit/s delivered
+        bwe.on_packet_results(_results(seq, 5, t, 0.01, 750), t + 0.07)
+        seq, t = seq + 5, t + 0.05
+    assert bwe.target_bps > 600_000
+    for _ in range(100):  # 5 s more, 200 ms longer path
+        batch = [PacketResult(r.transport_seq, r.size, r.send_time, r.arrival_time + 0.2)
+                 for r in _results(seq, 5, t, 0.01, 750) if r.arrival_time is not None]
+        bwe.on_packet_results(batch, t + 0.27)
+        seq, t = seq + 5, t + 0.05
+    assert bwe.rebaselines == 1  # taken for a queue at first, then for what it is
+    assert bwe.queue_delay < 0.01
+    assert bwe.drains <= 8  # about one per RTT for the second it took to tell
+    assert bwe.target_bps >= 600_000  # still at least what the path carries
+
+
+def test_route_change_through_the_simulated_link() -> None:
+    """+200 ms each way at once: the trendline reads the jump as overuse (as GCC does) and
+    backs off once; the standing-queue logic must then accept the new delay instead of
+    cutting on, and the rate climbs back."""
+    sim = CallSim(Link(1_000_000, queue_bytes=60_000, delay=0.02))
+    sim.run(10.0)
+    sim.link.delay = 0.22
+    sim.run(25.0)
+    assert sim.bwe.rebaselines == 1
+    assert sim.bwe.drains <= 2
+    assert min(sim.targets(12.0, 25.0)) >= 0.5 * 1_000_000
+    assert sim.bwe.target_bps >= 0.65 * 1_000_000
+    assert sim.bwe.target_bps > min(sim.targets(12.0, 25.0)) * 1.2  # and rising
+    assert max(sim.sojourns(12.0, 25.0)) < 0.15
+
+
+def test_keyframes_every_two_seconds_keep_the_estimate_and_queue_sane() -> None:
+    sim = CallSim(Link(1_000_000, queue_bytes=37_500, delay=0.02), keyframe_every=2.0)
+    sim.run(20.0)
+    targets = sim.targets(10.0, 20.0)
+    assert min(targets) >= 0.6 * 1_000_000 and max(targets) <= 1.05 * 1_000_000
+    assert max(sim.sojourns(10.0, 20.0)) < 0.2
+    assert sim.link.tail_drops == 0

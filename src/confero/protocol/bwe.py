@@ -485,6 +485,9 @@ class SendSideBwe:
         self.drain_time = drain_time
         self._owd: deque[tuple[float, float]] = deque()
         self._last_drain: float | None = None
+        self._drain_ref: tuple[float, float] | None = None  # (since, queue delay then)
+        self._last_owd = 0.0
+        self.rebaselines = 0  # standing "queues" that turned out to be a longer path
         self.queue_delay = 0.0  # seconds, estimated from one-way delays
         self.drains = 0
         self.inter_arrival = InterArrival()
@@ -562,6 +565,7 @@ class SendSideBwe:
         elif self.queue_delay > self.standing_queue:
             self._drain(acked, now)
         else:
+            self._drain_ref = None
             self.rate.update(usage, acked, now)
         self.loss.on_packets(lost, len(results), self.rate.bitrate_bps, now)
         self._combine()
@@ -571,6 +575,7 @@ class SendSideBwe:
         """Queueing delay = this batch's smallest one-way delay minus the smallest seen in
         ``standing_window`` seconds (the clocks' offset cancels out)."""
         owd = min(r.arrival_time - r.send_time for r in received if r.arrival_time is not None)
+        self._last_owd = owd
         self._owd.append((now, owd))
         while self._owd and self._owd[0][0] < now - self.standing_window:
             self._owd.popleft()
@@ -580,9 +585,23 @@ class SendSideBwe:
         """A queue the trendline cannot see (it only sees delay *change*): typically what a
         sudden capacity drop left behind. Hold increases; while the path delivers more than
         we send (the queue is what feeds it), aim below the delivered rate so the queue is
-        gone in about ``drain_time``, re-aiming once per RTT. A path that merely got longer
-        delivers what we send, so it is held, never cut."""
+        gone in about ``drain_time``, re-aiming once per RTT.
+
+        A path that just got longer looks the same (higher delay, flat), but sending less
+        does not shorten it: when the delay has not fallen by 20 ms within a second of
+        trying, the higher delay becomes the new baseline and we stop."""
         self.rate.hold(now)
+        if self._drain_ref is None:
+            self._drain_ref = (now, self.queue_delay)
+        elif self.queue_delay < self._drain_ref[1] - 0.02:
+            self._drain_ref = (now, self.queue_delay)  # it is draining: carry on
+        elif now - self._drain_ref[0] > 1.0 + (self._rtt or 0.1):
+            self._owd.clear()
+            self._owd.append((now, self._last_owd))
+            self.queue_delay = 0.0
+            self._drain_ref = None
+            self.rebaselines += 1
+            return
         if acked is None or acked <= 1.05 * self.rate.bitrate_bps:
             return
         if self._last_drain is not None and now - self._last_drain < (self._rtt or 0.1):
