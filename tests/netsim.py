@@ -175,7 +175,7 @@ class CallSim:
                     results = self.history.on_feedback(packet, t)
                     self.pacer.set_rate(self.bwe.on_packet_results(results, t))
             if t >= self._next_tick:
-                self.pacer.set_rate(self.bwe.on_tick(t))
+                self.pacer.set_rate(self.bwe.on_tick(t, sending=self.history.in_flight > 0))
                 self._next_tick += 0.1
             if t >= self._next_sample:
                 self._sample(t)

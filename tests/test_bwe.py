@@ -269,6 +269,17 @@ def test_feedback_timeout_backs_off_and_clamps() -> None:
     assert bwe.target_bps == 300_000
 
 
+def test_an_idle_sender_is_not_backed_off() -> None:
+    bwe = SendSideBwe(start_bps=1_000_000)
+    bwe.on_packet_results(_results(0, 10, 0.0, 0.01, 1000), 0.2)
+    start = bwe.target_bps
+    for i in range(50):
+        bwe.on_tick(0.3 + i * 0.1, sending=False)
+    assert bwe.target_bps == start
+    assert bwe.on_tick(6.0) == start  # the idle time does not count as a timeout either
+    assert bwe.on_tick(6.3) == int(start * 0.8)
+
+
 def test_rtt_samples() -> None:
     bwe = SendSideBwe()
     bwe.on_rtt(-1.0)

@@ -174,6 +174,7 @@ def test_gaps_are_declared_lost_once_after_the_reorder_wait() -> None:
     lost = hist.expire(1.35)
     assert [r.transport_seq - results[0].transport_seq for r in lost] == [3, 4, 8]
     assert all(not r.received and r.size == 500 for r in lost)
+    assert hist.in_flight == 0
     assert hist.expire(2.0) == []
     assert not rec.feedback_due(1.3)  # nothing new
     # reporting the same range again (a duplicate feedback) yields nothing new

@@ -611,9 +611,14 @@ class SendSideBwe:
         self._last_drain = now
         self.drains += 1
 
-    def on_tick(self, now: float) -> int:
-        """Backs off by 20 % per ``feedback_timeout`` while feedback has stopped."""
+    def on_tick(self, now: float, *, sending: bool = True) -> int:
+        """Backs off by 20 % per ``feedback_timeout`` while feedback has stopped although
+        packets are outstanding (``sending``: e.g. ``SentHistory.in_flight > 0``); an idle
+        sender gets no feedback and must not be punished for it."""
         if self._last_feedback is None:
+            return self.target_bps
+        if not sending:
+            self._last_feedback = max(self._last_feedback, now)
             return self.target_bps
         since = self._last_feedback
         if self._last_timeout_cut is not None:

@@ -205,15 +205,22 @@ class SentHistory:
         self._highest: int | None = None
         self._reference = Unwrapper(24)
         self._missing: deque[tuple[float, int]] = deque(maxlen=max_packets)
+        self._in_flight = 0
         self.unknown = 0  # statuses for packets we do not (or no longer) know
 
     def on_sent(self, transport_seq: int, size: int, now: float) -> None:
         seq = self._unwrap_sent(transport_seq)
+        previous = self._sent.get(seq)
+        if previous is not None and previous.state in (0, 1):
+            self._in_flight -= 1
         self._sent[seq] = _Sent(now, size)
+        self._in_flight += 1
         if self._highest is None or seq > self._highest:
             self._highest = seq
         while len(self._sent) > self.max_packets:
-            self._sent.popitem(last=False)
+            _, evicted = self._sent.popitem(last=False)
+            if evicted.state in (0, 1):
+                self._in_flight -= 1
 
     def _unwrap_sent(self, transport_seq: int) -> int:
         if self._highest is None:
@@ -223,7 +230,7 @@ class SentHistory:
     @property
     def in_flight(self) -> int:
         """Packets sent and not yet known received or lost."""
-        return sum(1 for entry in self._sent.values() if entry.state in (0, 1))
+        return self._in_flight
 
     def on_feedback(self, fb: TransportFeedback, now: float) -> list[PacketResult]:
         results: list[PacketResult] = []
@@ -243,6 +250,8 @@ class SentHistory:
                     entry.state = 1
                     self._missing.append((now + self.loss_wait, base + offset))
             elif entry.state != 2:
+                if entry.state in (0, 1):
+                    self._in_flight -= 1
                 entry.state = 2
                 arrival = ticks * TWCC_DELTA_TICK
                 results.append(PacketResult(base + offset, entry.size, entry.send_time, arrival))
@@ -257,6 +266,7 @@ class SentHistory:
             entry = self._sent.get(seq)
             if entry is not None and entry.state == 1:
                 entry.state = 3
+                self._in_flight -= 1
                 results.append(PacketResult(seq, entry.size, entry.send_time, None))
         return results
 
