@@ -113,7 +113,7 @@ class Bot:
             emit("error", code=exc.code, message=exc.message)
             await self.client.close()
             return 1
-        self.joined_at = time.time()
+        self.joined_at = time.monotonic()
         self._video_ssrcs = {p.id: p.video_ssrc for p in result.participants}
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),

@@ -510,7 +510,7 @@ class Engine(QObject):
             session, client = self.session, self.client
             if session is None or client is None:
                 continue
-            now = time.time()
+            now = time.monotonic()
             talking = set()
             loud = session.speaking(now)
             for participant in client.participants.values():

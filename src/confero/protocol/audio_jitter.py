@@ -113,6 +113,11 @@ class AudioJitterBuffer:
         self._grow_target()
         return LOST
 
+    def peek(self) -> bytes | None:
+        """The frame due at the next :meth:`pop`, if it has arrived (after a pop returned
+        :data:`LOST`, its in-band FEC can rebuild the lost frame)."""
+        return self._frames.get(self._next) if self._next is not None else None
+
     def _grow_target(self) -> None:
         if self.adaptive and self.target < self.max_target:
             wanted = self._target_from_jitter()
