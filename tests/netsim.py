@@ -5,10 +5,11 @@ limit (tail drop), then a fixed propagation delay, optional uniform jitter (whic
 as an impaired real link does) and optional random loss, all from a seeded RNG, so every
 run of a scenario is the same.
 
-:class:`CallSim` drives a sender (media source -> :class:`Pacer` -> transport sequence
-numbers -> :class:`SentHistory`) over a :class:`Link` to a :class:`TwccRecorder`, whose
-feedback comes back over a delay-only return path into :class:`SendSideBwe`, on a fake
-clock in 1 ms steps. The encoder is ideal: each frame is target / fps bytes.
+:class:`CallSim` drives a :class:`CongestionSender` (pacer -> transport sequence numbers
+stamped into real RTP packets -> sent history) over a :class:`Link` to a
+:class:`TwccRecorder`, whose RTCP feedback comes back over a delay-only return path into
+the sender's estimator, on a fake clock in 1 ms steps. The encoder is ideal: each frame is
+exactly its share of the target on the wire (headers and per-packet overhead included).
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ from dataclasses import dataclass, field
 
 from confero.protocol import rtcp
 from confero.protocol.bwe import SendSideBwe
+from confero.protocol.congestion import WIRE_OVERHEAD, CongestionSender
 from confero.protocol.pacer import Pacer, PacketKind
-from confero.protocol.twcc import SentHistory, TwccRecorder
+from confero.protocol.profile import EXT_TRANSPORT_SEQ
+from confero.protocol.rtp import RtpPacket
+from confero.protocol.twcc import SentHistory, TwccRecorder, read_transport_seq
 
 MTU_PAYLOAD = 1200
-AUDIO_PACKET = 120  # bytes every 20 ms: ~48 kbit/s with headers
-AUDIO_BPS = AUDIO_PACKET * 8 * 50
+RTP_HEADERS = 12 + 8  # fixed header + the extension block holding the transport seq
+AUDIO_PAYLOAD = 80  # every 20 ms: (80 + 20 + 38) bytes = ~55 kbit/s on the wire
+AUDIO_BPS = (AUDIO_PAYLOAD + RTP_HEADERS + WIRE_OVERHEAD) * 8 * 50
+
+
+def _rtp(payload_type: int, seq: int, size: int) -> bytes:
+    return RtpPacket(payload_type, seq & 0xFFFF, 0, 0x1234, bytes(size),
+                     extensions={EXT_TRANSPORT_SEQ: b"\x00\x00"}).serialize()
 
 
 class Link:
@@ -35,11 +45,13 @@ class Link:
         *,
         queue_bytes: int = 60_000,
         delay: float = 0.02,
+        overhead: int = WIRE_OVERHEAD,
         jitter: float = 0.0,
         loss: float = 0.0,
         seed: int = 1,
     ) -> None:
         self.capacity_bps = capacity_bps
+        self.overhead = overhead  # bytes below the RTP packet (SRTP tag, UDP, IP)
         self.queue_bytes = queue_bytes
         self.delay = delay
         self.jitter = jitter
@@ -65,21 +77,21 @@ class Link:
         if self.loss and self._rng.random() < self.loss:
             self.random_losses += 1
             return
-        if self._queued + len(data) > self.queue_bytes:
+        if self._queued + len(data) + self.overhead > self.queue_bytes:
             self.tail_drops += 1
             return
         self._queue.append((now, data))
-        self._queued += len(data)
+        self._queued += len(data) + self.overhead
 
     def _serve(self, now: float) -> None:
         while self._queue:
             enqueued, data = self._queue[0]
             start = max(enqueued, self._busy_until)
-            finish = start + len(data) * 8 / self.capacity_bps
+            finish = start + (len(data) + self.overhead) * 8 / self.capacity_bps
             if finish > now:
                 break
             self._queue.popleft()
-            self._queued -= len(data)
+            self._queued -= len(data) + self.overhead
             self._busy_until = finish
             self.sojourns.append((finish, finish - enqueued))
             arrival = finish + self.delay
@@ -94,7 +106,7 @@ class Link:
         out: list[tuple[float, bytes]] = []
         while self._in_flight and self._in_flight[0][0] <= now:
             arrival, _, data = heapq.heappop(self._in_flight)
-            self.delivered_bytes += len(data)
+            self.delivered_bytes += len(data) + self.overhead
             out.append((arrival, data))
         return out
 
@@ -126,6 +138,7 @@ class CallSim:
     increase_per_s: float | None = None  # None: SendSideBwe's default
     keyframe_every: float = 0.0  # seconds; a keyframe is ``keyframe_size`` x a normal frame
     keyframe_size: float = 6.0
+    sender: CongestionSender = field(init=False)
     bwe: SendSideBwe = field(init=False)
     pacer: Pacer = field(init=False)
     history: SentHistory = field(init=False)
@@ -134,17 +147,16 @@ class CallSim:
     now: float = 0.0
 
     def __post_init__(self) -> None:
-        extra = {} if self.increase_per_s is None else {"increase_per_s": self.increase_per_s}
-        self.bwe = SendSideBwe(start_bps=self.start_bps, min_bps=self.min_bps,
-                               max_bps=self.max_bps, **extra)
-        self.pacer = Pacer(target_bps=self.start_bps)
-        self.history = SentHistory()
+        self.sender = CongestionSender(start_bps=self.start_bps, min_bps=self.min_bps,
+                                       max_bps=self.max_bps)
+        if self.increase_per_s is not None:
+            self.sender.bwe.rate.increase_per_s = self.increase_per_s
+        self.bwe, self.pacer, self.history = self.sender.bwe, self.sender.pacer, self.sender.history
         self.recorder = TwccRecorder()
-        self._seq = 0
+        self._rtp_seq = 0
         self._feedback: list[tuple[float, bytes]] = []
         self._next_frame = 0.0
         self._next_audio = 0.0
-        self._next_tick = 0.0
         self._next_sample = 0.0
         self._next_keyframe = 0.0
         self._sent_window: deque[tuple[float, int]] = deque()
@@ -157,14 +169,13 @@ class CallSim:
             t = base + i * step
             self.now = t
             self._produce(t)
-            for packet in self.pacer.poll(t):
-                data = self._seq.to_bytes(2, "big") + packet[2:]
-                self.history.on_sent(self._seq, len(data), t)
-                self._sent_window.append((t, len(data)))
-                self._seq = (self._seq + 1) & 0xFFFF
-                self.link.send(data, t)
+            for packet in self.sender.poll(t):
+                self._sent_window.append((t, len(packet) + self.link.overhead))
+                self.link.send(packet, t)
             for arrival, data in self.link.deliver(t):
-                self.recorder.on_packet(int.from_bytes(data[:2], "big"), arrival)
+                seq = read_transport_seq(data)
+                assert seq is not None
+                self.recorder.on_packet(seq, arrival)
             if self.recorder.feedback_due(t):
                 for fb in self.recorder.build_feedback(t, 1, 2):
                     self._feedback.append((t + delay, fb))
@@ -172,30 +183,32 @@ class CallSim:
                 _, fb = self._feedback.pop(0)
                 for packet in rtcp.parse_compound(fb):
                     assert isinstance(packet, rtcp.TransportFeedback)
-                    results = self.history.on_feedback(packet, t)
-                    self.pacer.set_rate(self.bwe.on_packet_results(results, t))
-            if t >= self._next_tick:
-                self.pacer.set_rate(self.bwe.on_tick(t, sending=self.history.in_flight > 0))
-                self._next_tick += 0.1
+                    self.sender.on_feedback(packet, t)
             if t >= self._next_sample:
                 self._sample(t)
                 self._next_sample += sample_every
 
     def _produce(self, t: float) -> None:
         if self.audio and t >= self._next_audio:
-            self.pacer.enqueue(bytes(AUDIO_PACKET), PacketKind.AUDIO, t)
+            self._send_rtp(111, AUDIO_PAYLOAD, PacketKind.AUDIO, t)
             self._next_audio += 0.02
         if t >= self._next_frame:
             budget = self.bwe.target_bps - (AUDIO_BPS if self.audio else 0)
-            frame = max(int(budget / self.fps / 8), 200)
+            frame = max(int(budget / self.fps / 8), 300)
             if self.keyframe_every and t >= self._next_keyframe:
                 frame = int(frame * self.keyframe_size)
                 self._next_keyframe += self.keyframe_every
-            while frame > 0:
-                size = min(frame, MTU_PAYLOAD)
-                self.pacer.enqueue(bytes(max(size, 2)), PacketKind.VIDEO, t)
-                frame -= size
+            per_packet = RTP_HEADERS + self.link.overhead
+            packets = -(-frame // (MTU_PAYLOAD + per_packet))
+            payload = max(frame - packets * per_packet, packets)
+            for i in range(packets):
+                self._send_rtp(96, payload // packets + (i < payload % packets),
+                               PacketKind.VIDEO, t)
             self._next_frame += 1 / self.fps
+
+    def _send_rtp(self, payload_type: int, size: int, kind: PacketKind, t: float) -> None:
+        self.sender.enqueue(_rtp(payload_type, self._rtp_seq, size), kind, t)
+        self._rtp_seq += 1
 
     def _sample(self, t: float) -> None:
         while self._sent_window and self._sent_window[0][0] < t - 0.5:

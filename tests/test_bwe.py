@@ -151,17 +151,20 @@ def test_multiplicative_increase_far_from_capacity() -> None:
 
 
 def test_overuse_backs_off_to_beta_times_acked_then_creeps_additively() -> None:
-    aimd = _aimd(increase_per_s=0.25)
+    aimd = _aimd(increase_per_s=0.3)
     aimd.update(Usage.OVERUSING, 800_000, 0.0)
     assert aimd.bitrate_bps == pytest.approx(0.85 * 800_000)
     assert aimd.link.estimate_kbps == pytest.approx(800)
+    lower = aimd.link.lower_bps()
+    assert 0.85 * 800_000 < lower < 800_000
+    for i in range(1, 11):  # 1 s: well below the capacity estimate, multiply back up
+        aimd.update(Usage.NORMAL, 800_000, i * 0.1)
+    assert aimd.bitrate_bps >= lower
     start = aimd.bitrate_bps
-    aimd.update(Usage.NORMAL, 700_000, 0.1)  # hold -> increase
-    for i in range(2, 12):
-        aimd.update(Usage.NORMAL, 700_000, i * 0.1)
+    for i in range(11, 21):  # 1 s near it: about half a packet per RTT + 100 ms
+        aimd.update(Usage.NORMAL, 800_000, i * 0.1)
     gained = aimd.bitrate_bps - start
-    # near the capacity estimate: ~one packet per response time, far below 25 %/s
-    assert 4_000 < gained < 0.1 * start
+    assert 4_000 < gained < 0.05 * start
 
 
 def test_increase_is_capped_by_what_gets_through() -> None:
@@ -333,6 +336,8 @@ def test_follows_a_step_down_and_back_up() -> None:
     assert max(sim.targets(18.0, 25.0)) <= 1.1 * 300_000  # adapted within 3 s
     # the queue the drop left behind is drained within a few seconds, not left standing
     assert max(sim.sojourns(22.0, 25.0)) < 0.15
+    assert sim.bwe.drains >= 1
+    assert sim.bwe.rebaselines == 0  # a draining queue is never mistaken for a longer path
     sim.set_capacity(2_000_000)
     sim.run(40.0)
     reached = [s.t for s in sim.samples if s.t >= 25.0 and s.target_bps >= 1_600_000]
@@ -401,8 +406,9 @@ def test_a_longer_path_is_held_not_drained() -> None:
 
 def test_route_change_through_the_simulated_link() -> None:
     """+200 ms each way at once: the trendline reads the jump as overuse (as GCC does) and
-    backs off once; the standing-queue logic must then accept the new delay instead of
-    cutting on, and the rate climbs back."""
+    backs off (to about half: the 200 ms hole in arrivals also dents the acknowledged
+    rate); the standing-queue logic must then accept the new delay instead of cutting on,
+    and the rate climbs back (slowly: near the capacity it learnt, increase is additive)."""
     sim = CallSim(Link(1_000_000, queue_bytes=60_000, delay=0.02))
     sim.run(10.0)
     sim.link.delay = 0.22
@@ -410,8 +416,8 @@ def test_route_change_through_the_simulated_link() -> None:
     assert sim.bwe.rebaselines == 1
     assert sim.bwe.drains <= 2
     assert min(sim.targets(12.0, 25.0)) >= 0.5 * 1_000_000
-    assert sim.bwe.target_bps >= 0.65 * 1_000_000
-    assert sim.bwe.target_bps > min(sim.targets(12.0, 25.0)) * 1.2  # and rising
+    assert sim.bwe.target_bps >= 0.6 * 1_000_000
+    assert sim.bwe.target_bps > min(sim.targets(12.0, 25.0)) * 1.15  # and rising
     assert max(sim.sojourns(12.0, 25.0)) < 0.15
 
 

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from confero.protocol import rtcp
 from confero.protocol.rtcp import MAX_TWCC_STATUS, RtcpError, TransportFeedback
-from confero.protocol.twcc import FEEDBACK_MAX_STATUS, SentHistory, TwccRecorder
+from confero.protocol.twcc import (
+    FEEDBACK_MAX_STATUS,
+    SentHistory,
+    TwccRecorder,
+    read_transport_seq,
+    stamp_transport_seq,
+)
 
 
 def _fb(deltas: list[int | None], base: int = 10) -> TransportFeedback:
@@ -305,3 +311,41 @@ def test_sent_history_is_bounded_and_counts_unknown() -> None:
     assert results == []
     assert hist.unknown == 12
     assert hist.in_flight == 100
+
+
+# -- transport sequence number in RTP ----------------------------------------------------
+
+
+def test_stamp_patches_an_existing_extension_in_place() -> None:
+    from confero.protocol.profile import EXT_CAPTURE_TIME, EXT_TRANSPORT_SEQ
+    from confero.protocol.rtp import RtpPacket
+
+    packet = RtpPacket(96, 7, 1234, 0xABCD, b"payload", csrcs=[5],
+                       extensions={EXT_CAPTURE_TIME: bytes(8), EXT_TRANSPORT_SEQ: b"\x00\x00"})
+    data = packet.serialize()
+    stamped = stamp_transport_seq(data, 0x1_2345)  # wraps to 16 bits
+    assert len(stamped) == len(data)
+    assert read_transport_seq(stamped) == 0x2345
+    parsed = RtpPacket.parse(stamped)
+    assert parsed.extensions[EXT_TRANSPORT_SEQ] == b"\x23\x45"
+    assert parsed.extensions[EXT_CAPTURE_TIME] == bytes(8)
+    assert parsed.payload == b"payload" and parsed.csrcs == [5]
+
+
+def test_stamp_adds_the_extension_when_missing() -> None:
+    from confero.protocol.rtp import RtpPacket
+
+    plain = RtpPacket(111, 1, 2, 3, b"opus").serialize()
+    assert read_transport_seq(plain) is None
+    stamped = stamp_transport_seq(plain, 42)
+    assert read_transport_seq(stamped) == 42
+    assert RtpPacket.parse(stamped).payload == b"opus"
+
+
+def test_stamp_rejects_what_is_not_rtp() -> None:
+    from confero.protocol.rtp import RtpError
+
+    with pytest.raises(RtpError):
+        stamp_transport_seq(b"\x00" * 20, 1)
+    with pytest.raises(RtpError):
+        read_transport_seq(b"\x90" + bytes(11) + b"\xbe\xde\x00\x09")  # extension overruns

@@ -28,9 +28,10 @@ from confero.protocol.twcc import PacketResult
 #: Multiplicative increase per second far from any capacity estimate. GCC says 8 %/s, but
 #: libwebrtc reaches the capacity quickly by probing (padding bursts), which we do not have:
 #: at 8 %/s a 300 kbit/s start needs 11 s to reach 700 kbit/s, and a path recovering from
-#: 300 kbit/s to 2 Mbit/s 25 s. 25 %/s does both within 4 and 8 s (tests/test_bwe.py), and
-#: the overshoot is bounded: near a known capacity the increase is additive anyway.
-RAMP_PER_S = 0.25
+#: 300 kbit/s to 2 Mbit/s 25 s. 30 %/s does both within 3.5 and 7 s on a 40 ms RTT path
+#: (tests/test_bwe.py); the overshoot stays small because near a known capacity the
+#: increase is additive (half a packet per RTT + 100 ms, as the GCC draft says) anyway.
+RAMP_PER_S = 0.3
 
 
 class Usage(Enum):
@@ -251,7 +252,8 @@ class AckedBitrateEstimator:
         span = self._newest - self._packets[0][0]
         if span < self.window / 2:
             return None
-        return self._bytes * 8 / max(span, self.window * 0.75)
+        # n packets span n - 1 gaps: the first one's bytes arrived before the span began
+        return (self._bytes - self._packets[0][1]) * 8 / max(span, self.window * 0.75)
 
 
 class _LinkCapacity:
@@ -296,7 +298,8 @@ class _RateState(Enum):
 
 
 class AimdRateController:
-    """Additive-increase near the link capacity estimate, multiplicative far from it,
+    """Additive-increase near the link capacity estimate (from its lower bound up),
+    multiplicative far from it (none yet, or well below it, as after draining a queue),
     back off to ``beta`` x the acknowledged rate on overuse."""
 
     def __init__(
@@ -313,6 +316,7 @@ class AimdRateController:
         self.max_bps = max_bps
         self.beta = beta
         self.increase_per_s = increase_per_s
+        self.additive_packets = 0.5  # per response time
         self.state = _RateState.INCREASE
         self.link = _LinkCapacity()
         self.rtt = 0.1
@@ -349,7 +353,7 @@ class AimdRateController:
             limit = math.inf if acked_bps is None else 1.5 * acked_bps + 10_000
             if new < limit:
                 elapsed = now - self._last_change
-                if self.link.estimate_kbps is not None:
+                if self.link.estimate_kbps is not None and new >= self.link.lower_bps():
                     new += self._additive(elapsed)
                 else:
                     new += self._multiplicative(elapsed)
@@ -376,12 +380,12 @@ class AimdRateController:
         return max(self.bitrate_bps * (factor - 1), 1000.0)
 
     def _additive(self, elapsed: float) -> float:
-        """About one average packet per response time (RTT + 100 ms), as GCC does: slow
-        enough that hitting the bottleneck again costs little queueing."""
+        """Half an average packet per response time (RTT + 100 ms), as the GCC draft says:
+        slow enough that the trendline notices the queue before it is long."""
         frame_bits = self.bitrate_bps / 30
         packets_per_frame = math.ceil(frame_bits / (1200 * 8))
         packet_bits = frame_bits / max(packets_per_frame, 1)
-        per_s = max(4000.0, packet_bits / (self.rtt + 0.1))
+        per_s = max(4000.0, self.additive_packets * packet_bits / (self.rtt + 0.1))
         return per_s * max(elapsed, 0.0)
 
 
@@ -560,6 +564,7 @@ class SendSideBwe:
         acked = self.acked.bitrate_bps
         usage = self.detector.usage
         if usage is Usage.OVERUSING:
+            self._drain_ref = None  # congestion, not a longer path
             if self.rate.time_to_reduce_further(now, acked):
                 self.rate.update(usage, acked, now)
         elif self.queue_delay > self.standing_queue:
@@ -591,11 +596,11 @@ class SendSideBwe:
         does not shorten it: when the delay has not fallen by 20 ms within a second of
         trying, the higher delay becomes the new baseline and we stop."""
         self.rate.hold(now)
-        if self._drain_ref is None:
+        ref = self._drain_ref
+        if ref is None or self.queue_delay < ref[1] - 0.02 or self.queue_delay > ref[1]:
+            # first look, draining (carry on), or still growing: measure from here
             self._drain_ref = (now, self.queue_delay)
-        elif self.queue_delay < self._drain_ref[1] - 0.02:
-            self._drain_ref = (now, self.queue_delay)  # it is draining: carry on
-        elif now - self._drain_ref[0] > 1.0 + (self._rtt or 0.1):
+        elif now - ref[0] > 1.0 + (self._rtt or 0.1):
             self._owd.clear()
             self._owd.append((now, self._last_owd))
             self.queue_delay = 0.0

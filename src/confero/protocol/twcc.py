@@ -18,19 +18,71 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from confero.protocol.profile import EXT_TRANSPORT_SEQ
 from confero.protocol.rtcp import (
     MAX_TWCC_STATUS,
     TWCC_DELTA_TICK,
     TWCC_REFERENCE_TICKS,
     TransportFeedback,
 )
-from confero.protocol.rtp import Unwrapper, seq_distance
+from confero.protocol.rtp import RtpError, RtpPacket, Unwrapper, seq_distance
 
 #: Statuses per feedback packet we build: keeps one feedback under ~1 KB even when every
 #: packet needs a two-byte delta, well inside a datagram.
 FEEDBACK_MAX_STATUS = 400
 assert FEEDBACK_MAX_STATUS <= MAX_TWCC_STATUS
 _DELTA_MIN, _DELTA_MAX = -0x8000, 0x7FFF
+
+
+def _transport_seq_offset(packet: bytes) -> int | None:
+    """Where the two value bytes of extension :data:`EXT_TRANSPORT_SEQ` sit in a plaintext
+    RTP packet (one-byte header extensions), without parsing the rest."""
+    if len(packet) < 12 or packet[0] >> 6 != 2:
+        raise RtpError("not an RTP packet")
+    if not packet[0] & 0x10:
+        return None
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if offset + 4 > len(packet) or packet[offset : offset + 2] != b"\xbe\xde":
+        return None
+    end = offset + 4 + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    if end > len(packet):
+        raise RtpError("extension runs past the end of the packet")
+    i = offset + 4
+    while i < end:
+        byte = packet[i]
+        if byte == 0:
+            i += 1
+            continue
+        ext_id, length = byte >> 4, (byte & 0x0F) + 1
+        if ext_id == 15 or i + 1 + length > end:
+            return None
+        if ext_id == EXT_TRANSPORT_SEQ and length == 2:
+            return i + 1
+        i += 1 + length
+    return None
+
+
+def stamp_transport_seq(packet: bytes, transport_seq: int) -> bytes:
+    """The plaintext RTP ``packet`` carrying ``transport_seq`` in its extension 4.
+
+    Fast path: the packet already has the extension (a placeholder written when it was
+    packetised, or the previous hop's number on a forwarded packet) and two bytes are
+    patched. Otherwise it is re-serialised with the extension added. Stamp after the
+    pacer, then SRTP-protect: the authentication tag covers the extension.
+    """
+    offset = _transport_seq_offset(packet)
+    value = (transport_seq & 0xFFFF).to_bytes(2, "big")
+    if offset is not None:
+        return packet[:offset] + value + packet[offset + 2 :]
+    rtp = RtpPacket.parse(packet)
+    rtp.extensions[EXT_TRANSPORT_SEQ] = value
+    return rtp.serialize()
+
+
+def read_transport_seq(packet: bytes) -> int | None:
+    """The transport-wide sequence number of a plaintext RTP packet, if it has one."""
+    offset = _transport_seq_offset(packet)
+    return None if offset is None else int.from_bytes(packet[offset : offset + 2], "big")
 
 
 @dataclass(frozen=True, slots=True)
