@@ -127,6 +127,12 @@ def _parse_one_byte(block: bytes) -> dict[int, bytes]:
     return extensions
 
 
+def seq_distance(a: int, b: int) -> int:
+    """Signed distance a - b in 16-bit sequence space, in [-32768, 32767]."""
+    d = (a - b) & 0xFFFF
+    return d - 0x10000 if d >= 0x8000 else d
+
+
 class Unwrapper:
     """Turns wrapping ``bits``-bit counters (sequence numbers, timestamps) into a monotonic
     count: a value within half the range ahead of the highest seen is newer."""
