@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from confero.client.stats import StreamStats
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.congestion import CongestionSender
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
@@ -410,6 +410,10 @@ class MediaEndpoint:
                 self.counters["feedback_received"] += 1
                 self.congestion.on_feedback(packet, now)
                 self._drain(now)
+            # consent check: echo the server's nonce so it sends our media to the address
+            # we receive at (a forged source address gets no echo, so no media)
+            elif (echo := consent.answer(packet, self.config.video_ssrc)) is not None:
+                self._send_rtcp(echo)
 
     def _retransmit(self, sequence_numbers: list[int], now: float) -> None:
         for seq in sequence_numbers:
