@@ -267,3 +267,20 @@ def test_sender_reports_map_rtp_time_to_wall_time() -> None:
     seconds = srs[0].ntp_timestamp / (1 << 32) - 2_208_988_800
     assert abs(seconds - (wall + 2.0)) < 1.0
     assert srs[0].packet_count > 50
+
+
+def test_the_picture_steps_down_with_the_rate_and_back_up_with_a_margin() -> None:
+    from confero.client.adaptation import ResolutionLadder, video_share
+
+    ladder = ResolutionLadder(640, 480)
+    assert ladder.choose(1_000_000) == (640, 480)
+    assert ladder.choose(300_000) == (480, 360)
+    assert ladder.choose(100_000) == (320, 240)
+    assert ladder.choose(250_000) == (320, 240)  # 220k * 1.3 not reached: no flapping
+    assert ladder.choose(300_000) == (480, 360)
+    assert ladder.choose(500_000) == (480, 360)
+    assert ladder.choose(600_000) == (640, 480)
+    small = ResolutionLadder(320, 240)
+    assert small.choose(50_000) == (320, 240)  # never below a legible height
+    assert video_share(600_000, audio_on=True) < video_share(600_000, audio_on=False)
+    assert video_share(10_000, audio_on=True) > 0

@@ -24,11 +24,14 @@ from typing import Any, Protocol
 
 import av
 
+from confero.client.adaptation import ResolutionLadder, video_share
 from confero.client.endpoint import (
     LOST,
+    START_BPS,
     EndpointConfig,
     KeyframeNeeded,
     MediaEndpoint,
+    TargetBitrate,
     VideoFrameReady,
 )
 from confero.client.stats import StreamStats
@@ -41,7 +44,8 @@ from confero.media.audio import (
     conceal,
     level_dbov,
 )
-from confero.media.video import Vp8Decoder, Vp8Encoder
+from confero.media.video import Vp8Decoder, make_video_encoder
+from confero.media.vpx import EncodedFrame
 from confero.netutil import enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
@@ -77,10 +81,6 @@ class DecodedVideo:
     encoded: Frame  # what arrived, for recording without re-encoding
     #: What the session's ``prepare_video`` made of it on the decoder thread (e.g. a QImage).
     prepared: Any = None
-
-
-def _is_keyframe(data: bytes) -> bool:
-    return bool(data) and not data[0] & 1  # RFC 6386 frame tag: P bit 0 = keyframe
 
 
 class MediaSession(asyncio.DatagramProtocol):
@@ -121,6 +121,8 @@ class MediaSession(asyncio.DatagramProtocol):
         self._playout_task: asyncio.Task[None] | None = None
         self._device_playout = device_playout
         self._keyframe_wanted = True
+        #: the uplink estimate (bit/s), from the endpoint's congestion control
+        self.target_bps = START_BPS
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-encode")
         self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-decode")
         self._decoders: dict[int, Vp8Decoder] = {}  # touched on the decoder thread only
@@ -228,6 +230,8 @@ class MediaSession(asyncio.DatagramProtocol):
                 self._decode_later(event)
             elif isinstance(event, KeyframeNeeded):
                 self._keyframe_wanted = True
+            elif isinstance(event, TargetBitrate):
+                self.target_bps = event.bps
         self._flush()
         with self._lock:
             deadline = endpoint.get_timer()
@@ -295,28 +299,51 @@ class MediaSession(asyncio.DatagramProtocol):
 
     async def _video_loop(self, source: VideoSource) -> None:
         loop = asyncio.get_running_loop()
-        encoder = Vp8Encoder(source.width, source.height, self.fps)
+        ladder = ResolutionLadder(source.width, source.height)
+        # three temporal layers: the server forwards each subscriber the layers its
+        # downlink carries (30, 15 or 7.5 fps) without touching the encoder
+        encoder = make_video_encoder(source.width, source.height, self.fps,
+                                     video_share(self.target_bps, self.sending_audio),
+                                     temporal_layers=3)
         pacer = Pacer(1 / self.fps, resync_after=1)  # behind a frame: drop, keep pace
 
-        def capture_and_encode(capture_us: int, pts: int, keyframe: bool) -> list[bytes]:
-            return encoder.encode(source.frame(capture_us), pts, keyframe)
+        def capture_and_encode(capture_us: int, pts: int, keyframe: bool,
+                               bitrate: int) -> list[EncodedFrame]:
+            """On the encoder thread: follow the estimate, then capture and encode."""
+            width, height = ladder.choose(bitrate)
+            if (width, height) != (encoder.width, encoder.height):
+                encoder.reconfigure(width, height, self.fps)  # its next frame is a keyframe
+            if bitrate != encoder.bitrate:
+                encoder.set_bitrate(bitrate)  # live, no keyframe (libvpx)
+            frame = source.frame(capture_us)
+            if (frame.width, frame.height) != (width, height):
+                frame = frame.reformat(width=width, height=height)
+            return encoder.encode(frame, pts, keyframe)
 
-        while True:
-            captured_at = time.monotonic()
-            capture_us = int(time.time() * 1e6)
-            keyframe, self._keyframe_wanted = self._keyframe_wanted, False
-            pts = int(captured_at * 90_000)
-            encoded = await loop.run_in_executor(
-                self._encode_pool, capture_and_encode, capture_us, pts, keyframe)
-            endpoint = self._endpoint
-            if endpoint is not None and not self._closed:
-                with self._lock:
-                    for data in encoded:
-                        endpoint.send_video_frame(data, keyframe=_is_keyframe(data),
-                                                  capture_us=capture_us,
-                                                  captured_at=captured_at)
-                self._service()
-            await pacer.wait()
+        try:
+            while True:
+                captured_at = time.monotonic()
+                capture_us = int(time.time() * 1e6)
+                keyframe, self._keyframe_wanted = self._keyframe_wanted, False
+                pts = int(captured_at * 90_000)
+                bitrate = video_share(self.target_bps, self.sending_audio)
+                encoded = await loop.run_in_executor(
+                    self._encode_pool, capture_and_encode, capture_us, pts, keyframe, bitrate)
+                endpoint = self._endpoint
+                if endpoint is not None and not self._closed:
+                    layered = encoder.temporal_layers > 1
+                    with self._lock:
+                        for frame in encoded:
+                            endpoint.send_video_frame(
+                                frame.data, keyframe=frame.keyframe, capture_us=capture_us,
+                                captured_at=captured_at, now=time.monotonic(),
+                                temporal_id=frame.temporal_id if layered else None,
+                                layer_sync=frame.layer_sync)
+                    self._service()
+                await pacer.wait()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the pool is gone: the session closed
+                self._encode_pool.submit(encoder.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
         encoder = OpusEncoder()
