@@ -53,6 +53,9 @@ from confero.protocol.video_jitter import Frame
 
 log = logging.getLogger(__name__)
 
+#: A keyframe costs 5-10 times a delta frame: however many receivers ask (PLI), at most
+#: one per this interval, so a lossy link cannot start a keyframe storm that fills it.
+KEYFRAME_MIN_INTERVAL = 0.5
 #: Frames of one stream waiting for the decoder thread before we stop feeding it and ask
 #: for a keyframe instead: a bounded queue, about a quarter of a second at 30 fps.
 MAX_PENDING_DECODES = 8
@@ -320,11 +323,16 @@ class MediaSession(asyncio.DatagramProtocol):
                 frame = frame.reformat(width=width, height=height)
             return encoder.encode(frame, pts, keyframe)
 
+        last_keyframe = float("-inf")
         try:
             while True:
                 captured_at = time.monotonic()
                 capture_us = int(time.time() * 1e6)
-                keyframe, self._keyframe_wanted = self._keyframe_wanted, False
+                keyframe = self._keyframe_wanted and (
+                    captured_at >= last_keyframe + KEYFRAME_MIN_INTERVAL)
+                if keyframe:  # else the request waits for the interval to pass
+                    self._keyframe_wanted = False
+                    last_keyframe = captured_at
                 pts = int(captured_at * 90_000)
                 bitrate = video_share(self.target_bps, self.sending_audio)
                 encoded = await loop.run_in_executor(

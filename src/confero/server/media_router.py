@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confero.protocol import consent, rtcp
+from confero.protocol.layers import LayerForwarder, LayerRateMeter
 from confero.protocol.nack import RetransmitBuffer
 from confero.protocol.profile import (
     AUDIO_FRAME_TICKS,
@@ -55,7 +56,14 @@ from confero.protocol.srtp import (
     encode_key,
     new_master_key,
 )
-from confero.protocol.vp8 import keyframe_dimensions
+from confero.protocol.twcc import read_transport_seq
+from confero.protocol.vp8 import (
+    Vp8Descriptor,
+    Vp8Error,
+    keyframe_dimensions,
+    parse_descriptor,
+)
+from confero.server.downlink import LAYER_INTERVAL, Downlink
 from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 
@@ -126,6 +134,12 @@ class _Peer:
     retransmit_budget: dict[str, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
+    # congestion control: our link to this participant, and the feedback on theirs to us
+    downlink: Downlink = field(default_factory=Downlink)
+    # as a publisher: its video's bitrate per temporal layer
+    layer_rates: LayerRateMeter = field(default_factory=LayerRateMeter)
+    # as a subscriber: publisher id -> which of its layers we send here, renumbered
+    forwarders: dict[str, LayerForwarder] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +171,7 @@ class MediaRouter:
         self._by_ssrc: dict[int, _Peer] = {}
         self._meetings: dict[str, _Meeting] = {}
         self._upstream_pending: set[str] = set()  # publishers with NACKs waiting to go
+        self._next_layer_choice = 0.0
         #: Datagrams dropped, by reason; and other events worth a counter.
         self.counters: Counter[str] = Counter(dict.fromkeys(LIMIT_EVENTS, 0))
         # what ended meetings had forwarded, so /metrics counters never go backwards
@@ -231,6 +246,7 @@ class MediaRouter:
         if meeting is not None:
             for pid in meeting.members:
                 self._peers[pid].retransmit_budget.pop(participant_id, None)
+                self._peers[pid].forwarders.pop(participant_id, None)
 
     @staticmethod
     def _reset_media_state(peer: _Peer) -> None:
@@ -243,6 +259,9 @@ class MediaRouter:
         peer.video_refused = False
         peer.upstream = UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
         peer.retransmit_budget = {}
+        peer.downlink = Downlink()
+        peer.layer_rates = LayerRateMeter()
+        peer.forwarders = {}
 
     def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None:
         peer = self._peers.get(participant_id)
@@ -362,14 +381,23 @@ class MediaRouter:
         except RtpError:
             self.counters["dropped_malformed"] += 1
             return []
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            peer.downlink.received.on_packet(transport_seq, now)
         meeting = self._meetings[peer.meeting_id]  # type: ignore[index]
         if packet.ssrc == peer.video_ssrc and packet.payload_type == VIDEO_PAYLOAD_TYPE:
             if not self._video_acceptable(peer, packet.payload):
                 self.counters["dropped_video_too_large"] += 1
                 return []
+            try:
+                descriptor = parse_descriptor(packet.payload)
+            except Vp8Error:
+                self.counters["dropped_malformed"] += 1
+                return []
             self._note_video(peer, packet.sequence_number, len(plain), now)
+            peer.layer_rates.on_packet(len(plain), descriptor.tid, now)
             peer.history.store(packet.sequence_number, plain)
-            return self._fan_out(meeting, peer, plain, rtcp_packet=False)
+            return self._forward_video(meeting, peer, packet, descriptor, now)
         if packet.ssrc == peer.audio_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
@@ -400,35 +428,60 @@ class MediaRouter:
             peer.video_highest = value
         peer.video_rate.add(size, now)
 
-    def _fan_out(
-        self, meeting: _Meeting, sender: _Peer, plain: bytes, *, rtcp_packet: bool
-    ) -> list[Datagram]:
+    def _forward_video(self, meeting: _Meeting, sender: _Peer, packet: RtpPacket,
+                       descriptor: Vp8Descriptor, now: float) -> list[Datagram]:
+        """Each subscriber gets the temporal layers its downlink carries, renumbered so a
+        dropped layer leaves no hole, numbered for its own congestion control."""
         out: list[Datagram] = []
+        size = 0
         for pid in meeting.members:
             if pid == sender.participant_id:
                 continue
             receiver = self._peers[pid]
             if receiver.address is None or receiver.srtp is None:
                 continue
+            forwarder = receiver.forwarders.get(sender.participant_id)
+            if forwarder is None:
+                forwarder = receiver.forwarders[sender.participant_id] = LayerForwarder()
+            renumbered = forwarder.forward(packet, descriptor)
+            if renumbered is None:
+                self.counters["video_layer_dropped"] += 1
+                continue
+            plain = receiver.downlink.stamp(renumbered.serialize(), now)
             try:
-                protected = (
-                    receiver.srtp.protect_rtcp(plain) if rtcp_packet
-                    else receiver.srtp.protect_rtp(plain)
-                )
+                out.append((receiver.srtp.protect_rtp(plain), receiver.address))
             except SrtpError:
                 self.counters["protect_failed"] += 1  # one receiver's problem, not all
                 continue
-            out.append((protected, receiver.address))
+            size += len(plain)
         meeting.forwarded_packets += len(out)
-        meeting.forwarded_bytes += len(plain) * len(out)
+        meeting.forwarded_bytes += size
         return out
+
+    def _choose_layers(self, now: float) -> None:
+        """Per subscriber: split its downlink estimate among the publishers it sees, and
+        forward of each the most temporal layers that fit (never less than the base)."""
+        for meeting in self._meetings.values():
+            for pid in meeting.members:
+                receiver = self._peers[pid]
+                if not receiver.forwarders:
+                    continue
+                share = receiver.downlink.video_share(len(receiver.forwarders))
+                for publisher_id, forwarder in receiver.forwarders.items():
+                    publisher = self._peers.get(publisher_id)
+                    if publisher is None:
+                        continue
+                    forwarder.set_target(publisher.layer_rates.choose_layer(
+                        share, now, current=forwarder.current_tid))
 
     def _on_rtcp(
         self, peer: _Peer, packets: list[rtcp.RtcpPacket], now: float
     ) -> list[Datagram]:
         out: list[Datagram] = []
         for packet in packets:
-            if isinstance(packet, rtcp.Nack):
+            if isinstance(packet, rtcp.TransportFeedback):
+                peer.downlink.on_feedback(packet, now)
+            elif isinstance(packet, rtcp.Nack):
                 out += self._answer_nack(peer, packet, now)
             elif isinstance(packet, rtcp.Pli):
                 out += self._forward_pli(peer, packet, now)
@@ -458,18 +511,30 @@ class MediaRouter:
         budget = receiver.retransmit_budget.setdefault(publisher.participant_id, TokenBucket())
         rate = max(MIN_RETRANSMIT_RATE,
                    RETRANSMIT_RATE_FACTOR * publisher.video_rate.rate(now))
-        for seq in nack.lost[:MAX_NACK_SEQS]:
+        forwarder = receiver.forwarders.get(publisher.participant_id)
+        for asked in nack.lost[:MAX_NACK_SEQS]:
+            # the receiver numbers as we renumbered for it; the history as the publisher
+            seq = forwarder.publisher_sequence(asked) if forwarder is not None else asked
+            if seq is None:
+                self.counters["nack_dropped_unknown"] += 1
+                continue
             plain = publisher.history.get(seq)
             if plain is None:
                 self._ask_upstream(publisher, seq, now)
                 continue
+            if forwarder is not None:
+                resent = forwarder.resend(RtpPacket.parse(plain))
+                if resent is None:
+                    continue
+                plain = resent.serialize()
             if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.take(
                 len(plain), now, rate, rate * RETRANSMIT_BURST
             ):
                 self.counters["retransmit_over_budget"] += 1
                 continue
             try:
-                out.append((receiver.srtp.protect_rtp(plain), receiver.address))
+                stamped = receiver.downlink.stamp(plain, now)
+                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
             except SrtpError:
                 self.counters["protect_failed"] += 1
         self.counters["retransmitted"] += len(out)
@@ -521,7 +586,7 @@ class MediaRouter:
     def tick(self, now: float) -> list[Datagram]:
         """One 20 ms mixing step for every meeting, the NACKs that waited their turn, and
         consent freshness checks."""
-        out = self._refresh_consent(now)
+        out = self._refresh_consent(now) + self._congestion_tick(now)
         for pid in list(self._upstream_pending):
             publisher = self._peers.get(pid)
             if publisher is None:
@@ -560,8 +625,34 @@ class MediaRouter:
                     extensions=extensions,
                 )
                 listener.mix_was_silent = False
-                out.append((listener.srtp.protect_rtp(packet.serialize()), listener.address))
+                plain = listener.downlink.stamp(packet.serialize(), now)
+                out.append((listener.srtp.protect_rtp(plain), listener.address))
         return out
+
+    def _congestion_tick(self, now: float) -> list[Datagram]:
+        """Feedback to each participant on what we received from it (TWCC, every 50 ms),
+        the downlink estimates' own clock, and the layer choices that follow them."""
+        out: list[Datagram] = []
+        for meeting in self._meetings.values():
+            for pid in meeting.members:
+                peer = self._peers[pid]
+                peer.downlink.tick(now)
+                if peer.address is None or peer.srtp is None:
+                    continue
+                if peer.downlink.received.feedback_due(now):
+                    for feedback in peer.downlink.received.build_feedback(
+                        now, meeting.mix_ssrc, peer.video_ssrc
+                    ):
+                        out.append((peer.srtp.protect_rtcp(feedback), peer.address))
+        if now >= self._next_layer_choice:
+            self._next_layer_choice = now + LAYER_INTERVAL
+            self._choose_layers(now)
+        return out
+
+    def downlink_estimates(self) -> dict[str, int]:
+        """Participant id -> the server's estimate of its downlink (bit/s)."""
+        return {pid: peer.downlink.target_bps for pid, peer in self._peers.items()
+                if peer.meeting_id is not None}
 
     # ------------------------------------------------------------------ helpers
 
