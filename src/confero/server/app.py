@@ -322,7 +322,8 @@ def _is_loopback(host: str) -> bool:
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM. Prints one JSON line with the bound URLs once listening."""
     router = MediaRouter(config.media_port, host=config.media_host,
-                         max_video_size=config.max_video_size)
+                         max_video_size=config.max_video_size,
+                         wall_offset=time.time() - time.monotonic())
     media = await MediaServer.start(router, config.host, config.media_port)
     server = build_server(config, media=router)
     context = _ssl_context(config)

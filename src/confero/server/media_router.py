@@ -161,11 +161,16 @@ class MediaRouter:
         pli_interval: float = 0.5,
         mixer_factory: Callable[[], MeetingMixer] = MeetingMixer,
         max_video_size: tuple[int, int] = DEFAULT_MAX_VIDEO_SIZE,
+        wall_offset: float = 0.0,
     ) -> None:
         self.port = port
         self.host = host
         self.pli_interval = pli_interval
         self.max_video_size = max_video_size
+        #: Wall-clock seconds minus the monotonic ``now`` the shell passes in: only to
+        #: stamp the mix's capture-time extension, which receivers compare with their own
+        #: wall clock (see "one clock rule" in docs/architecture.md).
+        self.wall_offset = wall_offset
         self._mixer_factory = mixer_factory
         self._peers: dict[str, _Peer] = {}
         self._by_ssrc: dict[int, _Peer] = {}
@@ -611,7 +616,8 @@ class MediaRouter:
                     ((level, self._peers[speaker].audio_ssrc)
                      for speaker, level in levels.items() if speaker != pid),
                 )[:MAX_CSRCS]
-                extensions = {EXT_CAPTURE_TIME: int(now * 1e6).to_bytes(8, "big")}
+                capture_us = int((now + self.wall_offset) * 1e6)  # the mix's own capture
+                extensions = {EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")}
                 if mixed:
                     extensions[EXT_MIXER_LEVELS] = bytes(level for level, _ in mixed)
                 packet = RtpPacket(
