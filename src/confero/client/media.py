@@ -374,7 +374,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 with self._lock:
                     endpoint.send_audio_frame(payload, level=level,
                                               capture_us=int(time.time() * 1e6), now=now)
-                self._flush()
+                self._service()  # the pacer may hold it: the timer must know
             await pacer.wait()
 
     # ------------------------------------------------------------------ receiving video
