@@ -148,13 +148,13 @@ class Bot:
         summary = self._summary()
         if self.speaker is not None:
             self.speaker.close()
+        recorder = self.call.recorder
+        self.call.recorder = None  # the files are closed below, after the media stops
+        await self.call.leave()  # stops the encoder thread before its sources close
         for source in (self.audio_source, self.video_source):
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-        recorder = self.call.recorder
-        self.call.recorder = None  # the files are closed below, after the media stops
-        await self.call.leave()
         await self.client.close()
         if recorder is not None:
             recorder.close()
