@@ -153,9 +153,12 @@ class Call:
     # ------------------------------------------------------------------ our media
 
     async def set_video_source(self, source: VideoSource | None) -> None:
+        """Switch the camera (None: off). When this returns, the previous source is no
+        longer read by the encoder thread and may be closed."""
         self.video_source = source
         if self.session is not None:
             self.session.set_video_source(source)
+            await self.session.encoder_idle()
         await self.announce()
 
     async def set_audio_source(self, source: AudioSource | None) -> None:

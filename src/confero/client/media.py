@@ -86,6 +86,10 @@ class DecodedVideo:
     prepared: Any = None
 
 
+def _nothing() -> None:
+    pass
+
+
 class MediaSession(asyncio.DatagramProtocol):
     def __init__(
         self,
@@ -269,6 +273,12 @@ class MediaSession(asyncio.DatagramProtocol):
             self._audio_task = None
         if source is not None:
             self._audio_task = asyncio.create_task(self._send_audio(source))
+
+    async def encoder_idle(self) -> None:
+        """Returns once the encoder thread finished what it had started (so a source that
+        was just replaced can be closed without racing a capture)."""
+        with contextlib.suppress(RuntimeError):  # the pool is gone: nothing runs there
+            await asyncio.get_running_loop().run_in_executor(self._encode_pool, _nothing)
 
     @property
     def sending_video(self) -> bool:
