@@ -370,7 +370,7 @@ class Client:
                 continue
             try:
                 message = sig.decode_server_message(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 log.warning("ignoring a malformed server message: %s", exc)
                 continue
             self._dispatch(message)
@@ -478,15 +478,28 @@ class Client:
             for chat in missed:
                 self._emit(sig.ChatEvent(message=chat))
 
-        try:
-            await self._request(
-                sig.JoinMeeting, sig.JoinResult, hook=back_in, internal=True,
-                meeting_id=meeting.id, password=password,
-            )
-        except RequestError as exc:  # the server said no: the meeting is over for us
-            self._left()
-            self._emit(RejoinFailed(meeting.id, exc.code, exc.message))
-        # ConnectionLost / TimeoutError propagate: the reconnect loop tries again
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.5
+        while True:
+            try:
+                await self._request(
+                    sig.JoinMeeting, sig.JoinResult, hook=back_in, internal=True,
+                    meeting_id=meeting.id, password=password,
+                )
+                return
+            except RequestError as exc:
+                # rate_limited is someone's guessing (or our own haste), not a verdict on
+                # us: wait and ask again, on this same socket, until the deadline.
+                if exc.code == sig.ErrorCode.RATE_LIMITED and loop.time() + delay < deadline:
+                    log.info("rejoin rate limited; retrying in %gs: %s", delay, exc.message)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                self._left()  # the server said no: the meeting is over for us
+                self._emit(RejoinFailed(meeting.id, exc.code, exc.message))
+                return
+            # ConnectionLost / TimeoutError propagate: the reconnect loop tries again
 
     def _entered(self, result: sig.JoinResult, password: str | None) -> None:
         self.meeting = result.meeting

@@ -62,6 +62,9 @@ class ErrorCode(enum.StrEnum):
     ALREADY_IN_MEETING = "already_in_meeting"
     NAME_TAKEN = "name_taken"
     INTERNAL = "internal"
+    MEETING_FULL = "meeting_full"
+    CHAT_QUOTA = "chat_quota"
+    STORE_FAILED = "store_failed"
 
 
 # --------------------------------------------------------------------------- requests
@@ -319,6 +322,8 @@ def decode_request(data: bytes | str) -> Request:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"invalid JSON: {exc}") from None
+    except RecursionError:  # msgspec's own depth limit: a few hundred levels, never valid here
+        raise ProtocolError(ErrorCode.BAD_JSON, "invalid JSON: nested too deeply") from None
     request_id = envelope.id if _is_request_id(envelope.id) else None
     if not isinstance(envelope.type, str):
         raise ProtocolError(
@@ -336,6 +341,9 @@ def decode_request(data: bytes | str) -> Request:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise ProtocolError(ErrorCode.INVALID_FIELD, str(exc), request_id) from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "invalid JSON: nested too deeply",
+                            request_id) from None
 
 
 def _is_request_id(value: object) -> bool:
