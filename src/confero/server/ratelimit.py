@@ -34,8 +34,8 @@ class TokenBucket:
 class GuessLimiter:
     """Wrong guesses per key (a source address, a meeting), with exponential backoff.
 
-    The first ``free`` failures of a key cost nothing; each one after that closes the key
-    for ``base * 2**n`` seconds (at most ``cap``). A success clears the key, and so do
+    A key may fail ``free`` times in a row freely; from then on each failure closes it for
+    ``base``, then twice as long, and so on up to ``cap`` seconds. A success clears the key, and so do
     ``forget`` seconds without a failure. Keys are bounded (least recently failed first
     out), so a flood of addresses cannot grow memory.
     """
@@ -62,7 +62,7 @@ class GuessLimiter:
         failures, _, _ = self._state.pop(key, (0, now, now))
         failures += 1
         over = failures - self.free
-        until = now + min(self.cap, self.base * 2.0 ** min(over - 1, 40)) if over > 0 else now
+        until = now + min(self.cap, self.base * 2.0 ** min(over, 40)) if over >= 0 else now
         self._state[key] = (failures, now, until)
         while len(self._state) > self.max_keys:
             self._state.popitem(last=False)
