@@ -110,7 +110,8 @@ class CoreSettings:
     max_chat_per_sender: int = 2_000
     #: Chat (and the record) of an ended meeting is deleted after this many seconds.
     chat_retention: float = 30 * 86400.0
-    #: How often the store is checked (file still there) and old chat purged.
+    #: How often the store is checked (file still there), flushed to disk (the window a
+    #: power cut can lose) and old chat purged.
     housekeeping_interval: float = 5.0
 
 
@@ -267,6 +268,7 @@ class SignalingCore:
                 self.store.end_meeting(*self._unsaved_ends[0])
                 self._unsaved_ends.pop(0)
             purged = self.store.purge_ended(now - self.settings.chat_retention)
+            self.store.flush()
         except StoreError as exc:
             log.error("store: %s", exc)
             return

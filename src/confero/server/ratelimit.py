@@ -35,9 +35,9 @@ class GuessLimiter:
     """Wrong guesses per key (a source address, a meeting), with exponential backoff.
 
     A key may fail ``free`` times in a row freely; from then on each failure closes it for
-    ``base``, then twice as long, and so on up to ``cap`` seconds. A success clears the key, and so do
-    ``forget`` seconds without a failure. Keys are bounded (least recently failed first
-    out), so a flood of addresses cannot grow memory.
+    ``base``, then twice as long, and so on up to ``cap`` seconds. A success clears the
+    key, and so do ``forget`` seconds without a failure. Keys are bounded (least recently
+    failed first out), so a flood of addresses cannot grow memory.
     """
 
     def __init__(self, free: int, base: float, cap: float, *, forget: float = 3600.0,
