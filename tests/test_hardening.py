@@ -355,14 +355,11 @@ async def wait_log(log_path: Path, text: str) -> str:
 async def test_running_low_on_descriptors_is_one_clear_line_and_the_server_recovers(
     logged_server: Callable[..., tuple[ServerProcess, Path]],
 ) -> None:
-    server, log_path = logged_server("--idle-timeout", "600", nofile=160)
+    server, log_path = logged_server("--idle-timeout", "600", nofile=300)
     held: list[socket.socket] = []
     try:
-        for n in range(200):  # from many addresses: the per-address cap is not what stops it
-            try:
-                held.append(idle_socket(server, f"127.0.{n // 4 + 1}.{n % 4 + 2}"))
-            except OSError:
-                break
+        for n in range(300):  # from many addresses: the per-address cap is not what stops it
+            held.append(idle_socket(server, f"127.0.{n // 4 + 1}.{n % 4 + 2}"))
         content = await wait_log(log_path, "running low on file descriptors")
         assert "ulimit -n" in content and "Traceback" not in content
         assert await metric_or_none(server) is None  # full: the attacker holds every slot
@@ -475,11 +472,12 @@ async def test_lobby_updates_reach_only_those_in_the_lobby(connect: ClientFactor
     for n in range(5):
         await churner.create_meeting(f"churn {n}")
         await churner.leave()
+    await churner.create_meeting("final")
     async with asyncio.timeout(WaitTimeout):
-        while True:  # the last churn reaches the watcher ...
+        while True:  # the last change reaches the watcher ...
             event = await watcher.wait_for(lambda e: isinstance(e, MeetingsChanged))
             assert isinstance(event, MeetingsChanged)
-            if [m.title for m in event.meetings] == ["in a call"]:
+            if "final" in [m.title for m in event.meetings]:
                 break
     await member.ping()  # ... and anything sent to the member before this has arrived
     assert seen["watcher"] >= 1 and seen["member"] == 0

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Descriptors kept free for the database, the media socket, logs and the like.
 FD_RESERVE = 64
+#: The listening socket's backlog; also how many sockets asyncio accepts in one burst.
+BACKLOG = 128
 #: At most one "running low on descriptors" line per this many seconds.
 LOG_INTERVAL = 10.0
 
@@ -83,12 +85,15 @@ def open_fds() -> int:
         return 32
 
 
-def connection_budget() -> int:
-    """Connections the process can take now without running out of descriptors."""
+def connection_budget(backlog: int = BACKLOG) -> int:
+    """Connections the process can take now without running out of descriptors.
+
+    asyncio accepts up to ``backlog`` sockets in one burst before any of them reaches the
+    guard, so that many are kept free besides the reserve."""
     limit = fd_limit()
     if limit == resource.RLIM_INFINITY:
         return 1 << 20
-    return max(8, limit - open_fds() - FD_RESERVE)
+    return max(8, limit - open_fds() - FD_RESERVE - backlog)
 
 
 class _Guarded(asyncio.Protocol):
@@ -148,7 +153,7 @@ class GuardedSite(web.TCPSite):
         guard = self.guard
         factory: Callable[[], asyncio.Protocol] = lambda: _Guarded(server(), guard)  # noqa: E731
         self._server = await loop.create_server(
-            factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            factory, self._host, self._port, ssl=self._ssl_context, backlog=BACKLOG,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port,
         )
         sockets = self._server.sockets
