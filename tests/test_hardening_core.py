@@ -221,3 +221,11 @@ def test_a_full_store_file_is_reported_by_store_problem_after_deletion(tmp_path:
     (tmp_path / "db.sqlite3").unlink()
     problem = h.core.store_problem()
     assert problem is not None and "deleted" in problem
+
+
+def test_limits_per_address_count_an_ipv6_host_by_its_64() -> None:
+    from confero.server.guard import address_key
+
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9")
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7" == address_key("192.0.2.7")

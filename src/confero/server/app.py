@@ -32,6 +32,7 @@ from confero.server.core import Action, Close, CoreSettings, Send, SignalingCore
 from confero.server.guard import (
     ConnectionGuard,
     GuardedSite,
+    address_key,
     connection_budget,
     install_accept_error_handler,
 )
@@ -170,7 +171,7 @@ class SignalingServer:
     # ------------------------------------------------------------------ WebSocket
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        address = request.remote or "?"
+        address = address_key(request.remote or "?")
         if self._per_address[address] >= self.max_per_address:
             self.shell_counters["refused_connections_total"] += 1
             raise web.HTTPTooManyRequests(

@@ -10,6 +10,7 @@ working, and says so in one log line every few seconds instead of an error per a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import resource
@@ -27,6 +28,20 @@ FD_RESERVE = 64
 BACKLOG = 128
 #: At most one "running low on descriptors" line per this many seconds.
 LOG_INTERVAL = 10.0
+
+
+def address_key(address: str) -> str:
+    """Who a limit per address counts: the IPv4 address, or the /64 of an IPv6 one (one
+    host usually holds a whole /64, so counting single IPv6 addresses would be no limit)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class ConnectionGuard:
@@ -106,7 +121,7 @@ class _Guarded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        address = address_key(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
         if not self._guard.admit(address, asyncio.get_running_loop().time()):
             assert isinstance(transport, asyncio.Transport)
             transport.abort()
