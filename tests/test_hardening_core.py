@@ -229,3 +229,25 @@ def test_limits_per_address_count_an_ipv6_host_by_its_64() -> None:
     assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9")
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("::ffff:192.0.2.7") == "192.0.2.7" == address_key("192.0.2.7")
+
+
+def test_members_keep_their_way_in_across_a_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    h = AddressHarness(store)
+    alice = h.connect_from("10.0.0.1", "alice")
+    mid = h.request(alice, "create_meeting", title="t", password="right")["result"]["meeting"]["id"]
+    token = "b" * 40
+    bob = h.connect_from("10.0.0.2", "bob", token)
+    assert h.request(bob, "join_meeting", meeting_id=mid, password="right")["type"] == "ok"
+    restarted = AddressHarness(store)  # a new process on the same database
+    restarted.now = h.now + 1
+    assert restarted.core.restore(restarted.now) == 1
+    for n in range(40):  # a botnet spends the meeting's budget
+        guesser = restarted.connect_from(f"10.1.{n}.1", f"g{n}")
+        restarted.request(guesser, "join_meeting", meeting_id=mid, password=f"guess{n}")
+    carol = restarted.connect_from("10.0.0.3", "carol")
+    assert error_code(restarted.request(carol, "join_meeting", meeting_id=mid,
+                                        password="right")) == "rate_limited"
+    bob = restarted.connect_from("10.0.0.2", "bob", token)
+    reply = restarted.request(bob, "join_meeting", meeting_id=mid, password="right")
+    assert reply["type"] == "ok", reply

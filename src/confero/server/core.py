@@ -22,6 +22,7 @@ from confero.server.names import InvalidName, clean_name
 from confero.server.passwords import hash_password
 from confero.server.ratelimit import GuessLimiter, TokenBucket
 from confero.server.registry import (
+    MAX_ADMITTED,
     MeetingRegistry,
     Notice,
     Participant,
@@ -186,6 +187,8 @@ class SignalingCore:
         self.registry.restore_ended(self.store.recently_ended(10_000))
         for meeting in self.store.open_meetings():
             self.registry.restore(meeting, now)
+            for token_hash in self.store.admitted(meeting.id, MAX_ADMITTED):
+                meeting.admit(token_hash)
             count += 1
         return count
 
@@ -321,6 +324,10 @@ class SignalingCore:
             raise
         if checked:
             self._guesses_by_address.succeeded(conn.address)
+            try:
+                self.store.add_admitted(meeting.id, participant.token_hash)
+            except StoreError as exc:  # only costs a password check after a restart
+                log.error("cannot store an admission: %s", exc)
         return self._join_result(meeting.id, participant), notices
 
     # ------------------------------------------------------------------ requests

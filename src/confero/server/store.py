@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS chat (
     PRIMARY KEY (meeting_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS meetings_ended_at ON meetings(ended_at);
+CREATE TABLE IF NOT EXISTS admitted (
+    meeting_id TEXT NOT NULL REFERENCES meetings(id),
+    token_hash BLOB NOT NULL,
+    PRIMARY KEY (meeting_id, token_hash)
+) WITHOUT ROWID;
 """
 
 DB_FILENAME = "confero.sqlite3"
@@ -169,6 +174,19 @@ class Store:
             "UPDATE meetings SET ended_at = ?, end_reason = ? WHERE id = ?",
             (now, reason, meeting_id),
         )
+        self._write("DELETE FROM admitted WHERE meeting_id = ?", (meeting_id,))
+
+    def add_admitted(self, meeting_id: str, token_hash: bytes) -> None:
+        """Remember that this resume token got into this meeting (survives a restart, so
+        members are not sent back through the password budgets after one)."""
+        self._write("INSERT OR IGNORE INTO admitted (meeting_id, token_hash) VALUES (?, ?)",
+                    (meeting_id, token_hash))
+
+    def admitted(self, meeting_id: str, limit: int) -> list[bytes]:
+        rows = self._db.execute(
+            "SELECT token_hash FROM admitted WHERE meeting_id = ? LIMIT ?", (meeting_id, limit)
+        ).fetchall()
+        return [bytes(row[0]) for row in rows]
 
     def add_chat(self, message: ChatMessage) -> None:
         self._write(
@@ -227,8 +245,9 @@ class Store:
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.execute(f"DELETE FROM chat WHERE meeting_id IN ({old})",
-                                 (ended_before,))
+                for table in ("chat", "admitted"):
+                    self._db.execute(f"DELETE FROM {table} WHERE meeting_id IN ({old})",
+                                     (ended_before,))
                 cursor = self._db.execute(
                     "DELETE FROM meetings WHERE ended_at IS NOT NULL AND ended_at < ?",
                     (ended_before,))
