@@ -209,8 +209,54 @@ def test_lobby_updates_go_only_to_connections_outside_meetings() -> None:
         h.request(churner, "leave_meeting")
         h.now += 1
         h.tick()
-    assert len(h.events(watcher, "meetings_changed")) >= 5
-    assert h.events(member, "meetings_changed") == []
+    deltas = h.events(watcher, "meetings_delta")  # it had the list: only what changed
+    assert len(deltas) >= 4 and all(len(d["changed"]) <= 1 for d in deltas)
+    assert h.events(member, "meetings_changed") == h.events(member, "meetings_delta") == []
+
+
+def truth_is_not_trivial(h: AddressHarness, conn: int) -> bool:
+    return len(h.events(conn, "meetings_delta")) >= 5
+
+
+def test_lobby_deltas_rebuild_the_list_a_client_holds() -> None:
+    """Whatever a watcher's base (a list_meetings reply or a full event), applying the
+    deltas gives the server's list, even for meetings that came and went in between."""
+    h = AddressHarness()
+    lister = h.connect_from("10.0.0.1", "lister")
+    pushed = h.connect_from("10.0.0.2", "pushed")
+    makers = [h.connect_from(f"10.0.1.{n}", f"maker{n}") for n in range(6)]
+    h.request(makers[0], "create_meeting", title="early")
+    h.now += 1
+    h.tick()
+    lobbies: dict[int, dict[str, Any]] = {pushed: {}}
+    h.now += 0.05
+    lobbies[lister] = {m["id"]: m for m in h.request(lister, "list_meetings")["result"][
+        "meetings"]}
+    inside = {makers[0]}
+    for step in range(18):  # meetings come and go, some between two lobby events
+        maker = makers[step * 5 % 6]
+        if maker in inside:
+            assert h.request(maker, "leave_meeting")["type"] == "ok"
+            inside.remove(maker)
+        else:
+            assert h.request(maker, "create_meeting", title=f"s{step}")["type"] == "ok"
+            inside.add(maker)
+        h.now += 0.07
+        h.tick()
+    assert truth_is_not_trivial(h, lister)
+    h.now += 1
+    h.tick()
+    truth = {m["id"]: m for m in h.request(lister, "list_meetings")["result"]["meetings"]}
+    for conn, lobby in lobbies.items():
+        for event in h.inbox[conn]:
+            if event["type"] == "meetings_changed":
+                lobby.clear()
+                lobby.update({m["id"]: m for m in event["meetings"]})
+            elif event["type"] == "meetings_delta":
+                for mid in event["removed"]:
+                    lobby.pop(mid, None)
+                lobby.update({m["id"]: m for m in event["changed"]})
+        assert lobby == truth, conn
 
 
 def test_a_full_store_file_is_reported_by_store_problem_after_deletion(tmp_path: Path

@@ -156,6 +156,8 @@ class Client:
         self._events: asyncio.Queue[ClientEvent] = asyncio.Queue(event_queue_size)
         self._listeners: list[Callable[[ClientEvent], object]] = []
         self._closing = False
+        #: The lobby as the server last described it: ``meetings_delta`` events apply to it.
+        self._lobby: dict[str, sig.MeetingInfo] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,7 +199,8 @@ class Client:
     # ------------------------------------------------------------------ requests
 
     async def list_meetings(self) -> list[sig.MeetingInfo]:
-        result = await self._request(sig.ListMeetings, sig.MeetingsResult)
+        result = await self._request(sig.ListMeetings, sig.MeetingsResult,
+                                     hook=lambda r: self._set_lobby(r.meetings))
         return result.meetings
 
     async def create_meeting(self, title: str, password: str | None = None) -> sig.JoinResult:
@@ -297,6 +300,7 @@ class Client:
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
+        self._lobby = None  # a new connection starts without a list on the server's side
         self._reader = asyncio.create_task(self._read_loop(self._ws))
         try:
             hello = await self._request(
@@ -406,6 +410,19 @@ class Client:
                 except (msgspec.ValidationError, TypeError) as exc:
                     future.set_exception(exc)
             return
+        if isinstance(message, sig.MeetingsDelta):
+            # Listeners always get the whole list: the delta is applied to ours first.
+            if self._lobby is None:
+                log.warning("ignoring a lobby delta without a lobby list to apply it to")
+                return
+            for mid in message.removed:
+                self._lobby.pop(mid, None)
+            for meeting in message.changed:
+                self._lobby[meeting.id] = meeting
+            self._emit(sig.MeetingsChanged(meetings=list(self._lobby.values())))
+            return
+        if isinstance(message, sig.MeetingsChanged):
+            self._set_lobby(message.meetings)
         self._track(message)
         if isinstance(message, sig.ChatEvent):
             if message.message.seq <= self._last_seq:
@@ -500,6 +517,9 @@ class Client:
                 self._emit(RejoinFailed(meeting.id, exc.code, exc.message))
                 return
             # ConnectionLost / TimeoutError propagate: the reconnect loop tries again
+
+    def _set_lobby(self, meetings: list[sig.MeetingInfo]) -> None:
+        self._lobby = {m.id: m for m in meetings}
 
     def _entered(self, result: sig.JoinResult, password: str | None) -> None:
         self.meeting = result.meeting

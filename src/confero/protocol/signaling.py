@@ -265,6 +265,14 @@ class MeetingsChanged(ServerMessage, tag="meetings_changed", frozen=True):
     meetings: list[MeetingInfo]
 
 
+class MeetingsDelta(ServerMessage, tag="meetings_delta", frozen=True):
+    """What changed in the lobby since the previous lobby event: ``changed`` are whole
+    records to insert or replace (new ones go last), ``removed`` ids to drop."""
+
+    changed: list[MeetingInfo]
+    removed: list[str]
+
+
 class ChatEvent(ServerMessage, tag="chat", frozen=True):
     message: ChatMessage
 
@@ -278,7 +286,7 @@ class MediaChanged(ServerMessage, tag="media_changed", frozen=True):
 
 ServerEvent = (
     ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
-    | MediaChanged
+    | MediaChanged | MeetingsDelta
 )
 AnyServerMessage = Ok | Error | ServerEvent
 

@@ -82,6 +82,9 @@ class Connection:
     #: The peer's IP address (empty when unknown): password guesses and chat are budgeted
     #: per address, since opening another socket is free.
     address: str = ""
+    #: It has a lobby list that lobby deltas apply to (from ``list_meetings`` or a full
+    #: ``meetings_changed``); False after hello and while in a meeting.
+    lobby_synced: bool = False
 
 
 @dataclass(slots=True)
@@ -168,6 +171,9 @@ class SignalingCore:
         )
         self._lobby_sent_at = float("-inf")
         self._lobby_pending = False
+        #: The lobby as of the last lobby event, and meetings ended since: the next delta.
+        self._lobby_snapshot: dict[str, sig.MeetingInfo] = {}
+        self._lobby_removed: set[str] = set()
         settings = self.settings
         self._guesses_by_address = GuessLimiter(
             settings.guesses_free_per_address, 1.0, settings.guesses_cap_per_address)
@@ -344,6 +350,7 @@ class SignalingCore:
             case sig.Ping():
                 return sig.Empty()
             case sig.ListMeetings():
+                conn.lobby_synced = True  # deltas from here on apply to this list
                 return sig.MeetingsResult(self.registry.open_meetings())
             case sig.CreateMeeting(title=title, password=password):
                 title = title.strip()
@@ -498,6 +505,7 @@ class SignalingCore:
         for notice in notices:
             event = notice.event
             if isinstance(event, sig.MeetingEnded):
+                self._lobby_removed.add(event.meeting_id)
                 self._chat_by_sender.pop(event.meeting_id, None)
                 try:
                     self.store.end_meeting(event.meeting_id, event.reason, now)
@@ -539,15 +547,31 @@ class SignalingCore:
             return []  # nothing new, or sent very recently: a later call or tick sends it
         self._lobby_pending = False
         self._lobby_sent_at = now
-        # Only those who look at the lobby: people in a meeting do not see the list.
-        greeted = tuple(
-            c.id for c in self._connections.values()
-            if c.participant is not None and self.registry.meeting_of(c.participant.id) is None
-        )
-        if not greeted:
-            return []
-        event = sig.MeetingsChanged(meetings=self.registry.open_meetings())
-        return [Send(greeted, sig.encode(event))]
+        current = {m.id: m for m in self.registry.open_meetings()}
+        changed = [m for mid, m in current.items() if self._lobby_snapshot.get(mid) != m]
+        # Ended since the last event, too: a list_meetings reply may have shown them.
+        removed = sorted((self._lobby_removed | self._lobby_snapshot.keys()) - current.keys())
+        self._lobby_snapshot, self._lobby_removed = current, set()
+        # Only those who look at the lobby: people in a meeting do not see the list. Those
+        # with a list get what changed; the others the whole list once.
+        synced: list[int] = []
+        unsynced: list[int] = []
+        for c in self._connections.values():
+            if c.participant is None:
+                continue
+            if self.registry.meeting_of(c.participant.id) is not None:
+                c.lobby_synced = False
+            else:
+                (synced if c.lobby_synced else unsynced).append(c.id)
+                c.lobby_synced = True
+        actions: list[Action] = []
+        if synced and (changed or removed):
+            delta = sig.MeetingsDelta(changed=changed, removed=removed)
+            actions.append(Send(tuple(synced), sig.encode(delta)))
+        if unsynced:
+            full = sig.MeetingsChanged(meetings=list(current.values()))
+            actions.append(Send(tuple(unsynced), sig.encode(full)))
+        return actions
 
     def _error(self, conn_id: int, error: sig.Error) -> Send:
         self.counters.errors[error.code] += 1
