@@ -229,10 +229,15 @@ def test_lobby_deltas_rebuild_the_list_a_client_holds() -> None:
     h.now += 1
     h.tick()
     lobbies: dict[int, dict[str, Any]] = {pushed: {}}
-    h.now += 0.05
+    h.request(makers[2], "create_meeting", title="Y")  # a lobby event goes out now ...
+    h.now += 0.05  # ... and before the next one X comes, is listed, and goes
+    h.request(makers[1], "create_meeting", title="X")
     lobbies[lister] = {m["id"]: m for m in h.request(lister, "list_meetings")["result"][
         "meetings"]}
-    inside = {makers[0]}
+    start = {pushed: 0, lister: len(h.inbox[lister])}  # the lister's base is its reply
+    assert "X" in [m["title"] for m in lobbies[lister].values()]
+    h.request(makers[1], "leave_meeting")
+    inside = {makers[0], makers[2]}
     for step in range(18):  # meetings come and go, some between two lobby events
         maker = makers[step * 5 % 6]
         if maker in inside:
@@ -248,7 +253,7 @@ def test_lobby_deltas_rebuild_the_list_a_client_holds() -> None:
     h.tick()
     truth = {m["id"]: m for m in h.request(lister, "list_meetings")["result"]["meetings"]}
     for conn, lobby in lobbies.items():
-        for event in h.inbox[conn]:
+        for event in h.inbox[conn][start[conn]:]:
             if event["type"] == "meetings_changed":
                 lobby.clear()
                 lobby.update({m["id"]: m for m in event["meetings"]})
