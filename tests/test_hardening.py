@@ -526,3 +526,40 @@ async def test_look_alike_and_invisible_names_are_refused(connect: ClientFactory
     fine = await connect("\u0430\u043d\u044f")  # Cyrillic "аня" is a name of its own
     await fine.join(mid)
 
+
+
+async def test_lobby_churn_sends_deltas_not_the_whole_list(connect: ClientFactory,
+                                                           server: ServerProcess) -> None:
+    """20 meetings open; one person creates and leaves a meeting over and over. Before,
+    each change sent every watcher the whole list (~4 kB here); now only what changed."""
+    for n in range(20):
+        await (await connect(f"host{n}")).create_meeting(f"standing meeting number {n}")
+    churner = await connect("churner")
+    library_watcher = await connect("watcher")
+    await library_watcher.list_meetings()
+    async with raw_ws(server.url) as ws:
+        assert (await call(ws, "hello", 1, version=1, name="raw watcher"))["type"] == "ok"
+        listed = await call(ws, "list_meetings", 2)
+        full_size = len(json.dumps(listed["result"]))
+        for n in range(5):
+            await churner.create_meeting(f"churn {n}")
+            await churner.leave()
+        await churner.create_meeting("final")
+        sizes: list[int] = []
+        async with asyncio.timeout(WaitTimeout):
+            while True:
+                frame = await ws.receive_str()
+                event = json.loads(frame)
+                assert event["type"] == "meetings_delta", event["type"]
+                sizes.append(len(frame))
+                if "final" in [m["title"] for m in event["changed"]]:
+                    break
+    assert full_size > 3000 and max(sizes) < 600, (full_size, sizes)
+    # The client library applies the deltas: its listeners still see the whole list.
+    async with asyncio.timeout(WaitTimeout):
+        while True:
+            event = await library_watcher.wait_for(lambda e: isinstance(e, MeetingsChanged))
+            assert isinstance(event, MeetingsChanged)
+            if "final" in [m.title for m in event.meetings]:
+                break
+    assert len(event.meetings) == 21 and event.meetings[-1].title == "final"
