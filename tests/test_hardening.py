@@ -355,10 +355,10 @@ async def wait_log(log_path: Path, text: str) -> str:
 async def test_running_low_on_descriptors_is_one_clear_line_and_the_server_recovers(
     logged_server: Callable[..., tuple[ServerProcess, Path]],
 ) -> None:
-    server, log_path = logged_server("--idle-timeout", "600", nofile=300)
+    server, log_path = logged_server("--idle-timeout", "600", nofile=400)
     held: list[socket.socket] = []
     try:
-        for n in range(300):  # from many addresses: the per-address cap is not what stops it
+        for n in range(400):  # from many addresses: the per-address cap is not what stops it
             held.append(idle_socket(server, f"127.0.{n // 4 + 1}.{n % 4 + 2}"))
         content = await wait_log(log_path, "running low on file descriptors")
         assert "ulimit -n" in content and "Traceback" not in content
@@ -554,7 +554,10 @@ async def test_lobby_churn_sends_deltas_not_the_whole_list(connect: ClientFactor
                 sizes.append(len(frame))
                 if "final" in [m["title"] for m in event["changed"]]:
                     break
-    assert full_size > 3000 and max(sizes) < 600, (full_size, sizes)
+    # The first delta may catch up on the hosts' meetings (changes are coalesced); every
+    # later one is a churn step: one record and a few ids, not the whole list.
+    assert full_size > 3000 and sizes[0] < full_size, (full_size, sizes)
+    assert all(size < 600 for size in sizes[1:]), (full_size, sizes)
     # The client library applies the deltas: its listeners still see the whole list.
     async with asyncio.timeout(WaitTimeout):
         while True:

@@ -35,6 +35,7 @@ from confero.server.guard import (
     address_key,
     connection_budget,
     install_accept_error_handler,
+    raise_fd_limit,
 )
 from confero.server.media_app import MediaServer
 from confero.server.media_router import MediaRouter
@@ -392,6 +393,9 @@ async def serve(config: ServerConfig) -> None:
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False,
                            keepalive_timeout=config.idle_timeout)
     await runner.setup()
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("raised the file descriptor limit from %d to %d", before, after)
     guard = ConnectionGuard(config.max_sockets_per_address, connection_budget())
     install_accept_error_handler(asyncio.get_running_loop(), guard)
     server.guard = guard

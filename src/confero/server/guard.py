@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 #: Descriptors kept free for the database, the media socket, logs and the like.
 FD_RESERVE = 64
 #: The listening socket's backlog; also how many sockets asyncio accepts in one burst.
-BACKLOG = 128
+BACKLOG = 64
+#: Accept bursts that can be open before the guard has refused (and closed) any of them:
+#: asyncio accepts a burst, makes the transports a loop pass later, calls connection_made
+#: one more pass later, and closes an aborted socket yet another pass later.
+BURSTS_IN_FLIGHT = 3
 #: At most one "running low on descriptors" line per this many seconds.
 LOG_INTERVAL = 10.0
 
@@ -103,12 +107,26 @@ def open_fds() -> int:
 def connection_budget(backlog: int = BACKLOG) -> int:
     """Connections the process can take now without running out of descriptors.
 
-    asyncio accepts up to ``backlog`` sockets in one burst before any of them reaches the
-    guard, so that many are kept free besides the reserve."""
+    asyncio accepts sockets in bursts of ``backlog`` before any of them reaches the guard,
+    so the descriptors of a few bursts are kept free besides the reserve."""
     limit = fd_limit()
     if limit == resource.RLIM_INFINITY:
         return 1 << 20
-    return max(8, limit - open_fds() - FD_RESERVE - backlog)
+    return max(8, limit - open_fds() - FD_RESERVE - BURSTS_IN_FLIGHT * backlog)
+
+
+def raise_fd_limit(target: int = 65536) -> tuple[int, int]:
+    """Raise the soft descriptor limit towards the hard one (the usual soft 1024 is what
+    idle sockets exhausted); returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, wanted
+    return soft, soft
 
 
 class _Guarded(asyncio.Protocol):
