@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -46,7 +47,7 @@ from confero.media.audio import (
 )
 from confero.media.video import Vp8Decoder, make_video_encoder
 from confero.media.vpx import EncodedFrame
-from confero.netutil import enlarge_socket_buffers
+from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
@@ -123,6 +124,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._sock: socket.socket | None = None
         self._video_task: asyncio.Task[None] | None = None
         self._audio_task: asyncio.Task[None] | None = None
         self._playout_task: asyncio.Task[None] | None = None
@@ -159,6 +161,8 @@ class MediaSession(asyncio.DatagramProtocol):
                                        receive_video=self._receive_video)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
+        self._sock = transport.get_extra_info("socket")
+        enable_receive_timestamps(self._sock)
         enlarge_socket_buffers(transport, 1024 * 1024)
         self._service()
         self.set_device_playout(self._device_playout)
@@ -209,7 +213,7 @@ class MediaSession(asyncio.DatagramProtocol):
         if endpoint is None or self._closed:
             return
         with self._lock:
-            endpoint.receive_datagram(data, time.monotonic())
+            endpoint.receive_datagram(data, arrival_time(self._sock))
         self._service()
 
     def _on_timer(self) -> None:
