@@ -1,0 +1,255 @@
+"""Audio quality through a real server: dropouts and clicks, glitches under CPU load, latency.
+
+    .venv/bin/python bench/audio_quality.py toggle   # 3 bots, the third toggling its mic
+    .venv/bin/python bench/audio_quality.py hogs     # 4 bots, two busy loops beside them
+    .venv/bin/python bench/audio_quality.py latency  # media_bench's audio latency path
+    .venv/bin/python bench/audio_quality.py all
+
+Each prints JSON. The server is a real ``confero server`` process on loopback; the
+participants are ``confero bot`` processes sending steady sine tones (not multiples of
+50 Hz, so a 20 ms window never holds whole periods of them by accident). The listener
+records what it plays (``--record``: audio.wav, one 20 ms frame per playout tick) and the
+recording is analysed window by window (20 ms): the expected tones are fitted by least
+squares (a sine and a cosine per tone, so any phase fits), which gives each tone's
+amplitude and a residual (everything that is not the tones: codec noise, and clicks).
+
+- a *dropout* frame: a tone's fitted amplitude falls below half its median;
+- a *click* frame: the residual's RMS is above four times its median and above 2 % of
+  full scale (so codec noise on a quiet stretch never counts);
+- a *glitch* frame: either of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from media_bench import MACHINE, Server, bench_audio_async
+
+WINDOW = 960  # 20 ms at 48 kHz
+RATE = 48_000
+CLICK_FLOOR = 0.02 * 32768
+
+
+class Bot:
+    """A ``confero bot`` process steered through its stdin; its events are read on a
+    thread so a full pipe never blocks it."""
+
+    def __init__(self, server: Server, name: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "confero.cli", "bot", "--server", server.url,
+             "--name", name, "--video", "none", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._first = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                continue
+            self._first.set()
+
+    def first(self, timeout: float = 30) -> dict[str, Any]:
+        if not self._first.wait(timeout):
+            raise RuntimeError("bot printed nothing")
+        return self.events[0]
+
+    def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 30) -> dict[str, Any] | None:
+        try:
+            self.say("leave")
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self._reader.join(5)
+        return next((e for e in self.events if e.get("event") == "done"), None)
+
+
+def read_wav(path: Path) -> npt.NDArray[np.float64]:
+    with wave.open(str(path), "rb") as wav:
+        data = wav.readframes(wav.getnframes())
+    return np.frombuffer(data, dtype="<i2").astype(np.float64)
+
+
+def analyse(samples: npt.NDArray[np.float64], tones: list[float], absent: list[float],
+            skip_seconds: float) -> dict[str, Any]:
+    """Per 20 ms window: amplitudes of ``tones`` (expected) and ``absent`` (must not be
+    heard, e.g. the listener's own tone), and the residual."""
+    start = int(skip_seconds * RATE) // WINDOW * WINDOW
+    body = samples[start:]
+    count = len(body) // WINDOW
+    if count < 10:
+        raise RuntimeError(f"recording too short: {len(samples)} samples")
+    frames = body[: count * WINDOW].reshape(count, WINDOW)
+    t = np.arange(WINDOW) / RATE
+    freqs = [*tones, *absent]
+    basis = np.column_stack(
+        [f(2 * np.pi * freq * t) for freq in freqs for f in (np.sin, np.cos)]
+        + [np.ones(WINDOW)]
+    )
+    coeffs, *_ = np.linalg.lstsq(basis, frames.T, rcond=None)
+    fitted = (basis @ coeffs).T
+    residual = np.sqrt(np.mean((frames - fitted) ** 2, axis=1))
+    amplitude = np.sqrt(coeffs[0:-1:2] ** 2 + coeffs[1::2] ** 2).T  # (count, len(freqs))
+    expected = amplitude[:, : len(tones)]
+    medians = np.median(expected, axis=0)
+    dropout = (expected < 0.5 * medians).any(axis=1)
+    click = (residual > 4 * np.median(residual)) & (residual > CLICK_FLOOR)
+    glitch = dropout | click
+    minutes = count * WINDOW / RATE / 60
+    leak = amplitude[:, len(tones):]
+    return {
+        "frames": int(count),
+        "dropout_frames": int(dropout.sum()),
+        "click_frames": int(click.sum()),
+        "glitch_frames": int(glitch.sum()),
+        "dropouts_per_minute": round(float(dropout.sum()) / minutes, 2),
+        "clicks_per_minute": round(float(click.sum()) / minutes, 2),
+        "glitch_percent": round(100 * float(glitch.sum()) / count, 3),
+        "tone_amplitude_median": [round(float(m), 1) for m in medians],
+        "residual_rms_median": round(float(np.median(residual)), 1),
+        "residual_rms_max": round(float(residual.max()), 1),
+        "peak_abs": int(np.abs(frames).max()),
+        "own_tone_amplitude_max": (
+            [round(float(a), 1) for a in leak.max(axis=0)] if absent else []),
+        "dropout_at_s": [round(skip_seconds + i * WINDOW / RATE, 2)
+                         for i in np.flatnonzero(dropout)[:40]],
+        "click_at_s": [round(skip_seconds + i * WINDOW / RATE, 2)
+                       for i in np.flatnonzero(click)[:40]],
+    }
+
+
+def server_mixer_counts(server: Server) -> dict[str, float]:
+    body = urllib.request.urlopen(server.http + "metrics", timeout=5).read().decode()
+    counts: dict[str, float] = {}
+    for kind, value in re.findall(r'^confero_mixer_frames\{[^}]*kind="(\w+)"[^}]*\} (\S+)$',
+                                  body, re.M):
+        counts[kind] = counts.get(kind, 0.0) + float(value)
+    return counts
+
+
+def run_meeting(seconds: float, talkers: list[float], toggler_tone: float | None,
+                toggle_every: float) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    """``talkers`` bots send steady tones; one more bot (the listener) records, and when
+    ``toggler_tone`` is set sends that tone with its mic toggled every ``toggle_every``."""
+    server = Server()
+    bots: list[Bot] = []
+    record = tempfile.TemporaryDirectory()
+    try:
+        first = Bot(server, "t0", "--create", "audio quality", "--audio", f"sine:{talkers[0]}",
+                    "--duration", str(seconds + 10))
+        bots.append(first)
+        meeting = first.first()["meeting_id"]
+        for i, tone in enumerate(talkers[1:], 1):
+            bots.append(Bot(server, f"t{i}", "--join", meeting, "--audio", f"sine:{tone}",
+                            "--duration", str(seconds + 10)))
+        audio = f"sine:{toggler_tone}" if toggler_tone else "none"
+        listener = Bot(server, "listener", "--join", meeting, "--audio", audio,
+                       "--record", record.name, "--duration", str(seconds + 10))
+        bots.append(listener)
+        for bot in bots:
+            bot.first()
+        started = time.monotonic()
+        toggles = 0
+        mic_on = toggler_tone is not None
+        while (elapsed := time.monotonic() - started) < seconds:
+            if toggler_tone is not None and elapsed >= (toggles + 1) * toggle_every:
+                mic_on = not mic_on
+                listener.say("mic on" if mic_on else "mic off")
+                toggles += 1
+            time.sleep(0.01)  # a bench's pacing loop, not a test's synchronisation
+        counts = server_mixer_counts(server)
+        summaries = [bot.finish() for bot in bots]
+        samples = read_wav(Path(record.name) / "audio.wav")
+    finally:
+        for bot in bots:
+            if bot.proc.poll() is None:
+                bot.proc.terminate()
+                bot.proc.wait(10)
+        server.close()
+        record.cleanup()
+    listener_audio = (summaries[-1] or {}).get("stats", {}).get("audio", {})
+    return samples, {"toggles": toggles, "server_mixer": counts,
+                     "listener_audio_stats": listener_audio}
+
+
+def bench_toggle(seconds: float) -> dict[str, Any]:
+    tones, own = [437.0, 613.0], 811.0
+    samples, info = run_meeting(seconds, tones, own, 1.5)
+    return {
+        "bench": "audio_toggle",
+        "scenario": "loopback, real server, 3 bots: two steady tones (437, 613 Hz), the "
+                    "third (the recorded listener) toggling its 811 Hz mic every 1.5 s",
+        "seconds": seconds,
+        **info,
+        **analyse(samples, tones, [own], skip_seconds=3.0),
+        "machine": MACHINE,
+    }
+
+
+def bench_hogs(seconds: float, hogs: int) -> dict[str, Any]:
+    tones = [437.0, 613.0, 787.0]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+    try:
+        samples, info = run_meeting(seconds, tones, None, 0)
+    finally:
+        for proc in busy:
+            proc.terminate()
+            proc.wait(10)
+    return {
+        "bench": "audio_under_cpu_load",
+        "scenario": f"loopback, real server, 4 bots (3 steady tones, 1 recorded listener), "
+                    f"{hogs} busy-looping processes",
+        "seconds": seconds,
+        **info,
+        **analyse(samples, tones, [], skip_seconds=3.0),
+        "machine": MACHINE,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", choices=["toggle", "hogs", "latency", "all"])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--hogs", type=int, default=2)
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    if args.which in ("toggle", "all"):
+        results.append(bench_toggle(args.seconds))
+    if args.which in ("hogs", "all"):
+        results.append(bench_hogs(args.seconds, args.hogs))
+    if args.which in ("latency", "all"):
+        results.append(asyncio.run(bench_audio_async(min(args.seconds, 15.0))))
+    print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
