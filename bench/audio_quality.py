@@ -1,6 +1,7 @@
 """Audio quality through a real server: dropouts and clicks, glitches under CPU load, latency.
 
     .venv/bin/python bench/audio_quality.py toggle   # 3 bots, the third toggling its mic
+    .venv/bin/python bench/audio_quality.py stream   # the same, the third in this process
     .venv/bin/python bench/audio_quality.py hogs     # 4 bots, two busy loops beside them
     .venv/bin/python bench/audio_quality.py latency  # media_bench's audio latency path
     .venv/bin/python bench/audio_quality.py all
@@ -17,13 +18,20 @@ amplitude and a residual (everything that is not the tones: codec noise, and cli
 - a *click* frame: the residual's RMS is above four times its median and above 2 % of
   full scale (so codec noise on a quiet stretch never counts);
 - a *glitch* frame: either of them.
+
+``toggle`` measures end to end (server and the bot's client playout); ``stream`` isolates
+the server: the toggling listener lives in this process, keeps every mixed packet it
+receives, and afterwards decodes them in RTP timestamp order with one decoder (Opus PLC
+for a missing timestamp), i.e. what an ideal client with no timing problems would play.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +46,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from media_bench import MACHINE, Server, bench_audio_async
+
+from confero.client import Client
+from confero.media.audio import OpusEncoder, SineSource
+from confero.media.opus import Decoder
+from confero.protocol import rtcp
+from confero.protocol.profile import AUDIO_PAYLOAD_TYPE, EXT_AUDIO_LEVEL
+from confero.protocol.rtp import RtpError, RtpPacket, Unwrapper, is_rtcp
+from confero.protocol.signaling import MediaGrant
+from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
 
 WINDOW = 960  # 20 ms at 48 kHz
 RATE = 48_000
@@ -80,10 +97,8 @@ class Bot:
         self.proc.stdin.flush()
 
     def finish(self, timeout: float = 30) -> dict[str, Any] | None:
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.say("leave")
-        except (BrokenPipeError, OSError):
-            pass
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -100,9 +115,11 @@ def read_wav(path: Path) -> npt.NDArray[np.float64]:
 
 
 def analyse(samples: npt.NDArray[np.float64], tones: list[float], absent: list[float],
-            skip_seconds: float) -> dict[str, Any]:
+            skip_seconds: float, marks: list[int] | None = None) -> dict[str, Any]:
     """Per 20 ms window: amplitudes of ``tones`` (expected) and ``absent`` (must not be
-    heard, e.g. the listener's own tone), and the residual."""
+    heard, e.g. the listener's own tone), and the residual. ``marks`` (window indices from
+    the start of ``samples``, e.g. where the mic toggled) split the glitches into those
+    within 240 ms after a mark (from 40 ms before) and the others."""
     start = int(skip_seconds * RATE) // WINDOW * WINDOW
     body = samples[start:]
     count = len(body) // WINDOW
@@ -126,7 +143,17 @@ def analyse(samples: npt.NDArray[np.float64], tones: list[float], absent: list[f
     glitch = dropout | click
     minutes = count * WINDOW / RATE / 60
     leak = amplitude[:, len(tones):]
+    near = np.zeros(count, dtype=bool)
+    for mark in marks or []:
+        first = mark - start // WINDOW
+        near[max(0, first - 2): max(0, first + 12)] = True
+    split = {
+        "glitch_frames_near_toggles": int((glitch & near).sum()),
+        "glitch_frames_elsewhere": int((glitch & ~near).sum()),
+        "frames_near_toggles": int(near.sum()),
+    } if marks else {}
     return {
+        **split,
         "frames": int(count),
         "dropout_frames": int(dropout.sum()),
         "click_frames": int(click.sum()),
@@ -150,8 +177,8 @@ def analyse(samples: npt.NDArray[np.float64], tones: list[float], absent: list[f
 def server_mixer_counts(server: Server) -> dict[str, float]:
     body = urllib.request.urlopen(server.http + "metrics", timeout=5).read().decode()
     counts: dict[str, float] = {}
-    for kind, value in re.findall(r'^confero_mixer_frames\{[^}]*kind="(\w+)"[^}]*\} (\S+)$',
-                                  body, re.M):
+    pattern = r'^confero_mixer_frames(?:_total)?\{[^}]*op="(\w+)"[^}]*\} (\S+)$'
+    for kind, value in re.findall(pattern, body, re.M):
         counts[kind] = counts.get(kind, 0.0) + float(value)
     return counts
 
@@ -211,6 +238,141 @@ def bench_toggle(seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         **info,
         **analyse(samples, tones, [own], skip_seconds=3.0),
+        "load_average": os.getloadavg(),
+        "machine": MACHINE,
+    }
+
+
+class RawListener(asyncio.DatagramProtocol):
+    """The toggling participant, on raw SRTP/UDP: sends its tone while the mic is on and
+    keeps every mixed audio packet (timestamp, payload)."""
+
+    def __init__(self, grant: MediaGrant) -> None:
+        self.grant = grant
+        self.srtp = SrtpContext(tx_key=decode_key(grant.key_up), rx_key=decode_key(grant.key_down))
+        self.transport: Any = None
+        self.received: list[tuple[float, int, bytes]] = []  # arrival, timestamp, payload
+        self.audio_seq = 0
+        self.source = SineSource(811.0)
+        self.encoder = OpusEncoder()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.transport.sendto(self.srtp.protect_rtcp(
+            rtcp.ReceiverReport(self.grant.audio_ssrc).pack()))
+
+    def send_audio(self, index: int) -> None:
+        payload = self.encoder.encode(self.source.next_frame())
+        self.audio_seq = (self.audio_seq + 1) & 0xFFFF
+        packet = RtpPacket(AUDIO_PAYLOAD_TYPE, self.audio_seq, index * 960 & 0xFFFFFFFF,
+                           self.grant.audio_ssrc, payload,
+                           extensions={EXT_AUDIO_LEVEL: bytes([0x80 | 20])})
+        self.transport.sendto(self.srtp.protect_rtp(packet.serialize()))
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if is_rtcp(data):
+            return
+        try:
+            packet = RtpPacket.parse(self.srtp.unprotect_rtp(data))
+        except (SrtpError, RtpError):
+            return
+        if packet.payload_type == AUDIO_PAYLOAD_TYPE:
+            self.received.append((time.monotonic(), packet.timestamp, packet.payload))
+
+
+def decode_stream(received: list[tuple[float, int, bytes]], toggled_at: list[float]
+                  ) -> tuple[npt.NDArray[np.float64], list[int]]:
+    """Every packet at its timestamp, one continuous decoder, PLC for the gaps (up to
+    5 frames; longer gaps are the server sending nothing, played as silence). Also the
+    output frame at which each toggle took effect (the first packet that arrived after)."""
+    decoder = Decoder()
+    unwrap = Unwrapper(32)
+    frames: dict[int, bytes] = {}
+    arrivals: list[tuple[float, int]] = []
+    for arrival, timestamp, payload in received:
+        index = unwrap.unwrap(timestamp) // 960
+        frames[index] = payload
+        arrivals.append((arrival, index))
+    first, last = min(frames), max(frames)
+    marks = []
+    for moment in toggled_at:
+        after = [index for arrival, index in arrivals if arrival >= moment]
+        if after:
+            marks.append(after[0] - first)
+    out: list[npt.NDArray[np.int16]] = []
+    missing = 0
+    for index in range(first, last + 1):
+        payload = frames.get(index)
+        if payload is not None:
+            out.append(decoder.decode(payload))
+            missing = 0
+        else:
+            missing += 1
+            out.append(decoder.conceal() if missing <= 5 else np.zeros(960, np.int16))
+    return np.concatenate(out).astype(np.float64), marks
+
+
+async def stream_meeting(seconds: float, tones: list[float],
+                         toggle_every: float) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    server = Server()
+    bots: list[Bot] = []
+    loop = asyncio.get_running_loop()
+    try:
+        first = Bot(server, "t0", "--create", "audio quality", "--audio", f"sine:{tones[0]}",
+                    "--duration", str(seconds + 10))
+        bots.append(first)
+        meeting = first.first()["meeting_id"]
+        for i, tone in enumerate(tones[1:], 1):
+            bots.append(Bot(server, f"t{i}", "--join", meeting, "--audio", f"sine:{tone}",
+                            "--duration", str(seconds + 10)))
+        for bot in bots:
+            bot.first()
+        async with Client(server.url, "toggler") as client:
+            grant = (await client.join(meeting)).media
+            assert grant is not None
+            transport, listener = await loop.create_datagram_endpoint(
+                lambda: RawListener(grant), remote_addr=("127.0.0.1", grant.port))
+            start = loop.time()
+            index = toggles = 0
+            mic_on = True
+            toggled_at: list[float] = []
+            while (elapsed := loop.time() - start) < seconds:
+                if elapsed >= (toggles + 1) * toggle_every:
+                    mic_on, toggles = not mic_on, toggles + 1
+                    toggled_at.append(time.monotonic())
+                if mic_on:
+                    listener.send_audio(index)
+                index += 1
+                await asyncio.sleep(max(0.0, start + index * 0.02 - loop.time()))
+            counts = server_mixer_counts(server)
+            transport.close()
+        for bot in bots:
+            bot.finish()
+    finally:
+        for bot in bots:
+            if bot.proc.poll() is None:
+                bot.proc.terminate()
+                bot.proc.wait(10)
+        server.close()
+    samples, marks = decode_stream(listener.received, toggled_at)
+    return samples, {
+        "marks": marks, "toggles": toggles, "server_mixer": counts,
+        "packets_received": len(listener.received)}
+
+
+def bench_stream(seconds: float) -> dict[str, Any]:
+    tones, own = [437.0, 613.0], 811.0
+    samples, info = asyncio.run(stream_meeting(seconds, tones, 1.5))
+    marks = info.pop("marks")
+    return {
+        "bench": "audio_toggle_server_stream",
+        "scenario": "as audio_toggle, but the toggling listener is raw SRTP/UDP in the bench "
+                    "process and its received mix is decoded in timestamp order afterwards "
+                    "(the server's part alone, no client playout timing)",
+        "seconds": seconds,
+        **info,
+        **analyse(samples, tones, [own], skip_seconds=3.0, marks=marks),
+        "load_average": os.getloadavg(),
         "machine": MACHINE,
     }
 
@@ -231,19 +393,22 @@ def bench_hogs(seconds: float, hogs: int) -> dict[str, Any]:
         "seconds": seconds,
         **info,
         **analyse(samples, tones, [], skip_seconds=3.0),
+        "load_average": os.getloadavg(),
         "machine": MACHINE,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["toggle", "hogs", "latency", "all"])
+    parser.add_argument("which", choices=["toggle", "stream", "hogs", "latency", "all"])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--hogs", type=int, default=2)
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     if args.which in ("toggle", "all"):
         results.append(bench_toggle(args.seconds))
+    if args.which in ("stream", "all"):
+        results.append(bench_stream(args.seconds))
     if args.which in ("hogs", "all"):
         results.append(bench_hogs(args.seconds, args.hogs))
     if args.which in ("latency", "all"):
