@@ -180,6 +180,8 @@ def server_mixer_counts(server: Server) -> dict[str, float]:
     pattern = r'^confero_mixer_frames(?:_total)?\{[^}]*op="(\w+)"[^}]*\} (\S+)$'
     for kind, value in re.findall(pattern, body, re.M):
         counts[kind] = counts.get(kind, 0.0) + float(value)
+    busy = re.findall(r'^confero_mixer_busy_seconds(?:_total)?\{[^}]*\} (\S+)$', body, re.M)
+    counts["busy_seconds"] = round(sum(float(b) for b in busy), 3)
     return counts
 
 

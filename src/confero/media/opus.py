@@ -139,13 +139,17 @@ class Encoder:
         fec: bool = True,
         complexity: int = 10,
         application: int = APPLICATION_VOIP,
+        voice: bool = True,
     ) -> None:
         lib = _opus()
         self._state = ctypes.create_string_buffer(lib.opus_encoder_get_size(CHANNELS))
         _check(lib.opus_encoder_init(self._state, SAMPLE_RATE, CHANNELS, application),
                "opus_encoder_init")
         self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
-        self._ctl(_SET_SIGNAL, _SIGNAL_VOICE)
+        if voice:  # keeps libopus in the speech modes (SILK, hybrid), where FEC exists
+            self._ctl(_SET_SIGNAL, _SIGNAL_VOICE)
+        if not 0 <= complexity <= 10:
+            raise ValueError(f"Opus complexity out of range: {complexity}")
         self._ctl(_SET_COMPLEXITY, complexity)
         self.set_bitrate(bitrate)
         self.set_fec(fec)
