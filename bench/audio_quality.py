@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/audio_quality.py toggle   # 3 bots, the third toggling its mic
     .venv/bin/python bench/audio_quality.py stream   # the same, the third in this process
+    .venv/bin/python bench/audio_quality.py sim      # the same scenario, the server's mixer
+                                                     # alone on a virtual clock (no load noise)
     .venv/bin/python bench/audio_quality.py hogs     # 4 bots, two busy loops beside them
     .venv/bin/python bench/audio_quality.py latency  # media_bench's audio latency path
     .venv/bin/python bench/audio_quality.py all
@@ -379,6 +381,78 @@ def bench_stream(seconds: float) -> dict[str, Any]:
     }
 
 
+def _wakes(rng: Any, ticks: int, stall_p: float, stall_max: float, offset: float
+           ) -> list[tuple[float, int]]:
+    """When a 20 ms asyncio clock (confero.pacing.Pacer) really runs, on a machine where a
+    wake-up is late by up to ``stall_max`` s with probability ``stall_p``: (time, tick)."""
+    out: list[tuple[float, int]] = []
+    due, now = offset, 0.0
+    while due < ticks * 0.02:
+        now = max(now, due)
+        if rng.random() < stall_p:
+            now += rng.uniform(0.0, stall_max)
+        if now - due > 5 * 0.02:  # the Pacer gives up on missed ticks
+            due = now
+        out.append((now, round((due - offset) / 0.02)))
+        due += 0.02
+    return out
+
+
+def bench_sim(seconds: float, spike: float, stall_p: float, stall_max: float,
+              seed: int = 1) -> dict[str, Any]:
+    """The toggling scenario through the server's mixer alone (sans-I/O), on a virtual
+    clock. Packets arrive in order, 0-3 ms late and one in ten up to ``spike`` s late (the
+    network); every sender and the mixer run on their own 20 ms clocks whose wake-ups may
+    stall (``stall_p``, ``stall_max``: a busy machine); the toggler's received mix is
+    decoded by one continuous decoder. Deterministic, so it compares code, not machines."""
+    import random
+
+    from confero.server.mixer import MeetingMixer
+
+    rng = random.Random(seed)
+    tones = {"a": 437.0, "b": 613.0}
+    senders = {pid: (SineSource(hz), OpusEncoder()) for pid, hz in {**tones, "c": 811.0}.items()}
+    mixer = MeetingMixer()
+    for pid in senders:
+        mixer.add(pid)
+    ticks = int(seconds / 0.02)
+    toggle = 75  # 1.5 s
+    events: list[tuple[float, int, str, int, bytes]] = []
+    for i, (pid, (source, encoder)) in enumerate(senders.items()):
+        arrival = 0.0
+        for sent, n in _wakes(rng, ticks, stall_p, stall_max, 0.003 * i):
+            payload = encoder.encode(source.next_frame())
+            if pid == "c" and (n // toggle) % 2 == 1:
+                continue
+            late = rng.uniform(0.0, spike if rng.random() < 0.1 else 0.003)
+            arrival = max(arrival, sent + late)
+            events.append((arrival, 0, pid, n, payload))
+    events += [(now, 1, "", k, b"") for now, k in _wakes(rng, ticks, stall_p, stall_max, 0.01)]
+    decoder = Decoder()
+    out: list[npt.NDArray[np.int16]] = []
+    for now, kind, pid, n, payload in sorted(events, key=lambda e: (e[0], e[1])):
+        if kind == 0:
+            mixer.push(pid, n * 960, payload, 20, now)
+            continue
+        mix = mixer.mix().get("c")
+        out.append(decoder.decode(mix) if mix else decoder.conceal())
+    samples = np.concatenate(out).astype(np.float64)
+    marks = list(range(toggle, ticks, toggle))
+    stats = mixer.stats
+    return {
+        "bench": "audio_toggle_mixer_sim",
+        "scenario": "the toggle scenario through MeetingMixer on a virtual clock; arrival "
+                    f"jitter 0-3 ms plus one packet in ten up to {spike * 1000:.0f} ms late; "
+                    f"clock wake-ups stalled with p={stall_p} by up to {stall_max * 1000:.0f} ms",
+        "seconds": seconds,
+        "server_mixer": {"decoded": stats.decoded, "encoded": stats.encoded,
+                         "concealed": stats.concealed,
+                         "mixer_ms_per_tick": round(stats.busy_seconds / ticks * 1000, 3)},
+        **analyse(samples, list(tones.values()), [811.0], skip_seconds=1.0, marks=marks),
+        "machine": MACHINE,
+    }
+
+
 def bench_hogs(seconds: float, hogs: int) -> dict[str, Any]:
     tones = [437.0, 613.0, 787.0]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
@@ -402,15 +476,23 @@ def bench_hogs(seconds: float, hogs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["toggle", "stream", "hogs", "latency", "all"])
+    parser.add_argument("which", choices=["toggle", "stream", "sim", "hogs", "latency", "all"])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--hogs", type=int, default=2)
+    parser.add_argument("--spike", type=float, default=0.030,
+                        help="sim: the latest a packet arrives, in seconds")
+    parser.add_argument("--stall-p", type=float, default=0.0,
+                        help="sim: share of clock wake-ups that are late")
+    parser.add_argument("--stall-max", type=float, default=0.0,
+                        help="sim: the latest such a wake-up is, in seconds")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     if args.which in ("toggle", "all"):
         results.append(bench_toggle(args.seconds))
     if args.which in ("stream", "all"):
         results.append(bench_stream(args.seconds))
+    if args.which in ("sim", "all"):
+        results.append(bench_sim(args.seconds, args.spike, args.stall_p, args.stall_max))
     if args.which in ("hogs", "all"):
         results.append(bench_hogs(args.seconds, args.hogs))
     if args.which in ("latency", "all"):
