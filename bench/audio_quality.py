@@ -16,7 +16,8 @@ recording is analysed window by window (20 ms): the expected tones are fitted by
 squares (a sine and a cosine per tone, so any phase fits), which gives each tone's
 amplitude and a residual (everything that is not the tones: codec noise, and clicks).
 
-- a *dropout* frame: a tone's fitted amplitude falls below half its median;
+- a *dropout* frame: a tone's fitted amplitude falls below half of what was sent
+  (``SineSource``'s 8000);
 - a *click* frame: the residual's RMS is above four times its median and above 2 % of
   full scale (so codec noise on a quiet stretch never counts);
 - a *glitch* frame: either of them.
@@ -61,6 +62,7 @@ from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
 WINDOW = 960  # 20 ms at 48 kHz
 RATE = 48_000
 CLICK_FLOOR = 0.02 * 32768
+SENT_AMPLITUDE = 8000.0  # the bots' sine:HZ sources
 
 
 class Bot:
@@ -140,7 +142,7 @@ def analyse(samples: npt.NDArray[np.float64], tones: list[float], absent: list[f
     amplitude = np.sqrt(coeffs[0:-1:2] ** 2 + coeffs[1::2] ** 2).T  # (count, len(freqs))
     expected = amplitude[:, : len(tones)]
     medians = np.median(expected, axis=0)
-    dropout = (expected < 0.5 * medians).any(axis=1)
+    dropout = (expected < 0.5 * SENT_AMPLITUDE).any(axis=1)
     click = (residual > 4 * np.median(residual)) & (residual > CLICK_FLOOR)
     glitch = dropout | click
     minutes = count * WINDOW / RATE / 60
