@@ -127,3 +127,23 @@ def test_bad_input_raises_and_the_decoder_stays_usable() -> None:
             decoder.decode(garbage)
     good = decoder.decode(encoder.encode(harmonics(200, 1)))
     assert good.shape == (FRAME_SAMPLES,)
+
+
+def test_play_next_decodes_recovers_conceals_and_goes_idle() -> None:
+    from confero.media.audio import play_next
+    from confero.protocol.audio_jitter import AudioJitterBuffer
+
+    encoder = Encoder(packet_loss_perc=20)
+    packets = [encoder.encode(f) for f in frames_of(harmonics(190, 6))]
+    buffer = AudioJitterBuffer(target=1, adaptive=False, idle_after=3)
+    for index in (0, 1, 3):  # 2 is lost
+        buffer.push(index * FRAME_SAMPLES, packets[index], 0.0)
+    buffer.push(4 * FRAME_SAMPLES, b"\xff\xff\xff", 0.0)  # garbage
+    decoder = Decoder()
+    kinds = []
+    for _ in range(8):
+        frame, kind = play_next(buffer, decoder)
+        kinds.append(kind)
+        assert (frame is None) == (kind == "idle")
+    assert kinds[:6] == ["decoded", "decoded", "fec", "decoded", "error", "plc"]
+    assert "idle" in kinds[6:]

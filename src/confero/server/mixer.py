@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from confero.media.audio import Mix, Samples, level_dbov, soft_limit
-from confero.media.opus import Decoder, Encoder, OpusError
-from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+from confero.media.audio import Mix, Samples, level_dbov, play_next, soft_limit
+from confero.media.opus import Decoder, Encoder
+from confero.protocol.audio_jitter import AudioJitterBuffer
 
 #: Frames at or below this level (-dBov, RFC 6464) are treated as silence.
 SILENCE_LEVEL = 70
@@ -189,28 +189,16 @@ class MeetingMixer:
         return self._encoder_factory()
 
     def _next_frame(self, member: _Member) -> Samples | None:
-        item = member.buffer.pop()
-        if item is None:
-            return None
         if member.decoder is None:
+            if not member.buffer.depth:
+                return None  # never heard from: nothing to decode or conceal
             member.decoder = self._decoder_factory()
-        decoder = member.decoder
-        if item is LOST:
+        frame, kind = play_next(member.buffer, member.decoder)
+        if kind == "decoded":
+            self.stats.decoded += 1
+        elif kind in ("fec", "plc"):
             self.stats.concealed += 1
-            upcoming = member.buffer.peek()
-            try:
-                if upcoming is not None:
-                    self.stats.recovered += 1
-                    return decoder.decode_fec(upcoming)
-                return decoder.conceal()
-            except OpusError:
-                self.stats.decode_errors += 1
-                return decoder.conceal()
-        assert isinstance(item, bytes)
-        try:
-            frame = decoder.decode(item)
-        except OpusError:
+            self.stats.recovered += kind == "fec"
+        elif kind == "error":
             self.stats.decode_errors += 1  # a bad packet is a lost one
-            return decoder.conceal()
-        self.stats.decoded += 1
         return frame
