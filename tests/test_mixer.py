@@ -64,6 +64,15 @@ def test_a_listener_toggling_talk_never_loses_another_speakers_frame() -> None:
     assert mixer.stats.forks >= 3  # each unmute forked the shared state
 
 
+def test_short_pauses_keep_the_listener_on_one_continuous_stream() -> None:
+    mixer = MeetingMixer()
+    heard = run_toggling(mixer, ticks=200, on=15, off=6)  # pauses shorter than a hangover
+    for tick, frame in enumerate(heard[10:], 10):
+        amplitudes, residual = fit(frame)
+        assert (amplitudes[:2] > 0.75 * 8000).all(), (tick, amplitudes)
+        assert residual < 600, (tick, residual)
+
+
 def test_a_fresh_encoder_per_talkspurt_would_be_heard() -> None:
     """The check above can fail: forking a *new* encoder on each unmute (the old way)
     leaves a hole or a click in what the listener hears."""

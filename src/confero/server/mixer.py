@@ -161,6 +161,13 @@ class MeetingMixer:
                     if self._shared_encoder is None:
                         self._shared_encoder = self._encoder_factory()
                     shared = self._encode(self._shared_encoder, total)
+                if member.encoder is not None and (
+                    member.same_in_a_row >= CONVERGED_FRAMES or member.hangover <= 0
+                ):
+                    # decided now, not when the last own packet went out: had it started
+                    # talking again at once, its own encoder would simply have continued
+                    self.stats.rejoined += member.same_in_a_row >= CONVERGED_FRAMES
+                    member.encoder = None
                 if member.encoder is None:
                     out[pid] = shared
                     member.on_shared = True
@@ -171,10 +178,6 @@ class MeetingMixer:
                 member.hangover -= 1
                 out[pid] = payload
                 member.on_shared = False
-                if member.same_in_a_row >= CONVERGED_FRAMES or member.hangover <= 0:
-                    if member.same_in_a_row >= CONVERGED_FRAMES:
-                        self.stats.rejoined += 1
-                    member.encoder = None  # from the next tick on, the shared packets
         self.stats.busy_seconds += self._clock() - started
         return out
 
