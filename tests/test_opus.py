@@ -147,3 +147,20 @@ def test_play_next_decodes_recovers_conceals_and_goes_idle() -> None:
         assert (frame is None) == (kind == "idle")
     assert kinds[:6] == ["decoded", "decoded", "fec", "decoded", "error", "plc"]
     assert "idle" in kinds[6:]
+
+
+def test_random_packets_never_crash_the_decoder() -> None:
+    rng = np.random.default_rng(7)
+    decoder = Decoder()
+    outcomes = set()
+    for _ in range(500):
+        payload = rng.integers(0, 256, int(rng.integers(1, 1500)), dtype=np.uint8).tobytes()
+        for step in (decoder.decode, decoder.decode_fec):
+            try:
+                frame = step(payload)
+                assert frame.shape == (FRAME_SAMPLES,)
+                outcomes.add("frame")
+            except OpusError:
+                outcomes.add("error")
+    assert outcomes == {"frame", "error"}  # both paths taken, nothing else escaped
+    assert decoder.conceal().shape == (FRAME_SAMPLES,)
