@@ -76,12 +76,6 @@ class AudioJitterBuffer:
     def playing(self) -> bool:
         return self._next is not None
 
-    def peek(self) -> bytes | None:
-        """The payload due at the next ``pop``, if it is already here."""
-        if self._next is None:
-            return None
-        return self._frames.get(self._next)
-
     def push(self, timestamp: int, payload: bytes, now: float) -> None:
         ts = self._unwrap.unwrap(timestamp)
         self._update_jitter(ts, now)
