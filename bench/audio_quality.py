@@ -53,7 +53,7 @@ from media_bench import MACHINE, Server, bench_audio_async
 from confero.client import Client
 from confero.media.audio import OpusEncoder, SineSource
 from confero.media.opus import Decoder
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.profile import AUDIO_PAYLOAD_TYPE, EXT_AUDIO_LEVEL
 from confero.protocol.rtp import RtpError, RtpPacket, Unwrapper, is_rtcp
 from confero.protocol.signaling import MediaGrant
@@ -276,7 +276,12 @@ class RawListener(asyncio.DatagramProtocol):
         self.transport.sendto(self.srtp.protect_rtp(packet.serialize()))
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if is_rtcp(data):
+        if is_rtcp(data):  # the server's consent challenge: echo it, as clients do
+            with contextlib.suppress(SrtpError, rtcp.RtcpError):
+                for control in rtcp.parse_compound(self.srtp.unprotect_rtcp(data)):
+                    echo = consent.answer(control, self.grant.video_ssrc)
+                    if echo is not None:
+                        self.transport.sendto(self.srtp.protect_rtcp(echo))
             return
         try:
             packet = RtpPacket.parse(self.srtp.unprotect_rtp(data))
