@@ -36,15 +36,10 @@ from confero.client.endpoint import (
     VideoFrameReady,
 )
 from confero.client.stats import StreamStats
-from confero.media.audio import (
-    FRAME_SECONDS,
-    SILENCE,
-    OpusDecoder,
-    OpusEncoder,
-    Samples,
-    conceal,
-    level_dbov,
-)
+from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
+from confero.media.opus import Decoder as OpusDecoder
+from confero.media.opus import Encoder as OpusEncoder
+from confero.media.opus import OpusError
 from confero.media.video import Vp8Decoder, make_video_encoder
 from confero.media.vpx import EncodedFrame
 from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
@@ -141,8 +136,6 @@ class MediaSession(asyncio.DatagramProtocol):
         self._generations: dict[int, int] = {}
         self._audio_decoder = OpusDecoder()
         self._audio_decode_lock = threading.Lock()
-        self._last_audio: Samples | None = None
-        self._concealed_in_a_row = 0
         self._closed = False
         #: While muted the microphone keeps capturing (its level stays known, so the app
         #: can say "you are talking while muted") but nothing is sent.
@@ -368,10 +361,19 @@ class MediaSession(asyncio.DatagramProtocol):
                 self._encode_pool.submit(encoder.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
-        encoder = OpusEncoder()
+        # in-band FEC: each packet carries a coarse copy of the previous one, so a single
+        # loss is rebuilt by the receiver (the server's mixer) instead of concealed
+        encoder = OpusEncoder(bitrate=32_000, packet_loss_perc=10)
         pacer = Pacer(FRAME_SECONDS)
         was_muted = False
         while True:
+            endpoint = self._endpoint
+            if endpoint is not None:
+                # protect as much as the uplink actually loses (at least a little)
+                loss = endpoint.congestion.bwe.loss.loss_fraction
+                percent = max(5, min(30, round(loss * 100 * 1.5)))
+                if percent != encoder.packet_loss_perc:
+                    encoder.set_packet_loss_perc(percent)
             samples = source.next_frame()
             now = time.monotonic()
             level = level_dbov(samples)
@@ -477,18 +479,20 @@ class MediaSession(asyncio.DatagramProtocol):
             return SILENCE
         with self._lock:
             item = endpoint.pop_audio()
+            upcoming = endpoint.peek_next_audio() if item is LOST else None
         with self._audio_decode_lock:
-            if item is None:
-                samples = SILENCE
-                self._last_audio = None
-            elif item is LOST:
-                self._concealed_in_a_row += 1
-                samples = conceal(self._last_audio, self._concealed_in_a_row)
-            else:
-                assert isinstance(item, bytes)
-                samples = self._audio_decoder.decode(item)
-                self._last_audio = samples
-                self._concealed_in_a_row = 0
+            # one decoder for the whole stream, across silences: its state continues
+            try:
+                if item is None:
+                    samples = SILENCE
+                elif item is LOST:  # Opus' own repair: the next packet's FEC, else PLC
+                    decoder = self._audio_decoder
+                    samples = decoder.decode_fec(upcoming) if upcoming else decoder.conceal()
+                else:
+                    assert isinstance(item, bytes)
+                    samples = self._audio_decoder.decode(item)
+            except OpusError:
+                samples = self._audio_decoder.conceal()
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
