@@ -280,7 +280,7 @@ def test_the_picture_steps_down_with_the_rate_and_back_up_with_a_margin() -> Non
     assert ladder.choose(300_000) == (480, 360)
     assert ladder.choose(500_000) == (480, 360)
     assert ladder.choose(600_000) == (640, 480)
-    small = ResolutionLadder(320, 240)
+    small = ResolutionLadder(320, 240)  # already the smallest size we send
     assert small.choose(50_000) == (320, 240)  # never below a legible height
     assert video_share(600_000, audio_on=True) < video_share(600_000, audio_on=False)
     assert video_share(10_000, audio_on=True) > 0
