@@ -74,6 +74,13 @@ def lobby_row(window: MainWindow, title: str) -> int:
     return -1
 
 
+def through_device_check(qtbot: QtBot, window: MainWindow, *, audio: bool = True) -> None:
+    """The device check opens before every join: accept it as a person would."""
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.device_check, timeout=WAIT)
+    click(qtbot, window.device_check.join_button if audio else window.device_check.join_no_audio)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+
+
 def image_array(image: QImage) -> np.ndarray:  # type: ignore[type-arg]
     rgb = image.convertToFormat(QImage.Format.Format_RGB888)
     data = np.frombuffer(rgb.constBits(), dtype=np.uint8, count=rgb.sizeInBytes())
@@ -103,7 +110,7 @@ def test_start_lobby_join_see_chat_toggle_and_leave(
     # a person's double-click: press/release, then the double-click event
     qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=cell)
     qtbot.mouseDClick(table.viewport(), Qt.MouseButton.LeftButton, pos=cell)
-    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    through_device_check(qtbot, window)
     ada.expect("participant_joined", lambda e: e["name"] == "Katherine")
 
     grid = window.meeting.grid
@@ -156,15 +163,15 @@ def test_create_and_end_the_meeting_for_all(
     connect(qtbot, window, server, "Grace")
     qtbot.keyClicks(window.lobby.title, "Retro")
     click(qtbot, window.lobby.create_button)
-    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    through_device_check(qtbot, window)
     page = window.meeting
-    assert page.end_button.isVisible()
-    meeting_id = re.search(r"id (\w+)", page.title.text())
-    assert meeting_id
-    bob = start_bot(bots, server.url, "Bob", "--join", meeting_id.group(1), "--video", "none")
+    assert page.bar.end_action.isVisible()
+    assert page.bar.end_action in page.bar.more_menu.actions()
+    bob = start_bot(bots, server.url, "Bob", "--join", page.header.meeting_id, "--video", "none")
     bob.expect("joined")
     qtbot.waitUntil(lambda: len(page.grid.tiles) == 1, timeout=WAIT)
-    assert "Bob joined" in page.chat_view.toPlainText()
+    assert "Bob joined" in page.toasts.texts()
+    assert "Bob joined" not in page.chat_view.toPlainText()  # notices are not chat
     tile = next(iter(page.grid.tiles.values()))
     assert not tile.shows_video() and not tile.camera  # initials, not a black box
 
@@ -175,7 +182,7 @@ def test_create_and_end_the_meeting_for_all(
         return QMessageBox.StandardButton.Yes
 
     monkeypatch.setattr(QMessageBox, "question", confirm)
-    click(qtbot, page.end_button)
+    page.bar.end_action.trigger()  # More menu > End the meeting for everyone
     assert asked and "everyone" in asked[0]
     ended = bob.expect("meeting_ended")
     assert ended["reason"] == "cancelled"
@@ -189,13 +196,11 @@ def test_unread_count_while_the_chat_is_hidden(
     connect(qtbot, window, server, "Hedy")
     qtbot.keyClicks(window.lobby.title, "Quiet room")
     click(qtbot, window.lobby.create_button)
-    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    through_device_check(qtbot, window)
     page = window.meeting
-    meeting_id = re.search(r"id (\w+)", page.title.text())
-    assert meeting_id
     click(qtbot, page.panel_button)  # hide the side panel
     assert not page.side.isVisible()
-    bob = start_bot(bots, server.url, "Bob", "--join", meeting_id.group(1), "--video", "none")
+    bob = start_bot(bots, server.url, "Bob", "--join", page.header.meeting_id, "--video", "none")
     bob.expect("joined")
     bob.send("chat one")
     bob.send("chat two")
@@ -224,7 +229,7 @@ def test_four_person_meeting_and_lobby_screenshots(
 
     window.lobby.table.selectRow(lobby_row(window, "Design review"))
     click(qtbot, window.lobby.join_selected)
-    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    through_device_check(qtbot, window)
     page = window.meeting
     window.engine.set_camera(DeviceChoice("Synthetic camera", "synthetic"), "Katherine Johnson")
     grid = page.grid
@@ -290,10 +295,10 @@ def test_the_app_plays_and_captures_sound_through_pulseaudio(
             qtbot.waitUntil(lambda: lobby_row(window, "Sound check") >= 0, timeout=WAIT)
             window.lobby.table.selectRow(lobby_row(window, "Sound check"))
             click(qtbot, window.lobby.join_selected)
-            qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting,
-                            timeout=WAIT)
+            through_device_check(qtbot, window)
             page = window.meeting
-            assert page.mic_picker.count() > 1  # real devices were found, then the tone
+            # real devices were found, then the tone
+            assert len(page.bar.mic_picker.choices()) > 1
             click(qtbot, page.mic_button)
             ada.expect("media_changed", lambda e: e["name"] == "Katherine" and e["microphone"])
             qtbot.waitUntil(lambda: any(t.speaking for t in page.grid.tiles.values()),
@@ -346,13 +351,14 @@ def test_failure_reason_paste_an_id_record_and_close_cleanly(
     meeting = ada.expect("joined")["meeting_id"]
     qtbot.keyClicks(window.lobby.meeting_id, meeting)
     qtbot.keyClick(window.lobby.meeting_id, Qt.Key.Key_Return)
-    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    through_device_check(qtbot, window)
     page = window.meeting
     tile = next(iter(page.grid.tiles.values()))
     qtbot.waitUntil(tile.shows_video, timeout=WAIT)
 
-    click(qtbot, page.record_button)
+    window.call.record_action.trigger()  # More menu > Record the meeting
     qtbot.waitUntil(lambda: "Recording into" in page.notice.text(), timeout=WAIT)
+    assert page.header.recording.isVisible()  # the red dot, with the word
     [folder] = (tmp_path / "recordings").iterdir()
     ada.send("chat for the record")
     qtbot.waitUntil(lambda: "for the record" in page.chat_view.toPlainText(), timeout=WAIT)
@@ -360,7 +366,7 @@ def test_failure_reason_paste_an_id_record_and_close_cleanly(
     qtbot.waitUntil(lambda: any(folder.glob("video-Ada-*.webm")), timeout=WAIT)
     frames = tile.painted_frames
     qtbot.waitUntil(lambda: tile.painted_frames >= frames + 30, timeout=WAIT)
-    click(qtbot, page.record_button)
+    window.call.record_action.trigger()
     qtbot.waitUntil(lambda: "Recording saved" in page.notice.text(), timeout=WAIT)
     assert (folder / "audio.wav").stat().st_size > 48_000  # > 0.5 s of mixed audio
     [video] = folder.glob("video-Ada-*.webm")
@@ -385,7 +391,7 @@ def test_the_app_reconnects_and_the_meeting_comes_back_after_a_server_restart(
     qtbot.waitUntil(lambda: lobby_row(window, "Durable") >= 0, timeout=WAIT)
     window.lobby.table.selectRow(lobby_row(window, "Durable"))
     click(qtbot, window.lobby.join_selected)
-    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    through_device_check(qtbot, window)
     page = window.meeting
     qtbot.waitUntil(lambda: len(page.grid.tiles) == 1
                     and next(iter(page.grid.tiles.values())).shows_video(), timeout=WAIT)
@@ -399,8 +405,8 @@ def test_the_app_reconnects_and_the_meeting_comes_back_after_a_server_restart(
     qtbot.waitUntil(lambda: states[-1:] == ["connected"], timeout=WAIT)
     ada.expect("rejoined", timeout=30)
 
-    qtbot.waitUntil(lambda: "Reconnected and back in the meeting" in page.notice.text()
-                    or "Reconnected" in page.chat_view.toPlainText(), timeout=WAIT)
+    qtbot.waitUntil(lambda: "Reconnected and back in the meeting" in page.notice.text(),
+                    timeout=WAIT)
     assert window.pages.currentWidget() is page
     qtbot.waitUntil(lambda: [t.name for t in page.grid.tiles.values()] == ["Ada"],
                     timeout=WAIT)

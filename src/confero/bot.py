@@ -243,6 +243,9 @@ class Bot:
                     self.session.forget_stream(known.video_ssrc, ended=False)
                     self.seen.pop(known.video_ssrc, None)
                 emit("media_changed", name=name, camera=camera, microphone=microphone)
+            case api.HandChanged(participant_id=pid, raised=raised):
+                known = self.client.participants.get(pid)
+                emit("hand_changed", name=known.name if known else pid, raised=raised)
             case api.ChatEvent(message=message):
                 emit("chat", sender=message.sender, text=message.text, seq=message.seq,
                      ts=message.ts)
@@ -289,6 +292,8 @@ class Bot:
             emit("microphone", on=self.microphone)
         elif word == "chat" and rest:
             await self.client.send_chat(rest)
+        elif word == "hand" and rest in ("up", "down"):
+            await self.client.raise_hand(rest == "up")
         elif word == "stats":
             self._emit_stats()
         elif word == "leave":

@@ -40,14 +40,14 @@ class PreviewWorker(threading.Thread):
                  name: str) -> None:
         super().__init__(name="device-check", daemon=True)
         self._camera, self._mic, self._name = camera, mic, name
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self.image: QImage | None = None
         self.level_dbov = 127
         self.problems: list[str] = []
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         video = audio = None
@@ -63,7 +63,7 @@ class PreviewWorker(threading.Thread):
                 except (DeviceError, OSError, ValueError) as exc:
                     self.problems.append(f"microphone: {exc}")
             last_picture = 0.0
-            while not self._stop.wait(0.02):
+            while not self._halt.wait(0.02):
                 if audio is not None:
                     level = level_dbov(audio.next_frame())
                     with self._lock:

@@ -11,7 +11,7 @@ import math
 import time
 
 from PySide6.QtCore import QRect, Qt
-from PySide6.QtGui import QResizeEvent
+from PySide6.QtGui import QAction, QResizeEvent
 from PySide6.QtWidgets import QLabel, QToolButton, QWidget
 
 from confero.app.layout_policy import Arrangement, LayoutPolicy
@@ -60,9 +60,23 @@ class Stage(QWidget):
             tile = VideoTile(participant_id, name)
             tile.setParent(self)
             tile.on_double_click = self.toggle_focus
+            self._add_tile_actions(tile)
             self.tiles[participant_id] = tile
             self.relayout()
         return tile
+
+    def _add_tile_actions(self, tile: VideoTile) -> None:
+        """Right-click on a tile: pin it (for me), or show it alone in the window."""
+        pid = tile.participant_id
+        pin = QAction("Pin for me", tile)
+        pin.setObjectName("pin_action")
+        pin.triggered.connect(lambda: self.pin(pid))
+        alone = QAction("Full window (double-click)", tile)
+        alone.setObjectName("focus_action")
+        alone.triggered.connect(lambda: self.toggle_focus(pid))
+        tile.addAction(pin)
+        tile.addAction(alone)
+        tile.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
 
     def remove(self, participant_id: str) -> None:
         tile = self.tiles.pop(participant_id, None)
@@ -101,6 +115,9 @@ class Stage(QWidget):
         self.policy.pin(participant_id)
         for pid, tile in self.tiles.items():
             tile.set_state(pinned=pid == self.policy.pinned)
+            for action in tile.actions():
+                if action.objectName() == "pin_action":
+                    action.setText("Unpin" if pid == self.policy.pinned else "Pin for me")
         self.relayout()
 
     def toggle_focus(self, participant_id: str) -> None:

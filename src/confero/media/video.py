@@ -1,10 +1,10 @@
 """VP8 over PyAV, the synthetic camera, and the machine-readable frame stamp.
 
 The synthetic camera paints each participant in its own colours with their initials and
-a moving dot (so the encoder has motion to code) and a stripe of black/white blocks at the top that carries the
-capture time (64 bits, microseconds since the Unix epoch) and an identity (CRC-32 of the
-display name). A receiver reads the stripe back from the *decoded* frame: proof of whose
-video it shows and how old it is, through the real codec.
+a moving dot (so the encoder has motion to code), and a stripe of black/white blocks at
+the top that carries the capture time (64 bits, microseconds since the Unix epoch) and
+an identity (CRC-32 of the display name). A receiver reads the stripe back from the
+*decoded* frame: proof of whose video it shows and how old it is, through the real codec.
 """
 
 from __future__ import annotations
