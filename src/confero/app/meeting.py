@@ -166,10 +166,10 @@ class MeetingController:
         page.unread = 0
         page.mark_read()
         self._fill_pickers()
+        self.window.show_meeting_page()
         self.refresh()
         self.window.setWindowTitle(f"{result.meeting.title} - confero")
         self.continuity.add_recent(result.meeting.id, result.meeting.title, result.is_creator)
-        self.window.show_meeting_page()
         self._apply_join_choices()
         self.activity()
 
@@ -522,6 +522,6 @@ class MeetingController:
             view.set_image(*own)
 
     def keys_active(self) -> bool:
-        return self.window.in_meeting() and not self.help.isActiveWindow()
+        return self.window.in_meeting()
 
 

@@ -40,6 +40,9 @@ class Stage(QWidget):
         self.focused: str | None = None  # double-clicked: this tile alone
         self.arrangement = Arrangement("grid", None, [], 0, 1)
         self.setMinimumSize(480, 320)
+        # a click on the video takes the focus out of the chat box, so shortcuts work again
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.setAccessibleName("Video of the people in the meeting")
         self.previous_page = QToolButton(self)
         self.previous_page.setText("◀")
         self.previous_page.setAccessibleName("Previous page of people")

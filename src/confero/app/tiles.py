@@ -24,6 +24,7 @@ _HAND = QColor(COLOURS["fair"])
 
 
 def initials(name: str) -> str:
+    name = name.removesuffix(" (you)")
     parts = [p for p in name.replace("_", " ").replace("-", " ").split() if p]
     if not parts:
         return "?"

@@ -57,7 +57,8 @@ class Toasts(QWidget):
         if not any(i is not None and i.widget() is not None for i in items) or parent is None:
             self.hide()
             return
-        self.adjustSize()
+        self._column.activate()
+        self.resize(self._column.sizeHint())
         self.move((parent.width() - self.width()) // 2, 56)
         self.show()
         self.raise_()
