@@ -218,15 +218,9 @@ class MeetingController:
         tile = self.page.stage.add(participant.id, participant.name)
         tile.set_state(camera=participant.camera, microphone=participant.microphone,
                        status="Joining…" if joining else "")
-        if joining:
-            participant_id = participant.id
-
-            def joined_fully() -> None:
-                known = self.page.stage.tiles.get(participant_id)
-                if known is not None and known.status == "Joining…":
-                    known.set_state(status="")
-
-            QTimer.singleShot(JOINING_FOR_MS, joined_fully)
+        if joining:  # cleared by the first picture or after a while (tile as the context)
+            QTimer.singleShot(JOINING_FOR_MS, tile, lambda: tile.set_state(status="")
+                              if tile.status == "Joining…" else None)
 
     def participant_joined(self, participant: ParticipantInfo) -> None:
         self.participants[participant.id] = participant

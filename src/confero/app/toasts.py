@@ -44,8 +44,8 @@ class Toasts(QWidget):
             old = item.widget() if item is not None else None
             if old is not None:
                 old.deleteLater()
-        QTimer.singleShot(SHOW_FOR_MS, card.deleteLater)
-        QTimer.singleShot(SHOW_FOR_MS + 50, self._fit)
+        QTimer.singleShot(SHOW_FOR_MS, card, card.deleteLater)
+        QTimer.singleShot(SHOW_FOR_MS + 50, self, self._fit)
         self._fit()
 
     def texts(self) -> list[str]:
