@@ -61,6 +61,10 @@ class MeetingHeader(QWidget):
         row.addSpacing(12)
         row.addWidget(self.elapsed)
         self.copy_button.clicked.connect(self.copy_id)
+        self._notice_timer = QTimer(self)
+        self._notice_timer.setSingleShot(True)
+        self._notice_timer.setInterval(12_000)
+        self._notice_timer.timeout.connect(lambda: self.notice.setText(""))
         self._timer = QTimer(self)
         self._timer.setInterval(1000)
         self._timer.timeout.connect(self.tick)
@@ -82,9 +86,14 @@ class MeetingHeader(QWidget):
     def tick(self) -> None:
         self.elapsed.setText(elapsed_text(time.monotonic() - self.started))
 
+    def say(self, text: str) -> None:
+        """A passing notice: it clears itself after a while."""
+        self.notice.setText(clip(text, 200))
+        self._notice_timer.start()
+
     def copy_id(self) -> None:
         copy_to_clipboard(self.meeting_id)
-        self.notice.setText("Meeting id copied")
+        self.say("Meeting id copied")
 
 
 class WaitingCard(QFrame):

@@ -148,6 +148,7 @@ class MeetingController:
     # ------------------------------------------------------------------ meeting life
 
     def joined(self, result: JoinResult) -> None:
+        self.window.join_done()
         page = self.page
         page.reset()
         self.is_creator = result.is_creator
@@ -300,7 +301,7 @@ class MeetingController:
     def recording(self, on: bool, directory: str) -> None:
         self.record_action.setChecked(on)
         self.page.header.recording.setVisible(on)
-        self.page.notice.setText(f"Recording into {directory}" if on
+        self.page.header.say(f"Recording into {directory}" if on
                                  else f"Recording saved in {directory}")
 
     def muted_level(self, level_dbov: int) -> None:
@@ -446,7 +447,7 @@ class MeetingController:
                                             ("microphone", len(mics) > 1),
                                             ("speaker", len(speakers) > 1)) if not found]
         if missing:
-            self.page.notice.setText(f"No {' or '.join(missing)} found: synthetic sources "
+            self.page.header.say(f"No {' or '.join(missing)} found: synthetic sources "
                                      "are in the menus")
 
     def _device_picked(self, kind: str) -> None:

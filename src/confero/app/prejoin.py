@@ -29,8 +29,10 @@ from confero.app.engine import DeviceChoice, Engine, to_qimage
 from confero.app.plain import clip, plain_label
 from confero.app.settings import Continuity
 from confero.app.theme import COLOURS
+from confero.client.media import AudioSource, VideoSource
 from confero.media.audio import level_dbov
 from confero.media.devices import DeviceError
+from confero.media.video import SyntheticCamera
 
 
 class PreviewWorker(threading.Thread):
@@ -50,11 +52,14 @@ class PreviewWorker(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        video = audio = None
+        video: VideoSource | None = None
+        audio: AudioSource | None = None
         try:
             if self._camera is not None:
-                try:
-                    video = Engine._open_video(self._camera, self._name)
+                try:  # a synthetic preview is drawn small: the engine shares this CPU
+                    video = (SyntheticCamera(self._name or "me", 320, 240)
+                             if self._camera.kind == "synthetic"
+                             else Engine._open_video(self._camera, self._name))
                 except (DeviceError, OSError, ValueError) as exc:
                     self.problems.append(f"camera: {exc}")
             if self._mic is not None:

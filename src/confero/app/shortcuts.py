@@ -83,7 +83,7 @@ class InputFilter(QObject):
             self._activity()
             return False
         focus = QApplication.focusWidget()
-        if typing_into(focus):
+        if typing_into(focus) or typing_into(watched):  # the key goes into a text field
             return False
         modifiers = event.modifiers() & ~(Qt.KeyboardModifier.ShiftModifier
                                           | Qt.KeyboardModifier.KeypadModifier)

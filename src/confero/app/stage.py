@@ -14,10 +14,12 @@ from PySide6.QtCore import QRect, Qt
 from PySide6.QtGui import QAction, QResizeEvent
 from PySide6.QtWidgets import QLabel, QToolButton, QWidget
 
+from confero.app.engine import SELF
 from confero.app.layout_policy import Arrangement, LayoutPolicy
 from confero.app.tiles import VideoTile
 
 GAP = 6
+SELF_CELL = SELF
 STRIP_HEIGHT = 120
 
 
@@ -149,11 +151,13 @@ class Stage(QWidget):
         self.arrangement = arrangement = self.policy.arrange(order, time.monotonic(), fit)
         places: dict[str, QRect] = {}
         focus = self.focused
-        if focus is not None and (focus in self.tiles or focus == "self"):
+        if focus is not None and (focus in self.tiles or focus == SELF_CELL):
             if focus in self.tiles:
                 places[focus] = area
         elif arrangement.kind == "grid":
-            places.update(self._grid(arrangement.shown, area))
+            # in the grid you are one cell among the others; elsewhere you float
+            cells = arrangement.shown + ([SELF_CELL] if self.self_view is not None else [])
+            places.update(self._grid(cells, area))
         else:
             strip = QRect(area.left(), area.bottom() - STRIP_HEIGHT + 1, area.width(),
                           STRIP_HEIGHT) if arrangement.shown else QRect()
@@ -169,7 +173,7 @@ class Stage(QWidget):
                 tile.setGeometry(rect)
                 tile.show()
         self._place_pager(arrangement)
-        self._place_self_view(area, focus)
+        self._place_self_view(area, focus, places.get(SELF_CELL))
 
     def _grid(self, shown: list[str], area: QRect) -> dict[str, QRect]:
         rows, columns = grid_shape(len(shown))
@@ -208,12 +212,17 @@ class Stage(QWidget):
         for widget in (self.previous_page, self.next_page, self.page_label):
             widget.raise_()
 
-    def _place_self_view(self, area: QRect, focus: str | None) -> None:
+    def _place_self_view(self, area: QRect, focus: str | None, cell: QRect | None) -> None:
         tile = self.self_view
         if tile is None:
             return
-        if focus == "self":
+        if focus == SELF_CELL:
             tile.setGeometry(area)
+        elif focus is not None and focus in self.tiles:
+            tile.hide()
+            return
+        elif cell is not None:
+            tile.setGeometry(cell)
         else:
             width = max(160, self.width() // 5)
             height = width * 3 // 4

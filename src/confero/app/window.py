@@ -5,6 +5,8 @@ UI only; the engine does the work. What happens inside a meeting is ``meeting``'
 
 from __future__ import annotations
 
+import logging
+
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -31,6 +33,8 @@ from confero.app.start_page import StartPage
 from confero.app.theme import COLOURS
 from confero.protocol.signaling import MeetingInfo
 
+log = logging.getLogger(__name__)
+
 _STATE_LEVEL = {"connected": "good", "connecting": "fair", "reconnecting": "fair",
                 "failed": "poor", "closed": "unknown", "disconnected": "unknown"}
 
@@ -52,6 +56,8 @@ class MainWindow(QMainWindow):
         self.join_choices: tuple[DeviceChoice | None, DeviceChoice | None,
                                  DeviceChoice | None] = (None, None, None)
         self._pending: tuple[str, str, str | None] | None = None  # (action, target, password)
+        self._joining = False  # a join was sent and its answer has not come
+        self._join_retries = 0
         self.start = StartPage(self.continuity)
         self.lobby = LobbyPage()
         self.device_check = DeviceCheckPage(self.continuity)
@@ -220,22 +226,50 @@ class MainWindow(QMainWindow):
         """Join (or create) with what the device check chose."""
         if self._pending is None:
             return
-        action, target, password = self._pending
         camera, mic, speaker = self.device_check.choices()
         self.join_choices = (None if self.device_check.camera_off.isChecked() else camera,
                              None if self.device_check.muted.isChecked() else mic, speaker)
         self.call.with_audio = with_audio
+        self._joining, self._join_retries = True, 0
+        self._send_join()
+        self.pages.setCurrentWidget(self.lobby)
+        self.lobby.message.setText("Joining…")
+
+    def _send_join(self) -> None:
+        if self._pending is None:
+            return
+        action, target, password = self._pending
         if action == "create":
             self.engine.create_meeting(target, password)
         else:
             self.engine.join_meeting(target, password)
-        self.pages.setCurrentWidget(self.lobby)
-        self.lobby.message.setText("Joining…")
+
+    def join_done(self) -> None:
+        self._joining = False
+
+    def _join_hiccup(self, text: str) -> bool:
+        """A join that met a reconnect is sent again once connected (a few times)."""
+        if not self._joining or "not connected" not in text or self._join_retries >= 20:
+            return False
+        self._join_retries += 1
+        self.lobby.message.setText("The connection stumbled: trying again…")
+
+        def retry() -> None:
+            if not self._joining:
+                return
+            if self.state == "connected":
+                self._send_join()
+            elif not self._join_hiccup("not connected"):
+                self.lobby.message.setText("Could not join: not connected to the server.")
+
+        QTimer.singleShot(500, self, retry)
+        return True
 
     def _end_recent(self, meeting_id: str) -> None:
         self.engine.end_meeting(meeting_id)
 
     def _left(self, why: str) -> None:
+        self._joining = False
         self.call.left()
         self.pages.setCurrentWidget(self.lobby)
         self.setWindowTitle("confero")
@@ -251,19 +285,23 @@ class MainWindow(QMainWindow):
 
     def show_error(self, text: str) -> None:
         """Errors never open a modal box: they show where the person is looking."""
+        if self._join_hiccup(text):
+            return
+        if self._joining and not self.in_meeting():
+            self._joining = False
         self.statusBar().showMessage(clip(text, 300), 15_000)
         page = self.pages.currentWidget()
         if page is self.start:
             self.start.message.setText(text)
         elif page is self.meeting:
-            self.meeting.notice.setText(clip(text, 200))
+            self.meeting.header.say(text)
             self.meeting.toasts.show_text(text)
         else:
             self.lobby.message.setText(text)
 
     def _notice(self, text: str) -> None:
         if self.in_meeting():
-            self.meeting.notice.setText(clip(text, 200))
+            self.meeting.header.say(text)
         else:
             self.statusBar().showMessage(clip(text, 300), 10_000)
 
@@ -273,5 +311,8 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             app.removeEventFilter(self.input_filter)
-        self.engine.shutdown()
+        try:
+            self.engine.shutdown()
+        except Exception:  # a socket that broke while saying goodbye: the window still closes
+            log.warning("the engine did not shut down cleanly", exc_info=True)
         event.accept()
