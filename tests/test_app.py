@@ -394,12 +394,14 @@ def test_the_app_reconnects_and_the_meeting_comes_back_after_a_server_restart(
     page = window.meeting
     qtbot.waitUntil(lambda: len(page.grid.tiles) == 1
                     and next(iter(page.grid.tiles.values())).shows_video(), timeout=WAIT)
+    tile = next(iter(page.grid.tiles.values()))
     states: list[str] = []
     window.engine.state_changed.connect(lambda state, _reason: states.append(state))
 
     server.stop(signal.SIGKILL)
     qtbot.waitUntil(lambda: "reconnecting" in states, timeout=WAIT)
     assert "Reconnecting" in window.status.text()
+    assert tile.status == "Reconnecting…"  # said on the tile too
     server_factory(port=port, data_dir=server.data_dir)
     qtbot.waitUntil(lambda: states[-1:] == ["connected"], timeout=WAIT)
     ada.expect("rejoined", timeout=30)
@@ -798,3 +800,49 @@ def test_screenshots_of_every_view(
     window.call.toggle_panel(2)  # Statistics, from the More menu
     qtbot.waitUntil(lambda: page.stats_table.rowCount() == 4, timeout=WAIT)
     assert window.grab().save(str(SCREENSHOTS / "statistics.png"))
+
+
+def test_device_check_mirrored_preview_meter_test_sound_and_remembered_choices(
+    qtbot: QtBot, window: MainWindow, server: ServerProcess
+) -> None:
+    connect(qtbot, window, server, "Mirror Test")
+    qtbot.keyClicks(window.lobby.title, "Check first")
+    click(qtbot, window.lobby.create_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.device_check, timeout=WAIT)
+    check = window.device_check
+    assert check.muted.isChecked() and check.camera_off.isChecked()  # the private default
+    assert "Check first" in check.heading.text()
+    # camera on (a click on the box itself): the preview starts
+    qtbot.mouseClick(check.camera_off, Qt.MouseButton.LeftButton,
+                     pos=QPoint(8, check.camera_off.height() // 2))
+    assert not check.camera_off.isChecked()
+    check.camera.setCurrentIndex(check.camera.findText("Synthetic camera"))
+    check.mic.setCurrentIndex(check.mic.findText("Synthetic 440 Hz tone"))
+    check.camera.activated.emit(check.camera.currentIndex())
+    qtbot.waitUntil(lambda: check.preview.image is not None, timeout=WAIT)
+    preview = check.preview.image
+    assert preview is not None
+    # mirrored, as a mirror shows you: the stamp reads right only when flipped back
+    assert shown_identity(preview.flipped(Qt.Orientation.Horizontal)) == identity_code(
+        "Mirror Test")
+    assert shown_identity(preview) != identity_code("Mirror Test")
+    qtbot.waitUntil(lambda: check.meter.value > 0.5, timeout=WAIT)  # the tone is loud
+    speaker = check.speaker.findText("No sound")
+    check.speaker.setCurrentIndex(speaker)
+    click(qtbot, check.test_sound)
+    assert "No speaker chosen" in check.status.text()
+    click(qtbot, check.join_no_audio)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.meeting, timeout=WAIT)
+    assert not window.call.with_audio
+    qtbot.waitUntil(window.meeting.self_view.shows_video, timeout=WAIT)  # camera as chosen
+    assert not window.call.microphone
+    click(qtbot, window.meeting.leave_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.lobby, timeout=WAIT)
+    # the next check starts from what was chosen
+    qtbot.keyClicks(window.lobby.title, "Again")
+    click(qtbot, window.lobby.create_button)
+    qtbot.waitUntil(lambda: window.pages.currentWidget() is window.device_check, timeout=WAIT)
+    assert not check.camera_off.isChecked() and check.muted.isChecked()
+    assert check.camera.currentText() == "Synthetic camera"
+    click(qtbot, check.back_button)
+    assert window.pages.currentWidget() is window.lobby

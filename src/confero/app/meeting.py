@@ -466,7 +466,12 @@ class MeetingController:
             self._use_camera(choice)
 
     def _test_sound(self) -> None:
-        self.chimes.people_changed("test", mine=False, reconnect=False, people=0)
+        speaker = self.page.bar.speaker_picker.current()
+        if speaker is None or speaker.kind == "none":
+            self.page.header.say("No speaker chosen: pick one in the Mic menu to hear it.")
+            return
+        self.chimes.test(speaker.device)
+        self.page.header.say(f"Playing a test sound on {speaker.label}")
 
     def _chimes_toggled(self, on: bool) -> None:
         self.chimes.enabled = on

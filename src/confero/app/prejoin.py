@@ -260,8 +260,7 @@ class DeviceCheckPage(QWidget):
         self._worker.start()
         words = ["camera off" if self.camera_off.isChecked() else "camera on",
                  "microphone muted" if self.muted.isChecked() else "microphone on"]
-        self.status.setText(f"You will join with the {words[0].replace('camera ', 'camera ')}"
-                            f" and the {words[1]}.")
+        self.status.setText(f"You will join with the {words[0]} and the {words[1]}.")
 
     def _pull(self) -> None:
         worker = self._worker

@@ -92,11 +92,17 @@ class Chimes:
         self.played.append(kind)
         threading.Thread(target=self._play, args=(kind != "left",), daemon=True).start()
 
+    def test(self, device: str | None) -> None:
+        """The test sound of the Mic menu: plays even with chimes turned off."""
+        self.played.append("test")
+        threading.Thread(target=self._play, args=(True, device), daemon=True).start()
+
     @staticmethod
-    def _play(rising: bool) -> None:
+    def _play(rising: bool, device: str | None = None) -> None:
         try:
             import sounddevice
 
-            sounddevice.play(_chime_samples(rising), 48_000, blocking=True)
+            sounddevice.play(_chime_samples(rising), 48_000, device=device or None,
+                             blocking=True)
         except Exception:  # no device, no server: a chime is not worth an error
             return
