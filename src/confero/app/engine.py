@@ -36,6 +36,7 @@ from confero.media.devices import (
     has_default_device,
 )
 from confero.media.video import SyntheticCamera
+from confero.protocol.signaling import HandChanged
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,14 @@ class Engine(QObject):
     speaking = Signal(object)  # set: participant ids (and SELF) talking now
     local_media = Signal(bool, bool)  # camera on, microphone on (what we actually send)
     recording = Signal(bool, str)
+    # --- added for the app UI (branch app-ui); small and separate from the call logic ---
+    resume_token = Signal(str)  # the server's resume token after each connect (remembered)
+    hand_changed = Signal(str, bool)  # participant id, hand raised
+    # STUB HOOK FOR THE LEAD: the microphone's level (RFC 6464 -dBov, 0 loud..127 silent)
+    # of every 20 ms frame captured while muted (capturing, sending nothing). Nothing emits
+    # it yet: the media side (keep capturing while muted) is the lead's; the UI's speech
+    # detector and "You are muted" banner listen to it already.
+    muted_level = Signal(int)
 
     def __init__(self) -> None:
         super().__init__()
@@ -175,19 +184,24 @@ class Engine(QObject):
 
     # ------------------------------------------------------------------ connection
 
-    def connect_to(self, url: str, name: str, cafile: str | None = None) -> None:
-        self.submit(self._connect(url, name, cafile))
+    def connect_to(self, url: str, name: str, cafile: str | None = None,
+                   resume_token: str | None = None) -> None:
+        self.submit(self._connect(url, name, cafile, resume_token))
 
-    async def _connect(self, url: str, name: str, cafile: str | None) -> None:
+    async def _connect(self, url: str, name: str, cafile: str | None,
+                       resume_token: str | None = None) -> None:
         await self._disconnect()
-        client = api.Client(url, name, cafile=cafile or None)
+        client = api.Client(url, name, cafile=cafile or None, resume_token=resume_token)
         client.add_listener(self._on_event)
+        client.add_listener(self._on_ui_event)
         self.client = client
         self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started)
         self.call.video_source, self.call.audio_source = self._video, self._audio
         await client.connect()
+        if client.resume_token:
+            self.resume_token.emit(client.resume_token)
         self.meetings_changed.emit(await client.list_meetings())
 
     @property
@@ -256,6 +270,32 @@ class Engine(QObject):
             await self._require_client().cancel()
 
         self.submit(cancel())
+
+    # --- added for the app UI (branch app-ui) ---
+
+    def end_meeting(self, meeting_id: str) -> None:
+        """End a meeting we created, from the lobby (we need not be in it)."""
+
+        async def cancel() -> None:
+            await self._require_client().cancel(meeting_id)
+            self.notice.emit("The meeting was ended for everyone.")
+            self.meetings_changed.emit(await self._require_client().list_meetings())
+
+        self.submit(cancel())
+
+    def set_hand(self, raised: bool) -> None:
+        async def hand() -> None:
+            client = self._require_client()
+            if client.meeting is not None:
+                await client.raise_hand(raised)
+
+        self.submit(hand())
+
+    def _on_ui_event(self, event: api.ClientEvent) -> None:
+        if isinstance(event, HandChanged):
+            self.hand_changed.emit(event.participant_id, event.raised)
+
+    # --- end of the app UI additions ---
 
     def send_chat(self, text: str) -> None:
         self.submit(self._require_client_call("send_chat", text))

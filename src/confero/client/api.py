@@ -238,6 +238,10 @@ class Client:
         """Announce camera/microphone state to the meeting (the media itself flows apart)."""
         await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone)
 
+    async def raise_hand(self, raised: bool) -> None:
+        """Raise or lower our hand in the current meeting."""
+        await self._request(sig.RaiseHand, sig.Empty, raised=raised)
+
     async def ping(self) -> None:
         await self._request(sig.Ping, sig.Empty)
 

@@ -119,16 +119,22 @@ class SetMedia(Request, tag="set_media", frozen=True):
     microphone: bool
 
 
+class RaiseHand(Request, tag="raise_hand", frozen=True):
+    """Raise or lower this participant's hand (the others see a badge)."""
+
+    raised: bool
+
+
 ClientRequest = (
     Hello | ListMeetings | CreateMeeting | JoinMeeting | LeaveMeeting | CancelMeeting | SendChat
-    | Ping | SetMedia
+    | Ping | SetMedia | RaiseHand
 )
 
 REQUEST_TYPES: Final[dict[str, type[Request]]] = {
     str(cls.__struct_config__.tag): cls
     for cls in (
         Hello, ListMeetings, CreateMeeting, JoinMeeting, LeaveMeeting, CancelMeeting, SendChat,
-        Ping, SetMedia,
+        Ping, SetMedia, RaiseHand,
     )
 }
 
@@ -284,9 +290,15 @@ class MediaChanged(ServerMessage, tag="media_changed", frozen=True):
     microphone: bool
 
 
+class HandChanged(ServerMessage, tag="hand_changed", frozen=True):
+    meeting_id: str
+    participant_id: str
+    raised: bool
+
+
 ServerEvent = (
     ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
-    | MediaChanged | MeetingsDelta
+    | MediaChanged | MeetingsDelta | HandChanged
 )
 AnyServerMessage = Ok | Error | ServerEvent
 

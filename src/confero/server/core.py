@@ -388,6 +388,9 @@ class SignalingCore:
                     self.media.set_media(participant.id, camera, microphone)
                 out += self._deliver(notices)
                 return sig.Empty()
+            case sig.RaiseHand(raised=raised):
+                out += self._deliver(self.registry.raise_hand(participant, raised))
+                return sig.Empty()
             case sig.SendChat(text=text):
                 if not text.strip():
                     raise ProtocolError(

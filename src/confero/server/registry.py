@@ -31,6 +31,7 @@ from confero.protocol.signaling import (
     ChatMessage,
     EndReason,
     ErrorCode,
+    HandChanged,
     LeaveReason,
     MediaChanged,
     MeetingEnded,
@@ -358,6 +359,15 @@ class MeetingRegistry:
             meeting_id=meeting.id, participant_id=participant.id, camera=camera,
             microphone=microphone,
         )
+        return [Notice(others, event)]
+
+    def raise_hand(self, participant: Participant, raised: bool) -> list[Notice]:
+        """Tell the others; not stored (someone joining later does not see older hands)."""
+        meeting = self.meeting_of(participant.id)
+        if meeting is None:
+            raise RegistryError(ErrorCode.NOT_IN_MEETING, "join a meeting before raising a hand")
+        others = tuple(pid for pid in meeting.participants if pid != participant.id)
+        event = HandChanged(meeting_id=meeting.id, participant_id=participant.id, raised=raised)
         return [Notice(others, event)]
 
     def tick(self, now: float) -> list[Notice]:
