@@ -587,17 +587,12 @@ def test_control_bar_order_states_shortcuts_and_the_muted_banner(
     qtbot.keyRelease(page.stage, Qt.Key.Key_Space)
     qtbot.waitUntil(lambda: not page.self_view.microphone, timeout=WAIT)
 
-    # talking while muted: the banner, once per mute, with an Unmute button
-    loud = QTimer()
-    loud.setInterval(20)
+    # talking while muted: the (synthetic, 440 Hz) microphone keeps capturing while muted,
+    # the engine reports its level, and the banner comes, once per mute, with an Unmute
     frames: list[int] = []
-
-    def speak() -> None:
-        frames.append(1)
-        window.engine.muted_level.emit(20)
-
-    loud.timeout.connect(speak)
-    loud.start()
+    window.engine.muted_level.connect(lambda level: frames.append(level))
+    qtbot.waitUntil(lambda: len(frames) > 10, timeout=WAIT)
+    assert min(frames) < 40  # a loud tone, measured while nothing is sent
     qtbot.waitUntil(page.banner.isVisible, timeout=WAIT)
     click(qtbot, page.banner.unmute_button)
     assert window.call.microphone and not page.banner.isVisible()
@@ -607,7 +602,6 @@ def test_control_bar_order_states_shortcuts_and_the_muted_banner(
     click(qtbot, page.banner.dismiss_button)
     seen = len(frames)
     qtbot.waitUntil(lambda: len(frames) > seen + 100, timeout=WAIT)  # 2 s more of talking
-    loud.stop()
     assert not page.banner.isVisible()  # at most once per mute
 
     # Tab walks the bar in order

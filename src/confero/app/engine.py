@@ -149,6 +149,7 @@ class Engine(QObject):
         self._speaker: Speaker | None = None
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
         self._ticker: asyncio.Task[None] | None = None
+        self._muted = False  # the microphone captures, but nothing is sent
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
                                         daemon=True)
@@ -197,8 +198,10 @@ class Engine(QObject):
         self.client = client
         self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
                          device_playout=True, on_source_error=self._source_failed,
-                         on_media_started=self._media_started)
+                         on_media_started=self._media_started,
+                         on_muted_level=self.muted_level.emit)
         self.call.video_source, self.call.audio_source = self._video, self._audio
+        self.call.microphone_muted = self._muted
         await client.connect()
         if client.resume_token:
             self.resume_token.emit(client.resume_token)
@@ -317,7 +320,7 @@ class Engine(QObject):
         self._open_speaker()
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        self.local_media.emit(self._video is not None, self._audio is not None)
+        self.local_media.emit(self._video is not None, self._microphone_live())
 
     async def _stop_media(self, *, keep_recording: bool = False) -> None:
         if self._ticker is not None:
@@ -342,7 +345,7 @@ class Engine(QObject):
             self._audio = None
         self.error.emit(f"The {'camera' if kind == 'video' else 'microphone'} stopped: "
                         f"{message}")
-        self.local_media.emit(self._video is not None, self._audio is not None)
+        self.local_media.emit(self._video is not None, self._microphone_live())
 
     def _open_speaker(self) -> None:
         call = self.call
@@ -387,7 +390,23 @@ class Engine(QObject):
             else:
                 self.frames.drop(SELF)
             await self._set_call_video(self._video)
-            self.local_media.emit(self._video is not None, self._audio is not None)
+            self.local_media.emit(self._video is not None, self._microphone_live())
+
+        self.submit(switch())
+
+    def _microphone_live(self) -> bool:
+        return self._audio is not None and not self._muted
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute without closing the microphone: it keeps capturing, so ``muted_level``
+        can tell the window that someone talks into a muted microphone, and unmuting is
+        instant; no audio packet leaves while muted."""
+
+        async def switch() -> None:
+            self._muted = muted
+            if self.call is not None:
+                await self.call.set_microphone_muted(muted)
+            self.local_media.emit(self._video is not None, self._microphone_live())
 
         self.submit(switch())
 
@@ -401,7 +420,7 @@ class Engine(QObject):
             if choice is not None:
                 self._audio = await asyncio.to_thread(self._open_audio, choice)
             await self._set_call_audio(self._audio)
-            self.local_media.emit(self._video is not None, self._audio is not None)
+            self.local_media.emit(self._video is not None, self._microphone_live())
 
         self.submit(switch())
 

@@ -56,6 +56,7 @@ class MeetingController:
         self.is_creator = False
         self.microphone = self.camera = self.sharing = self.hand = False
         self.space_talking = False
+        self._open_microphone: DeviceChoice | None = None  # open in the engine, maybe muted
         self.with_audio = True
         self._gone: dict[str, float] = {}  # name -> when they dropped (for reconnects)
         self.help = ShortcutHelp(window)
@@ -328,13 +329,19 @@ class MeetingController:
         self._use_mic(None if self.microphone else self.page.bar.mic_picker.current())
 
     def _use_mic(self, choice: DeviceChoice | None) -> None:
+        """Muting keeps the microphone open and capturing (nothing is sent), so the engine
+        can tell us when someone talks into it; a different device is opened anew."""
         self.microphone = choice is not None
         if choice is None:
             self.detector.mute()
+            self.engine.set_muted(True)
         else:
             self.detector.unmute()
             self.page.banner.hide()
-        self.engine.set_microphone(choice)
+            if choice != self._open_microphone:
+                self.engine.set_microphone(choice)
+                self._open_microphone = choice
+            self.engine.set_muted(False)
         self.refresh()
 
     def _banner_unmute(self) -> None:

@@ -99,6 +99,7 @@ class MediaSession(asyncio.DatagramProtocol):
         receive_video: bool = True,
         on_source_error: Callable[[str, str], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        on_level: Callable[[int], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
@@ -115,6 +116,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._on_audio = on_audio
         self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._prepare_video = prepare_video
+        self._on_level = on_level  # each captured frame's level (-dBov), muted or not
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -378,6 +380,8 @@ class MediaSession(asyncio.DatagramProtocol):
             now = time.monotonic()
             level = level_dbov(samples)
             self.own_level = (level, now)
+            if self._on_level is not None:
+                self._on_level(level)
             endpoint = self._endpoint
             if self.audio_muted:
                 if not was_muted and endpoint is not None:
