@@ -489,7 +489,7 @@ def nat_topology(lab: Lab, sites: int = 2, *, fully_random: bool = False) -> Nat
 def delayer(queue: int, delay_ms: float, jitter_ms: float) -> None:
     """Hold each queued packet for delay +/- jitter (uniform, so packets reorder) and
     accept it when due. Runs until SIGTERM; prints ``ready`` once it holds the queue."""
-    from netfilterqueue import NetfilterQueue  # type: ignore[import-not-found]
+    from netfilterqueue import NetfilterQueue
 
     held: list[tuple[float, int, Any]] = []
     count = 0

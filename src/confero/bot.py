@@ -67,14 +67,36 @@ def make_audio_source(spec: str) -> AudioSource | None:
     return FileAudioSource(spec)
 
 
+FREEZE_GAP = 0.2  # seconds between two decoded frames of one sender that count as a freeze
+
+
 @dataclass
 class _Seen:
     """What this bot has seen of one remote video stream."""
 
     name: str
     first_frame_at: float | None = None
+    last_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
+    freezes: list[tuple[float, float]] = field(default_factory=list)  # (ended at, seconds)
+
+
+class _CountedSource:
+    """A video source that counts the frames taken from it: the frames this bot sent."""
+
+    def __init__(self, source: VideoSource) -> None:
+        self.source, self.width, self.height = source, source.width, source.height
+        self.frames = 0
+
+    def frame(self, capture_us: int) -> Any:
+        self.frames += 1
+        return self.source.frame(capture_us)
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
 
 
 class Bot:
@@ -84,7 +106,8 @@ class Bot:
         self.session: MediaSession | None = None
         self.speaker: Speaker | None = None
         self.recorder = MeetingRecorder(args.record) if args.record else None
-        self.video_source = make_video_source(args.video, args.name, args.width, args.height)
+        source = make_video_source(args.video, args.name, args.width, args.height)
+        self.video_source = _CountedSource(source) if source is not None else None
         self.audio_source = make_audio_source(args.audio)
         self.camera = self.video_source is not None
         self.microphone = self.audio_source is not None
@@ -206,6 +229,10 @@ class Bot:
         if seen is None:
             seen = self.seen[video.ssrc] = _Seen(self._name_of(video.ssrc))
         seen.frames += 1
+        gap = video.received_at - (seen.last_frame_at or video.received_at)
+        if gap > FREEZE_GAP and len(seen.freezes) < 10_000:
+            seen.freezes.append((round(video.received_at, 3), round(gap, 3)))
+        seen.last_frame_at = video.received_at
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
             emit("video_started", name=seen.name, ssrc=video.ssrc,
@@ -311,14 +338,20 @@ class Bot:
         assert isinstance(video, dict)
         named = {self._name_of(ssrc): s for ssrc, s in video.items()}
         emit("stats", video=named, audio=stats["audio"], audio_buffer=stats["audio_buffer"],
-             sent=stats["sent"])
+             sent=stats["sent"], frames_sent=self._frames_sent())
+
+    def _frames_sent(self) -> int:
+        return self.video_source.frames if self.video_source is not None else 0
 
     def _summary(self) -> dict[str, Any]:
         return {
             "video": {
-                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps)}
+                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
+                            "first_frame_t": seen.first_frame_at,
+                            "last_frame_t": seen.last_frame_at, "freezes": seen.freezes}
                 for seen in self.seen.values()
             },
+            "frames_sent": self._frames_sent(),
             "stats": self.session.stats() if self.session is not None else None,
         }
 
