@@ -215,7 +215,9 @@ class Endpoint:
         old_delayer = self._delayer
         match = f'oifname "{self.dev}" ' + ("meta l4proto udp " if imp.udp_only else "")
         rule = ""
-        if imp.loss_pct > 0:
+        if imp.loss_pct >= 100:
+            rule = f"    {match}counter drop\n"
+        elif imp.loss_pct > 0:
             threshold = round(imp.loss_pct * 10_000)  # parts per million
             rule = f"    {match}numgen random mod 1000000 < {threshold} counter drop\n"
         # declare, flush and refill in one transaction: never a moment without rules
