@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.bots import BotProcess, tone_levels
 from tests.conftest import read_json_line
-from tests.netlab import Impairment, Lab, star
+from tests.netlab import Impairment, Lab, nat_topology, star
 
 
 def test_loss_and_delay_act_on_the_link(netlab: Lab) -> None:
@@ -81,3 +81,25 @@ def test_a_bot_behind_a_lossy_link_still_gets_video_and_audio(
     finally:
         for bot in started:
             bot.cleanup()
+
+
+def test_nat_topology_hides_clients_behind_their_routers(netlab: Lab) -> None:
+    """What a peer-to-peer test builds on: a client's datagrams reach the public namespace
+    from its router's public address, and the other site's router is reachable."""
+    nat = nat_topology(netlab, 2)
+    echo = nat.public.popen(
+        [sys.executable, "-c",
+         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "s.bind(('0.0.0.0', 40000)); print('ready', flush=True); "
+         "data, peer = s.recvfrom(100); print(peer[0], flush=True)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+    site = nat.sites[0]
+    site.client.run([sys.executable, "-c",
+                     "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                     f".sendto(b'hi', ('{site.wan.a.ip}', 40000))"])
+    assert echo.stdout.readline().strip() == site.wan.b.ip  # masqueraded, not 192.168.x
+    assert echo.wait(10) == 0
+    other = nat.sites[1].wan.b.ip
+    assert site.client.run(["ping", "-c", "1", "-W", "5", other], check=False).returncode == 0
