@@ -118,6 +118,23 @@ class RunResult:
     events: dict[str, list[dict[str, Any]]]
     wavs: dict[str, Path]
     capacity: list[tuple[float, float | None]] = field(default_factory=list)
+    server_events: dict[str, float] = field(default_factory=dict)  # in the window
+
+
+SCRAPE = ("import re, sys, urllib.request\n"
+          "text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()\n"
+          "for m in re.finditer(r'^confero_media_events_total\\{event=\"(\\w+)\"\\} (\\S+)',"
+          " text, re.M):\n"
+          "    print(m.group(1), m.group(2))\n")
+
+
+def media_events(ns: Any, port: int) -> dict[str, float]:
+    """The server's media event counters (retransmissions from its cache, NACKs and PLIs
+    forwarded or throttled...), read from /metrics inside its namespace."""
+    out = ns.run([sys.executable, "-I", "-c", SCRAPE, f"http://127.0.0.1:{port}/metrics"],
+                 check=False).stdout
+    return {name: float(value) for name, value in
+            (line.split() for line in out.splitlines() if len(line.split()) == 2)}
 
 
 def start_server(ns: Any, data_dir: Path, log: Any) -> tuple[subprocess.Popen[str], int]:
@@ -169,11 +186,14 @@ def run_once(name: str, scenario: Scenario, options: Options, workdir: Path) -> 
             t0 = time.time() + options.warmup
             t1 = t0 + options.duration
             capacity = [(t0, scenario.down.rate_kbit if scenario.down else None)]
+            _sleep_until(t0)
+            before = media_events(topology.server, port)
             for fraction, impairment in scenario.steps:
                 _sleep_until(t0 + fraction * options.duration)
                 topology.downlink("victim").impair(impairment)
                 capacity.append((time.time(), impairment.rate_kbit))
             _sleep_until(t1)
+            after = media_events(topology.server, port)
             for bot in bots.values():
                 bot.send("leave")
             for bot in bots.values():
@@ -187,7 +207,7 @@ def run_once(name: str, scenario: Scenario, options: Options, workdir: Path) -> 
             for bot in bots.values():
                 bot.cleanup()
     return RunResult(name, t0, t1, events, {r: workdir / r / "audio.wav" for r in bots},
-                     capacity)
+                     capacity, {k: v - before.get(k, 0) for k, v in after.items()})
 
 
 def wait_done(bot: BotProcess, timeout: float) -> None:
@@ -378,7 +398,8 @@ def concealed(run: RunResult, receiver: str) -> int:
 
 def analyse(run: RunResult) -> dict[str, Any]:
     roles = list(TONES)
-    result: dict[str, Any] = {"window_s": round(run.t1 - run.t0, 2), "receivers": {}}
+    result: dict[str, Any] = {"window_s": round(run.t1 - run.t0, 2), "receivers": {},
+                              "server_events": run.server_events}
     for receiver in roles:
         result["receivers"][receiver] = {
             "video": {s: video_metrics(run, receiver, s) for s in roles if s != receiver},
@@ -481,6 +502,8 @@ def row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
                                      for r in UNIMPAIRED) for run in runs]),
             "retransmitted": _median([sum(run["receivers"][r]["sending"]["retransmitted"]
                                           for r in UNIMPAIRED) for run in runs]),
+            "server_retransmitted": _median([run["server_events"].get("retransmitted", 0)
+                                             for run in runs]),
             "sent_kbps": _median([max(run["receivers"][r]["sending"]["sent_kbps"]
                                       for r in UNIMPAIRED) for run in runs]),
         },
@@ -498,8 +521,8 @@ def _fmt(value: Any, unit: str = "") -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| link of the victim | video decoded by victim | frozen | delay p95 | audio glitches "
-        "/ dropouts | NACKs / PLIs sent, rtx to victim | victim sends | others see the victim "
-        "(decoded, frozen) | others: decoded, frozen, glitches |",
+        "/ dropouts | NACKs / PLIs sent, rtx (server, senders) | victim sends | others see the "
+        "victim (decoded, frozen) | others: decoded, frozen, glitches |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -508,7 +531,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['label']} | {_fmt(v['decoded_pct'], ' %')} | {_fmt(v['frozen_s'], ' s')} | "
             f"{_fmt(v['delay_p95_ms'], ' ms')} | {_fmt(v['glitches'])} / {_fmt(v['dropouts'])}"
             f" of {_fmt(v['audio_windows'])} | {_fmt(v['nacks_sent'])} / {_fmt(v['plis_sent'])}"
-            f", {_fmt(o['retransmitted'])} | {_fmt(v['sent_kbps'], ' kbit/s')} | "
+            f", {_fmt(o['server_retransmitted'])}, {_fmt(o['retransmitted'])} | "
+            f"{_fmt(v['sent_kbps'], ' kbit/s')} | "
             f"{_fmt(seen['decoded_pct'], ' %')}, {_fmt(seen['frozen_s'], ' s')} | "
             f"{_fmt(o['decoded_pct'], ' %')}, {_fmt(o['frozen_s'], ' s')}, "
             f"{_fmt(o['glitches'])} |"
