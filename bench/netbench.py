@@ -337,21 +337,24 @@ def sender_metrics(run: RunResult, role: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- audio metrics
 
 
-def audio_glitches(wav_path: Path, tones: list[float], start_s: float,
-                   seconds: float) -> dict[str, Any]:
+def audio_glitches(wav_path: Path, tones: list[float], start_s: float, seconds: float,
+                   expected_windows: int | None = None) -> dict[str, Any]:
     """Glitch and dropout windows of 20 ms in ``seconds`` of the recording from
-    ``start_s`` (see the module docstring for the method)."""
+    ``start_s`` (see the module docstring for the method). ``expected_windows`` beyond
+    those analysed (a playout that fell behind real time wrote fewer frames) count as
+    glitches and dropouts."""
     with wave.open(str(wav_path)) as wav:
         rate = wav.getframerate()
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
     assert rate == SAMPLE_RATE, rate
     first = max(0, int(start_s * 50))
     count = int(seconds * 50)
-    available = len(samples) // WINDOW - first
-    windows = max(0, min(count, available))
-    missing = count - windows  # the recording ended early: those windows are dropouts
+    expected = max(count, expected_windows or 0)
+    windows = max(0, min(count, len(samples) // WINDOW - first))
+    missing = expected - windows
     if windows < 10:
-        return {"windows": count, "glitches": count, "dropouts": count, "missing": missing}
+        return {"windows": expected, "glitches": expected, "dropouts": expected,
+                "missing": missing}
     x = samples[first * WINDOW : (first + windows) * WINDOW].astype(np.float64)
     x = x.reshape(windows, WINDOW)
     n = (np.arange(windows)[:, None] + first) * WINDOW + np.arange(WINDOW)[None, :]
@@ -375,7 +378,7 @@ def audio_glitches(wav_path: Path, tones: list[float], start_s: float,
     dropout = (amplitude < 0.5 * reference).any(axis=1)
     glitch = residual_jump | phase_jump
     return {
-        "windows": count,
+        "windows": expected,
         "glitches": int(glitch.sum()) + missing,
         "dropouts": int(dropout.sum()) + missing,
         "missing": missing,
@@ -384,10 +387,19 @@ def audio_glitches(wav_path: Path, tones: list[float], start_s: float,
 
 
 def audio_metrics(run: RunResult, receiver: str) -> dict[str, Any]:
-    joined = next(e for e in run.events[receiver] if e["event"] == "joined")
+    """The window located in the recording by proportion: the file spans joining to
+    leaving, but a starved playout writes fewer frames than wall time (``realtime`` < 1)."""
+    events = run.events[receiver]
+    joined = float(next(e for e in events if e["event"] == "joined")["t"])
+    left = float(_done(events)["t"])
+    with wave.open(str(run.wavs[receiver])) as wav:
+        recorded = wav.getnframes() / wav.getframerate()
+    ratio = min(1.0, recorded / (left - joined)) if left > joined else 1.0
     tones = [TONES[r] for r in TONES if r != receiver]
-    return audio_glitches(run.wavs[receiver], tones, run.t0 - float(joined["t"]),
-                          run.t1 - run.t0)
+    result = audio_glitches(run.wavs[receiver], tones, (run.t0 - joined) * ratio,
+                            (run.t1 - run.t0) * ratio, round((run.t1 - run.t0) * 50))
+    result["realtime"] = round(ratio, 3)
+    return result
 
 
 def concealed(run: RunResult, receiver: str) -> int:
