@@ -596,18 +596,32 @@ def main() -> int:
         "scenarios": {},
     }
     rows = []
-    with terminate_as_interrupt():
-        for name in names:
-            runs = []
-            for index in range(args.runs):
-                with tempfile.TemporaryDirectory(prefix="netbench-") as tmp:
-                    workdir = args.keep / f"{name}-{index}" if args.keep else Path(tmp)
-                    workdir.mkdir(parents=True, exist_ok=True)
-                    print(f"==> {name} run {index + 1}/{args.runs}", file=sys.stderr)
-                    runs.append(analyse(run_once(name, SCENARIOS[name], options, workdir)))
-            report["scenarios"][name] = {"runs": runs, "row": row(name, runs)}
-            rows.append(report["scenarios"][name]["row"])
-            print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    try:
+        with terminate_as_interrupt():
+            for name in names:
+                runs = []
+                for index in range(args.runs):
+                    with tempfile.TemporaryDirectory(prefix="netbench-") as tmp:
+                        workdir = args.keep / f"{name}-{index}" if args.keep else Path(tmp)
+                        workdir.mkdir(parents=True, exist_ok=True)
+                        print(f"==> {name} run {index + 1}/{args.runs}", file=sys.stderr)
+                        try:
+                            result = run_once(name, SCENARIOS[name], options, workdir)
+                        except (RuntimeError, AssertionError) as exc:  # a bot that broke
+                            print(f"    run failed: {exc}", file=sys.stderr)
+                            report["scenarios"].setdefault(name, {}).setdefault(
+                                "failed", []).append(str(exc)[-2000:])
+                            continue
+                        runs.append(analyse(result))
+                if not runs:
+                    continue
+                report["scenarios"].setdefault(name, {}).update(
+                    {"runs": runs, "row": row(name, runs)})
+                rows.append(report["scenarios"][name]["row"])
+                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: namespaces and processes removed", file=sys.stderr)
+        return 130
     report["machine"]["load_after"] = os.getloadavg()
     print(table(rows), file=sys.stderr)
     if args.json:
