@@ -450,6 +450,44 @@ def timeline(run: RunResult) -> dict[str, Any]:
             "victim_received": points, "sent_kbps": sent}
 
 
+def plot_timeline(data: dict[str, Any], path: Path, title: str) -> None:
+    """The link's capacity, what each sender sent, and what the victim received from each
+    (bitrate, fps, capture-to-decoded delay) over time: the step-down scenario's plot.
+    The senders' estimate is added here once they report one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate, fps, delay) = plt.subplots(3, 1, sharex=True, figsize=(9, 8))
+    steps = data["capacity_kbit"]
+    end = max((p["t"] for p in data["victim_received"]), default=steps[-1][0])
+    xs = [t for t, _ in steps] + [end]
+    ys = [c or 0 for _, c in steps] + [steps[-1][1] or 0]
+    rate.step(xs, ys, where="post", color="black", label="link capacity")
+    for role, series in data["sent_kbps"].items():
+        rate.plot([t for t, _ in series], [v for _, v in series], label=f"{role} sends")
+    senders = sorted({s for p in data["victim_received"] for s in p["video"]})
+    for sender in senders:
+        points = [(p["t"], p["video"][sender]) for p in data["victim_received"]
+                  if sender in p["video"]]
+        rate.plot([t for t, _ in points], [v["kbps"] for _, v in points], "--",
+                  label=f"victim receives {sender}")
+        fps.plot([t for t, _ in points], [v["fps"] for _, v in points], label=sender)
+        delay.plot([t for t, _ in points], [v["delay_ms"] or 0 for _, v in points],
+                   label=sender)
+    rate.set_ylabel("kbit/s")
+    rate.legend(fontsize="small")
+    fps.set_ylabel("fps at the victim")
+    fps.legend(fontsize="small")
+    delay.set_ylabel("delay ms (1 s median)")
+    delay.set_xlabel("seconds into the measured window")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------- summary
 
 
@@ -581,6 +619,9 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--json", action="store_true", help="print the JSON on stdout")
     parser.add_argument("--keep", type=Path, help="keep the recordings under this directory")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="plot the first run of the step scenario (needs matplotlib: "
+                        "pip install -e '.[bench]')")
     args = parser.parse_args()
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -613,6 +654,9 @@ def main() -> int:
                                 "failed", []).append(str(exc)[-2000:])
                             continue
                         runs.append(analyse(result))
+                        if args.plot and "timeline" in runs[-1] and len(runs) == 1:
+                            plot_timeline(runs[-1]["timeline"], args.plot,
+                                          SCENARIOS[name].label)
                 if not runs:
                     continue
                 report["scenarios"].setdefault(name, {}).update(
