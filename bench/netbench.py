@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import signal
 import statistics
 import subprocess
@@ -521,6 +522,7 @@ def row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "label": SCENARIOS[name].label,
         "runs": len(runs),
         "window_s": _median([run["window_s"] for run in runs]),
+        "cpu_cores": _median([run.get("cpu_cores") for run in runs]),
         "victim": {
             "decoded_pct": per_run(victim_of, "decoded_pct", mean),
             "frozen_s": per_run(victim_of, "frozen_s", max),
@@ -533,6 +535,7 @@ def row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "audio_windows": _median([v["audio"]["windows"] for v in victim]),
             "concealed": _median([v["concealed"] for v in victim]),
             "sent_kbps": _median([v["sending"]["sent_kbps"] for v in victim]),
+            "audio_realtime": _median([v["audio"].get("realtime") for v in victim]),
             "retransmitted": _median([v["sending"]["retransmitted"] for v in victim]),
         },
         "others_see_victim": {
@@ -556,6 +559,8 @@ def row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
                                              for run in runs]),
             "sent_kbps": _median([max(run["receivers"][r]["sending"]["sent_kbps"]
                                       for r in UNIMPAIRED) for run in runs]),
+            "audio_realtime": _median([min(run["receivers"][r]["audio"].get("realtime", 1)
+                                           for r in UNIMPAIRED) for run in runs]),
         },
     }
 
@@ -572,11 +577,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| link of the victim | video decoded by victim | frozen | delay p95 | audio glitches "
         "/ dropouts | NACKs / PLIs sent, rtx (server, senders) | victim sends | others see the "
-        "victim (decoded, frozen) | others: decoded, frozen, glitches |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "victim (decoded, frozen) | others: decoded, frozen, glitches | playout realtime |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         v, seen, o = r["victim"], r["others_see_victim"], r["others"]
+        # below ~0.95 the bots' event loops lagged: CPU starvation, not the network
+        realtime = min(v["audio_realtime"] or 1.0, o["audio_realtime"] or 1.0)
         lines.append(
             f"| {r['label']} | {_fmt(v['decoded_pct'], ' %')} | {_fmt(v['frozen_s'], ' s')} | "
             f"{_fmt(v['delay_p95_ms'], ' ms')} | {_fmt(v['glitches'])} / {_fmt(v['dropouts'])}"
@@ -585,7 +592,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(v['sent_kbps'], ' kbit/s')} | "
             f"{_fmt(seen['decoded_pct'], ' %')}, {_fmt(seen['frozen_s'], ' s')} | "
             f"{_fmt(o['decoded_pct'], ' %')}, {_fmt(o['frozen_s'], ' s')}, "
-            f"{_fmt(o['glitches'])} |"
+            f"{_fmt(o['glitches'])} | {_fmt(realtime)} |"
         )
     return "\n".join(lines)
 
@@ -646,6 +653,8 @@ def main() -> int:
                         workdir = args.keep / f"{name}-{index}" if args.keep else Path(tmp)
                         workdir.mkdir(parents=True, exist_ok=True)
                         print(f"==> {name} run {index + 1}/{args.runs}", file=sys.stderr)
+                        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        started = time.monotonic()
                         try:
                             result = run_once(name, SCENARIOS[name], options, workdir)
                         except (RuntimeError, AssertionError) as exc:  # a bot that broke
@@ -654,6 +663,10 @@ def main() -> int:
                                 "failed", []).append(str(exc)[-2000:])
                             continue
                         runs.append(analyse(result))
+                        now = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        cpu = (now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime)
+                        # CPU the server and bots used per second of the run (1.0 = a core)
+                        runs[-1]["cpu_cores"] = round(cpu / (time.monotonic() - started), 2)
                         if args.plot and "timeline" in runs[-1] and len(runs) == 1:
                             plot_timeline(runs[-1]["timeline"], args.plot,
                                           SCENARIOS[name].label)
