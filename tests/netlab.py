@@ -3,8 +3,10 @@
 ``tc netem`` is not in this kernel, so an impairment is built from what is: random loss by
 an nftables rule, delay and jitter by a small NFQUEUE delayer (this file run as a script
 inside the namespace, holding each packet and releasing it later), and rate caps by a tbf
-qdisc. Everything applies to one device's *egress*, so a client's downlink is the far
-end's egress and its uplink its own.
+qdisc on an ifb device. An impairment is set per direction, on the sending end
+(:meth:`Endpoint.impair`), so a client's downlink is the far end's and its uplink its own;
+it acts at the receiving end's ingress, so the sender's stack sees no error (see
+:class:`Endpoint`).
 
 Everything a :class:`Lab` creates lives in namespaces whose names carry the lab's pid and a
 random token, so parallel runs never collide; closing the lab (a context manager, so also
@@ -56,7 +58,7 @@ def require_tools() -> None:
     """Raise :class:`LabError` saying exactly what is missing to build a lab here."""
     if os.geteuid() != 0:
         raise LabError("network namespaces need root (CI runs as root)")
-    missing = [tool for tool in ("ip", "nft", "tc", "iptables", "iptables-restore")
+    missing = [tool for tool in ("ip", "nft", "tc", "iptables", "iptables-restore", "sysctl")
                if shutil.which(tool) is None]
     if missing:
         raise LabError(f"missing tools {missing}: apt-get install iproute2 nftables iptables")
@@ -170,7 +172,15 @@ class Namespace:
 
 @dataclass(eq=False)
 class Endpoint:
-    """One end of a veth link: its namespace, device and address."""
+    """One end of a veth link: its namespace, device and address.
+
+    :meth:`impair` shapes what this end *sends* (its egress), but every mechanism acts
+    where the packets arrive, at the peer's ingress, as a network would: a packet dropped
+    by a rule on the sender's own egress makes its ``sendto`` fail with EPERM, and a rate
+    cap on the sender's qdisc pushes back on its sockets, neither of which a real path
+    does. So the peer redirects its ingress through an ifb device carrying the tbf cap,
+    then nftables drops (loss) and an NFQUEUE delayer in the peer's namespace holds
+    packets (delay, jitter)."""
 
     ns: Namespace
     dev: str
@@ -180,6 +190,7 @@ class Endpoint:
     _delayer: subprocess.Popen[str] | None = None
     _queue: int = 0
     _chained: bool = False
+    _ifb: bool = False
 
     @property
     def peer(self) -> Endpoint:
@@ -187,16 +198,20 @@ class Endpoint:
         return self.link.b if self is self.link.a else self.link.a
 
     @property
-    def table(self) -> str:
-        return f"{PREFIX}_{self.dev}"
+    def table(self) -> str:  # in the peer's namespace, for what arrives from this end
+        return f"{PREFIX}_{self.peer.dev}"
 
     @property
     def chain(self) -> str:
-        return f"CFLAB_{self.dev}"
+        return f"CFLAB_{self.peer.dev}"
+
+    @property
+    def ifb(self) -> str:
+        return f"{self.peer.dev}i"
 
     def impair(self, impairment: Impairment | None) -> None:
-        """Make this device's egress behave as ``impairment`` (None: clean), replacing what
-        it did before. A changed delay starts a new delayer before the old one stops, so no
+        """Make what this end sends meet ``impairment`` (None: clean), replacing what it
+        met before. A changed delay starts a new delayer before the old one stops, so no
         packet is lost to the switch; a rate-only change touches only the qdisc."""
         imp = impairment or CLEAN
         old = self.impairment
@@ -212,8 +227,9 @@ class Endpoint:
         self.impair(None)
 
     def _set_rules(self, imp: Impairment) -> None:
+        ns, dev = self.peer.ns, self.peer.dev
         old_delayer = self._delayer
-        match = f'oifname "{self.dev}" ' + ("meta l4proto udp " if imp.udp_only else "")
+        match = f'iifname "{dev}" ' + ("meta l4proto udp " if imp.udp_only else "")
         rule = ""
         if imp.loss_pct >= 100:
             rule = f"    {match}counter drop\n"
@@ -221,64 +237,86 @@ class Endpoint:
             threshold = round(imp.loss_pct * 10_000)  # parts per million
             rule = f"    {match}numgen random mod 1000000 < {threshold} counter drop\n"
         # declare, flush and refill in one transaction: never a moment without rules
-        self.ns.nft(
+        ns.nft(
             f"table inet {self.table} {{}}\nflush table inet {self.table}\n"
             f"table inet {self.table} {{\n"
-            "  chain post { type filter hook postrouting priority filter; policy accept;\n"
+            "  chain pre { type filter hook prerouting priority filter; policy accept;\n"
             f"{rule}  }}\n}}\n"
         )
-        if (self.ns, "inet", self.table) not in self.ns.lab._tables:
-            self.ns.lab._tables.append((self.ns, "inet", self.table))
+        if (ns, "inet", self.table) not in ns.lab._tables:
+            ns.lab._tables.append((ns, "inet", self.table))
         # nft's own queue statement needs nft_queue, which this kernel lacks; iptables'
         # NFQUEUE target (through nft's xt compatibility) works
         self._delayer = None
         queue_rule = ""
         if imp.delays:
-            self._queue = self.ns.lab.next_queue()
-            self._delayer = start_delayer(self.ns, self._queue, imp.delay_ms, imp.jitter_ms)
+            self._queue = ns.lab.next_queue()
+            self._delayer = start_delayer(ns, self._queue, imp.delay_ms, imp.jitter_ms)
             # no bypass: a delayer that dies drops the packets, which no one can miss
             proto = "-p udp " if imp.udp_only else ""
             queue_rule = f"-A {self.chain} {proto}-j NFQUEUE --queue-num {self._queue}\n"
         if imp.delays or self._chained:
             if not self._chained:
-                self.ns.run(["iptables", "-t", "mangle", "-N", self.chain])
-                self.ns.run(["iptables", "-t", "mangle", "-A", "POSTROUTING", "-o", self.dev,
-                             "-j", self.chain])
+                ns.run(["iptables", "-t", "mangle", "-N", self.chain])
+                ns.run(["iptables", "-t", "mangle", "-A", "PREROUTING", "-i", dev,
+                        "-j", self.chain])
                 self._chained = True
-            self.ns.run(["iptables-restore", "--noflush"],
-                        input=f"*mangle\n-F {self.chain}\n{queue_rule}COMMIT\n")
+            ns.run(["iptables-restore", "--noflush"],
+                   input=f"*mangle\n-F {self.chain}\n{queue_rule}COMMIT\n")
         if old_delayer is not None:
             stop_process(old_delayer)
 
     def _set_rate(self, imp: Impairment) -> None:
+        ns, dev = self.peer.ns, self.peer.dev
+        if imp.rate_kbit and not self._ifb:
+            ns.ip("link", "add", self.ifb, "type", "ifb")
+            self._ifb = True
+            ns.ip("link", "set", self.ifb, "up")
+            ns.run(["tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"])
+            # (no matchall classifier in this kernel: u32 matching everything)
+            ns.run(["tc", "filter", "add", "dev", dev, "parent", "ffff:", "protocol", "all",
+                    "u32", "match", "u32", "0", "0",
+                    "action", "mirred", "egress", "redirect", "dev", self.ifb])
         if imp.rate_kbit:
-            self.ns.run(["tc", "qdisc", "replace", "dev", self.dev, "root", "tbf",
-                         "rate", f"{imp.rate_kbit:g}kbit",
-                         "burst", str(tbf_burst_bytes(imp.rate_kbit)),
-                         "latency", f"{imp.queue_ms:g}ms"])
-        else:
-            self.ns.run(["tc", "qdisc", "del", "dev", self.dev, "root"], check=False)
+            ns.run(["tc", "qdisc", "replace", "dev", self.ifb, "root", "tbf",
+                    "rate", f"{imp.rate_kbit:g}kbit",
+                    "burst", str(tbf_burst_bytes(imp.rate_kbit)),
+                    "latency", f"{imp.queue_ms:g}ms"])
+        elif self._ifb:
+            self._remove_ifb()
+
+    def _remove_ifb(self) -> None:
+        ns, dev = self.peer.ns, self.peer.dev
+        ns.run(["tc", "qdisc", "del", "dev", dev, "handle", "ffff:", "ingress"], check=False)
+        _run(["ip", *(["-n", ns.name] if ns.name else []), "link", "del", self.ifb],
+             check=False)
+        self._ifb = False
 
     def counters(self) -> dict[str, int]:
-        """Packets this egress dropped (``drop``) and delayed (``queue``) so far, under the
-        current impairment."""
+        """Packets from this end dropped (``drop``, loss rules only) and delayed
+        (``queue``) so far."""
         counts = {"drop": 0, "queue": 0}
         for what in (["table", "inet", self.table], ["chain", "ip", "mangle", self.chain]):
-            listing = self.ns.run(["nft", "list", *what], check=False).stdout
+            listing = self.peer.ns.run(["nft", "list", *what], check=False).stdout
             for found in re.finditer(r"counter packets (\d+) bytes \d+ (drop|queue)", listing):
                 counts[found.group(2)] += int(found.group(1))
         return counts
 
     def stop(self) -> None:
+        """Undo what lives outside the lab's namespaces (those go with them) and stop the
+        delayer."""
+        ns = self.peer.ns
         if self._chained:  # the queue rule first, so nothing waits on a stopped delayer
-            self.ns.run(["iptables", "-t", "mangle", "-D", "POSTROUTING", "-o", self.dev,
-                         "-j", self.chain], check=False)
-            self.ns.run(["iptables", "-t", "mangle", "-F", self.chain], check=False)
-            self.ns.run(["iptables", "-t", "mangle", "-X", self.chain], check=False)
+            ns.run(["iptables", "-t", "mangle", "-D", "PREROUTING", "-i", self.peer.dev,
+                    "-j", self.chain], check=False)
+            ns.run(["iptables", "-t", "mangle", "-F", self.chain], check=False)
+            ns.run(["iptables", "-t", "mangle", "-X", self.chain], check=False)
             self._chained = False
         if self._delayer is not None:
             stop_process(self._delayer)
             self._delayer = None
+        if self._ifb and ns.name is None:
+            self._remove_ifb()
 
 
 @dataclass(eq=False)
