@@ -14,7 +14,18 @@ on Ctrl-C) removes them, which also removes their veths, rules and qdiscs. Labs 
 killed process are swept by the next lab. Needs root, ``ip``, ``nft`` and ``tc``; the
 delayer needs the ``netfilterqueue`` package (apt ``libnetfilter-queue-dev`` to build it).
 
-Only the standard library is imported here, so any script can use it.
+Only the standard library is imported here, so any script can use it::
+
+    with Lab() as lab:                                  # tests: the ``netlab`` fixture
+        net = star(lab, ["alice", "victim"])            # a server namespace, one per client
+        net.downlink("victim").impair(Impairment(loss_pct=5, delay_ms=50, jitter_ms=10))
+        net.uplink("victim").impair(Impairment(rate_kbit=500))
+        server = net.server.popen([..., "--host", "0.0.0.0", ...])   # ended on close
+        url = f"ws://{net.links['victim'].a.ip}:{port}/ws"  # as the victim reaches it
+        BotProcess(url, "victim", ..., prefix=net.clients["victim"].argv([]))
+
+For peer-to-peer behind NAT, :func:`nat_topology` gives clients behind masquerading
+routers and a public namespace that routes between them.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -567,12 +578,6 @@ def delayer(queue: int, delay_ms: float, jitter_ms: float) -> None:
             with contextlib.suppress(Exception):
                 packet.accept()
         nfq.unbind()
-
-
-@contextlib.contextmanager
-def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        yield built
 
 
 if __name__ == "__main__":
