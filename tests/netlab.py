@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import importlib.util
 import os
 import random
 import re
@@ -73,6 +74,9 @@ def require_tools() -> None:
                if shutil.which(tool) is None]
     if missing:
         raise LabError(f"missing tools {missing}: apt-get install iproute2 nftables iptables")
+    if importlib.util.find_spec("netfilterqueue") is None:
+        raise LabError("the delayer needs netfilterqueue: apt-get install "
+                       "libnetfilter-queue-dev, then pip install -e '.[test]'")
 
 
 @dataclass(frozen=True)
@@ -449,7 +453,7 @@ class Lab:
 
 
 def sweep_stale() -> None:
-    """Remove namespaces (and root-namespace tables) of labs whose process is gone."""
+    """Remove the namespaces of labs whose process is gone (killed before closing)."""
     listing = _run(["ip", "netns", "list"], check=False).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
