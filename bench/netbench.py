@@ -105,7 +105,6 @@ class Options:
     width: int
     height: int
     fps: int
-    keep: Path | None
 
 
 # ---------------------------------------------------------------------- running
@@ -634,7 +633,7 @@ def main() -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
-    options = Options(args.duration, args.warmup, args.width, args.height, args.fps, args.keep)
+    options = Options(args.duration, args.warmup, args.width, args.height, args.fps)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),
