@@ -90,24 +90,32 @@ class BotProcess:
 
 
 def tone_levels(wav_path: Path, frequencies: list[float]) -> dict[float, float]:
-    """Level (dB relative to the strongest bin) of each frequency in the recording's
-    loudest second, so a tone that is present is near 0 dB and an absent one far below."""
+    """Level (dB relative to the strongest bin) of each frequency, as the median over the
+    recording's audible half-second windows: a tone that is present is near 0 dB and an
+    absent one far below. The median (not one FFT of everything) keeps a rare glitch on a
+    busy machine -- broadband for one window -- from reading as a leaked tone, while a tone
+    that really leaked is in every window and still shows."""
     with wave.open(str(wav_path)) as wav:
         rate = wav.getframerate()
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
     samples = samples.astype(np.float64)
     assert len(samples) >= rate, f"{wav_path} holds less than a second of audio"
-    energy = np.convolve(samples**2, np.ones(rate // 10), mode="valid")
-    start = int(np.argmax(energy[: max(1, len(energy) - rate)]))
-    second = samples[start : start + rate]
-    assert np.abs(second).max() > 1000, f"{wav_path} is silent"
-    spectrum = np.abs(np.fft.rfft(second * np.hanning(len(second))))
-    freqs = np.fft.rfftfreq(len(second), 1 / rate)
-    peak = spectrum.max()
-    return {
-        f: float(20 * np.log10(spectrum[(freqs > f - 8) & (freqs < f + 8)].max() / peak))
-        for f in frequencies
-    }
+    size, hop = rate // 2, rate // 4
+    window = np.hanning(size)
+    freqs = np.fft.rfftfreq(size, 1 / rate)
+    per_window: list[dict[float, float]] = []
+    for start in range(0, len(samples) - size + 1, hop):
+        chunk = samples[start : start + size]
+        if np.abs(chunk).max() < 1000:
+            continue  # silence: before the others were heard, or after they left
+        spectrum = np.abs(np.fft.rfft(chunk * window))
+        peak = spectrum.max()
+        per_window.append({
+            f: float(20 * np.log10(spectrum[(freqs > f - 8) & (freqs < f + 8)].max() / peak))
+            for f in frequencies
+        })
+    assert len(per_window) >= 3, f"{wav_path} holds less than a second of sound"
+    return {f: float(np.median([w[f] for w in per_window])) for f in frequencies}
 
 
 def video_identities(webm_path: Path) -> tuple[int, set[int]]:

@@ -17,8 +17,6 @@ from confero.protocol.rtp import (
     SequenceUnwrapper,
     is_rtcp,
     peek_ssrc,
-    seq_distance,
-    seq_newer,
 )
 from confero.protocol.video_jitter import FrameAssembler
 from confero.protocol.vp8 import MAX_PAYLOAD, Vp8Error, packetize, parse_descriptor
@@ -56,8 +54,6 @@ def test_rtp_parse_rejects_malformed(data: bytes) -> None:
 
 
 def test_sequence_arithmetic_wraps() -> None:
-    assert seq_newer(0, 65535) and not seq_newer(65535, 0)
-    assert seq_distance(2, 65534) == 4 and seq_distance(65534, 2) == -4
     unwrap = SequenceUnwrapper()
     values = [unwrap.unwrap(s) for s in (65533, 65534, 65535, 0, 1, 65535, 2)]
     assert [v - values[0] for v in values] == [0, 1, 2, 3, 4, 2, 5]
@@ -122,7 +118,7 @@ def test_vp8_packetize_respects_the_size_limit_and_marks_the_start() -> None:
 
 
 def test_nack_generator_asks_for_gaps_retries_and_gives_up() -> None:
-    gen = NackGenerator(retry_interval=0.05, max_tries=2, max_age=1.0)
+    gen = NackGenerator(retry_interval=0.05, max_tries=2, max_age=1.0, min_reorder_delay=0.0)
     for seq in (65533, 65534, 1, 2):  # 65535 and 0 lost across the wrap
         gen.on_packet(seq, now=0.0)
     assert sorted(gen.due(0.0)) == [0, 65535]
@@ -131,6 +127,23 @@ def test_nack_generator_asks_for_gaps_retries_and_gives_up() -> None:
     assert gen.due(0.06) == [65535]
     assert gen.due(0.2) == []  # max tries reached
     assert gen.missing_count == 0 and gen.recovered == 1
+
+
+def test_nack_generator_waits_out_the_reordering_it_has_seen() -> None:
+    gen = NackGenerator(min_reorder_delay=0.005)
+    gen.on_packet(1, 0.0)
+    gen.on_packet(3, 0.0)
+    assert gen.due(0.004) == []  # a gap younger than the reordering wait is not a loss
+    gen.on_packet(2, 0.003)  # filled by itself after 3 ms: reordering, learnt
+    gen.on_packet(5, 0.010)
+    assert gen.due(0.017) == [4]  # a ~6 ms wait: asked
+    gen.on_packet(4, 0.022)  # the original, 12 ms late
+    gen.on_duplicate(4)  # ... and then the retransmission: the ask was needless
+    assert gen.needless == 1
+    assert gen.reorder_delay > 0.012
+    gen.on_packet(7, 0.030)
+    assert gen.due(0.040) == []  # now it waits longer than that reordering
+    assert gen.due(0.030 + gen.reorder_delay) == [6]
 
 
 def test_nack_generator_ignores_huge_jumps() -> None:

@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from confero import client as api
-from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
-from confero.media.audio import SILENCE, Samples, SineSource
+from confero.client.call import Call, CallVideo
+from confero.client.media import AudioSource, VideoSource
+from confero.media.audio import SineSource
 from confero.media.devices import (
     CameraSource,
     DeviceError,
@@ -29,7 +29,6 @@ from confero.media.devices import (
     ScreenSource,
     Speaker,
 )
-from confero.media.recorder import MeetingRecorder
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
 from confero.stdin import stdin_lines
@@ -79,7 +78,11 @@ class _Seen:
     last_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
-    freezes: list[tuple[float, float]] = field(default_factory=list)  # (ended at, seconds)
+    # for benches, in wall-clock time like every event's "t": first and last decoded frame,
+    # and each gap longer than FREEZE_GAP as (ended at, seconds)
+    first_frame_wall: float | None = None
+    last_frame_wall: float | None = None
+    freezes: list[tuple[float, float]] = field(default_factory=list)
 
 
 class _CountedSource:
@@ -103,19 +106,18 @@ class Bot:
     def __init__(self, args: Any) -> None:
         self.args = args
         self.client = api.Client(args.server, args.name, cafile=args.cafile)
-        self.session: MediaSession | None = None
+        self.call = Call(self.client, on_video=self._on_video, fps=args.fps,
+                         device_playout=args.play is not None,
+                         receive_video=not args.send_only,
+                         on_source_error=self._source_failed,
+                         on_media_started=self._media_started)
         self.speaker: Speaker | None = None
-        self.recorder = MeetingRecorder(args.record) if args.record else None
         source = make_video_source(args.video, args.name, args.width, args.height)
         self.video_source = _CountedSource(source) if source is not None else None
         self.audio_source = make_audio_source(args.audio)
-        self.camera = self.video_source is not None
-        self.microphone = self.audio_source is not None
+        self.call.video_source = self.video_source
+        self.call.audio_source = self.audio_source
         self.seen: dict[int, _Seen] = {}
-        # participant id -> video SSRC, kept here because the client forgets a participant
-        # before its ParticipantLeft reaches listeners
-        self._video_ssrcs: dict[str, int] = {}
-        self.joined_at = 0.0
         self.stop = asyncio.Event()
         self.stop_reason = "duration"
 
@@ -136,13 +138,15 @@ class Bot:
             emit("error", code=exc.code, message=exc.message)
             await self.client.close()
             return 1
-        self.joined_at = time.time()
-        self._video_ssrcs = {p.id: p.video_ssrc for p in result.participants}
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),
              participants=[p.name for p in result.participants])
         self.client.add_listener(self._on_event)
-        await self._start_media()
+        if self.args.record:
+            self.call.start_recording(self.args.record)
+        await self.call.entered(result)
+        if self.call.session is None:
+            emit("error", code="no_media", message="the server offered no media path")
         if self.args.chat:
             await self.client.send_chat(self.args.chat)
         tasks = [asyncio.create_task(self._report_stats())]
@@ -171,110 +175,71 @@ class Bot:
         summary = self._summary()
         if self.speaker is not None:
             self.speaker.close()
+        recorder = self.call.recorder
+        self.call.recorder = None  # the files are closed below, after the media stops
+        await self.call.leave()  # stops the encoder thread before its sources close
         for source in (self.audio_source, self.video_source):
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-        if self.session is not None:
-            await self.session.close()
-        if self.client.meeting is not None:
-            with contextlib.suppress(api.RequestError, api.ConnectionLost, TimeoutError):
-                await self.client.leave()
         await self.client.close()
-        if self.recorder is not None:
-            self.recorder.close()
-            summary["recorded"] = self.recorder.files()
+        if recorder is not None:
+            recorder.close()
+            summary["recorded"] = recorder.files()
         emit("done", reason=self.stop_reason, **summary)
 
     # ------------------------------------------------------------------ media
 
-    async def _start_media(self) -> None:
-        grant = self.client.media_grant
-        if grant is None:
-            emit("error", code="no_media", message="the server offered no media path")
-            return
-        host = urlsplit(self.args.server).hostname or "127.0.0.1"
-        play = self.args.play is not None
-        self.session = MediaSession(grant, host, on_video=self._on_video,
-                                    on_audio=self._on_audio, fps=self.args.fps,
-                                    device_playout=play,
-                                    receive_video=not self.args.send_only)
-        await self.session.open()
-        if play and self.speaker is None:
-            self.speaker = Speaker(self._pull_audio, self.args.play or None)
-        self.session.set_video_source(self.video_source if self.camera else None)
-        self.session.set_audio_source(self.audio_source if self.microphone else None)
-        await self.client.set_media(camera=self.camera, microphone=self.microphone)
-
-    async def _restart_media(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+    def _media_started(self) -> None:
         self.seen.clear()
-        await self._start_media()
+        if self.args.play is not None and self.speaker is None:
+            self.speaker = Speaker(self.call.pull_audio, self.args.play or None)
 
-    def _pull_audio(self) -> Samples:
-        """For the speaker's thread: the current session's audio (silence between two)."""
-        session = self.session
-        return session.pull_audio() if session is not None else SILENCE
+    def _source_failed(self, kind: str, message: str) -> None:
+        emit("error", code="source_failed", message=f"{kind}: {message}")
 
-    def _name_of(self, ssrc: int) -> str:
-        for participant in self.client.participants.values():
-            if participant.video_ssrc == ssrc:
-                return participant.name
-        return f"ssrc-{ssrc:08x}"
-
-    def _on_video(self, video: DecodedVideo) -> None:
+    def _on_video(self, call_video: CallVideo) -> None:
+        video = call_video.video
         seen = self.seen.get(video.ssrc)
         if seen is None:
-            seen = self.seen[video.ssrc] = _Seen(self._name_of(video.ssrc))
+            seen = self.seen[video.ssrc] = _Seen(call_video.name)
         seen.frames += 1
+        wall = time.time()
         gap = video.received_at - (seen.last_frame_at or video.received_at)
         if gap > FREEZE_GAP and len(seen.freezes) < 10_000:
-            seen.freezes.append((round(video.received_at, 3), round(gap, 3)))
-        seen.last_frame_at = video.received_at
+            seen.freezes.append((round(wall, 3), round(gap, 3)))
+        seen.last_frame_at, seen.last_frame_wall = video.received_at, wall
+        if seen.first_frame_wall is None:
+            seen.first_frame_wall = wall
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
+            joined_at = self.call.joined_at or video.received_at
             emit("video_started", name=seen.name, ssrc=video.ssrc,
-                 after_join_ms=round((video.received_at - self.joined_at) * 1000, 1),
+                 after_join_ms=round((video.received_at - joined_at) * 1000, 1),
                  width=video.frame.width, height=video.frame.height)
         if self.args.check_stamps:
             _, identity = read_stamp(luma_plane(video.frame))
             ok = identity == identity_code(seen.name)
             seen.stamps["match" if ok else "mismatch"] += 1
-        if self.recorder is not None and not self.recorder.video(
-            video.ssrc, seen.name, video.encoded, video.frame.width, video.frame.height
-        ) and self.session is not None:
-            self.session.request_keyframe(video.ssrc, time.monotonic())
-
-    def _on_audio(self, samples: Samples) -> None:
-        if self.recorder is not None:
-            self.recorder.audio(samples)
 
     # ------------------------------------------------------------------ signaling events
 
     def _on_event(self, event: api.ClientEvent) -> None:
+        self.call.handle_event(event)
         match event:
             case api.ParticipantJoined(participant=p):
                 emit("participant_joined", name=p.name, participant_id=p.id)
-                self._video_ssrcs[p.id] = p.video_ssrc
             case api.ParticipantLeft(name=name, participant_id=pid, reason=reason):
                 emit("participant_left", name=name, participant_id=pid, reason=reason)
-                ssrc = self._video_ssrcs.pop(pid, None)
-                if ssrc is not None and self.session is not None:
-                    self.session.forget_stream(ssrc, ended=True)
             case api.MediaChanged(participant_id=pid, camera=camera, microphone=microphone):
                 known = self.client.participants.get(pid)
                 name = known.name if known else pid
-                if known is not None and not camera and self.session is not None:
-                    self.session.forget_stream(known.video_ssrc, ended=False)
+                if known is not None and not camera:
                     self.seen.pop(known.video_ssrc, None)
                 emit("media_changed", name=name, camera=camera, microphone=microphone)
             case api.ChatEvent(message=message):
                 emit("chat", sender=message.sender, text=message.text, seq=message.seq,
                      ts=message.ts)
-                if self.recorder is not None:
-                    self.recorder.chat(message)
             case api.MeetingEnded(reason=reason, message=message):
                 emit("meeting_ended", reason=reason, message=message)
                 self._finish("meeting_ended")
@@ -282,10 +247,8 @@ class Bot:
                 emit("connection", state=state.value, reason=reason)
                 if state == api.ConnectionState.FAILED:
                     self._finish("connection_failed")
-            case api.Rejoined(participants=participants):
+            case api.Rejoined():
                 emit("rejoined")
-                self._video_ssrcs = {p.id: p.video_ssrc for p in participants}
-                asyncio.get_running_loop().create_task(self._restart_media())
             case api.RejoinFailed(code=code, message=message):
                 emit("error", code=code, message=message)
                 self._finish("rejoin_failed")
@@ -303,17 +266,12 @@ class Bot:
     async def _command(self, line: str) -> None:
         word, _, rest = line.partition(" ")
         if word == "camera" and rest in ("on", "off"):
-            self.camera = rest == "on" and self.video_source is not None
-            if self.session is not None:
-                self.session.set_video_source(self.video_source if self.camera else None)
-            await self.client.set_media(camera=self.camera, microphone=self.microphone)
-            emit("camera", on=self.camera)
+            await self.call.set_video_source(self.video_source if rest == "on" else None)
+            emit("camera", on=self.call.camera_on)
         elif word == "mic" and rest in ("on", "off"):
-            self.microphone = rest == "on" and self.audio_source is not None
-            if self.session is not None:
-                self.session.set_audio_source(self.audio_source if self.microphone else None)
-            await self.client.set_media(camera=self.camera, microphone=self.microphone)
-            emit("microphone", on=self.microphone)
+            # muting keeps the microphone capturing; no audio packet leaves while muted
+            await self.call.set_microphone_muted(rest == "off")
+            emit("microphone", on=self.call.microphone_on)
         elif word == "chat" and rest:
             await self.client.send_chat(rest)
         elif word == "stats":
@@ -331,14 +289,12 @@ class Bot:
             self._emit_stats()
 
     def _emit_stats(self) -> None:
-        if self.session is None:
+        if self.call.session is None:
             return
-        stats = self.session.stats()
-        video = stats["video"]
-        assert isinstance(video, dict)
-        named = {self._name_of(ssrc): s for ssrc, s in video.items()}
-        emit("stats", video=named, audio=stats["audio"], audio_buffer=stats["audio_buffer"],
-             sent=stats["sent"], frames_sent=self._frames_sent())
+        stats = self.call.named_stats()
+        emit("stats", video=stats["video"], audio=stats["audio"],
+             audio_buffer=stats["audio_buffer"], sent=stats["sent"],
+             frames_sent=self._frames_sent())
 
     def _frames_sent(self) -> int:
         return self.video_source.frames if self.video_source is not None else 0
@@ -347,12 +303,12 @@ class Bot:
         return {
             "video": {
                 seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
-                            "first_frame_t": seen.first_frame_at,
-                            "last_frame_t": seen.last_frame_at, "freezes": seen.freezes}
+                            "first_frame_t": seen.first_frame_wall,
+                            "last_frame_t": seen.last_frame_wall, "freezes": seen.freezes}
                 for seen in self.seen.values()
             },
             "frames_sent": self._frames_sent(),
-            "stats": self.session.stats() if self.session is not None else None,
+            "stats": self.call.session.stats() if self.call.session is not None else None,
         }
 
 

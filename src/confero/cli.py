@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--media-host", default="",
                         help="address clients should send media to (default: the host "
                         "they reached the server by)")
+    server.add_argument("--max-video-size", type=_video_size, default=(1920, 1080),
+                        metavar="WxH", help="largest picture a VP8 keyframe may declare, "
+                        "either way round; larger ones are dropped (default 1920x1080)")
 
     meetings = commands.add_parser("meetings", help="list or create meetings (for scripts)")
     meeting_commands = meetings.add_subparsers(dest="meetings_command", required=True)
@@ -178,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _video_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not int(width) or not int(height):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+    return int(width), int(height)
+
+
 def _server(args: argparse.Namespace) -> int:
     from confero.server.app import ServerConfig, serve
 
@@ -186,6 +196,7 @@ def _server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
         media_port=args.media_port, media_host=args.media_host, rate=args.rate_limit,
         burst=args.rate_burst, max_connections_per_address=args.max_connections_per_address,
+        max_video_size=args.max_video_size,
     )
     try:
         asyncio.run(serve(config))

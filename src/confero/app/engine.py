@@ -18,15 +18,15 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import av
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from confero import client as api
-from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
-from confero.media.audio import SILENCE, Samples, SineSource
+from confero.client.call import Call, CallVideo
+from confero.client.media import AudioSource, VideoSource
+from confero.media.audio import SineSource
 from confero.media.devices import (
     CameraSource,
     DeviceError,
@@ -35,7 +35,6 @@ from confero.media.devices import (
     Speaker,
     has_default_device,
 )
-from confero.media.recorder import MeetingRecorder
 from confero.media.video import SyntheticCamera
 
 log = logging.getLogger(__name__)
@@ -135,16 +134,11 @@ class Engine(QObject):
         super().__init__()
         self.frames = FrameStore()
         self.client: api.Client | None = None
-        self.session: MediaSession | None = None
-        # participant id -> video SSRC: the client forgets a participant before its
-        # ParticipantLeft reaches us, and we still need the SSRC to free the stream
-        self._video_ssrcs: dict[str, int] = {}
-        self._media_lock: asyncio.Lock | None = None  # created on the engine loop
+        self.call: Call | None = None  # the call logic shared with the bot
         self._video: _TappedVideo | None = None
         self._audio: AudioSource | None = None
         self._speaker: Speaker | None = None
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
-        self._recorder: MeetingRecorder | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
@@ -189,6 +183,10 @@ class Engine(QObject):
         client = api.Client(url, name, cafile=cafile or None)
         client.add_listener(self._on_event)
         self.client = client
+        self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
+                         device_playout=True, on_source_error=self._source_failed,
+                         on_media_started=self._media_started)
+        self.call.video_source, self.call.audio_source = self._video, self._audio
         await client.connect()
         self.meetings_changed.emit(await client.list_meetings())
 
@@ -203,6 +201,7 @@ class Engine(QObject):
 
     async def _disconnect(self) -> None:
         await self._stop_media()
+        self.call = None
         if self.client is not None:
             client, self.client = self.client, None
             with contextlib.suppress(api.RequestError, api.ConnectionLost, TimeoutError):
@@ -214,6 +213,11 @@ class Engine(QObject):
         if self.client is None:
             raise api.ConnectionLost("not connected")
         return self.client
+
+    @property
+    def session(self) -> Any:
+        """The media session of the meeting we are in, if any."""
+        return self.call.session if self.call is not None else None
 
     # ------------------------------------------------------------------ meetings
 
@@ -260,54 +264,34 @@ class Engine(QObject):
         return await getattr(self._require_client(), method)(*args)
 
     async def _entered(self, result: Any) -> None:
-        self._video_ssrcs = {p.id: p.video_ssrc for p in result.participants}
         self.joined.emit(result)
-        await self._start_media()
-
-    def _media_guard(self) -> asyncio.Lock:
-        if self._media_lock is None:
-            self._media_lock = asyncio.Lock()
-        return self._media_lock
+        if self.call is not None:
+            await self.call.entered(result)
+            if self.call.session is None:
+                self.notice.emit("The server offers no media for this meeting: chat only.")
 
     # ------------------------------------------------------------------ media
 
-    async def _start_media(self) -> None:
-        """Open the media path of the meeting we are in. Start and stop are serialised, so
-        a leave (or the end of the meeting) while this runs cannot leave a session behind."""
-        async with self._media_guard():
-            client = self._require_client()
-            grant = client.media_grant
-            if client.meeting is None or self.session is not None:
-                return
-            if grant is None:
-                self.notice.emit("The server offers no media for this meeting: chat only.")
-                return
-            host = urlsplit(client.url).hostname or "127.0.0.1"
-            session = MediaSession(grant, host, on_video=self._on_video,
-                                   on_audio=self._on_audio, device_playout=True,
-                                   on_source_error=self._source_failed)
-            await session.open()
-            self.session = session
-            self._open_speaker()
-            session.set_video_source(self._video)
-            session.set_audio_source(self._audio)
-            self._ticker = asyncio.create_task(self._tick())
-        await self._announce()
+    def _media_started(self) -> None:
+        """The call opened a media session (on joining, or again after a rejoin)."""
+        self._open_speaker()
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self.local_media.emit(self._video is not None, self._audio is not None)
 
     async def _stop_media(self, *, keep_recording: bool = False) -> None:
-        async with self._media_guard():
-            if self._ticker is not None:
-                self._ticker.cancel()
-                self._ticker = None
-            if self._speaker is not None:
-                self._speaker.close()
-                self._speaker = None
-            if self.session is not None:
-                session, self.session = self.session, None
-                await session.close()
-            if not keep_recording:
-                self._stop_recording()
-            self.frames.clear()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._speaker is not None:
+            self._speaker.close()
+            self._speaker = None
+        if self.call is not None:
+            recorder = self.call.recorder if not keep_recording else None
+            await self.call.stop_media(keep_recording=keep_recording)
+            if recorder is not None:
+                self.recording.emit(False, str(recorder.directory))
+        self.frames.clear()
 
     def _source_failed(self, kind: str, message: str) -> None:
         """A camera or microphone died mid-call: say so, and show it as off."""
@@ -318,28 +302,25 @@ class Engine(QObject):
             self._audio = None
         self.error.emit(f"The {'camera' if kind == 'video' else 'microphone'} stopped: "
                         f"{message}")
-        self._loop.create_task(self._guarded(self._announce()))
+        self.local_media.emit(self._video is not None, self._audio is not None)
 
     def _open_speaker(self) -> None:
-        session = self.session
-        if session is None or self._speaker_device.kind == "none":
-            if session is not None:
-                session.set_device_playout(False)  # keep the buffers moving, silently
+        call = self.call
+        if call is None or call.session is None or self._speaker_device.kind == "none":
+            if call is not None:
+                call.set_device_playout(False)  # keep the buffers moving, silently
             return
         if self._speaker_device.kind == "default" and not has_default_device("output"):
-            session.set_device_playout(False)
+            call.set_device_playout(False)
             self.notice.emit("No speaker found: you can see and chat, but not hear. "
                              "Pick one when it is connected.")
             return
         try:
-            self._speaker = Speaker(self._pull_audio, self._speaker_device.device or None)
+            call.set_device_playout(True)
+            self._speaker = Speaker(call.pull_audio, self._speaker_device.device or None)
         except DeviceError as exc:
-            session.set_device_playout(False)
+            call.set_device_playout(False)
             self.notice.emit(f"No sound output: {exc}. You can still see and chat.")
-
-    def _pull_audio(self) -> Samples:
-        session = self.session
-        return session.pull_audio() if session is not None else SILENCE
 
     def choose_speaker(self, choice: DeviceChoice) -> None:
         async def switch() -> None:
@@ -348,7 +329,6 @@ class Engine(QObject):
                 self._speaker.close()
                 self._speaker = None
             if self.session is not None:
-                self.session.set_device_playout(True)
                 self._open_speaker()
 
         self.submit(switch())
@@ -358,8 +338,7 @@ class Engine(QObject):
 
         async def switch() -> None:
             old, self._video = self._video, None
-            if self.session is not None:
-                self.session.set_video_source(None)
+            await self._set_call_video(None)
             if old is not None:
                 await asyncio.to_thread(old.close)
             if choice is not None:
@@ -367,25 +346,22 @@ class Engine(QObject):
                 self._video = _TappedVideo(source, self.frames)
             else:
                 self.frames.drop(SELF)
-            if self.session is not None:
-                self.session.set_video_source(self._video)
-            await self._announce()
+            await self._set_call_video(self._video)
+            self.local_media.emit(self._video is not None, self._audio is not None)
 
         self.submit(switch())
 
     def set_microphone(self, choice: DeviceChoice | None) -> None:
         async def switch() -> None:
             old, self._audio = self._audio, None
-            if self.session is not None:
-                self.session.set_audio_source(None)
+            await self._set_call_audio(None)
             close = getattr(old, "close", None)
             if close is not None:
                 close()
             if choice is not None:
                 self._audio = await asyncio.to_thread(self._open_audio, choice)
-            if self.session is not None:
-                self.session.set_audio_source(self._audio)
-            await self._announce()
+            await self._set_call_audio(self._audio)
+            self.local_media.emit(self._video is not None, self._audio is not None)
 
         self.submit(switch())
 
@@ -403,21 +379,22 @@ class Engine(QObject):
             return SineSource(float(choice.device or 440))
         return MicrophoneSource(choice.device or None)
 
-    async def _announce(self) -> None:
-        camera, microphone = self._video is not None, self._audio is not None
-        self.local_media.emit(camera, microphone)
-        client = self.client
-        if client is not None and client.meeting is not None and (
-            client.state == api.ConnectionState.CONNECTED
-        ):
-            await client.set_media(camera=camera, microphone=microphone)
+    async def _set_call_video(self, source: VideoSource | None) -> None:
+        if self.call is not None:
+            await self.call.set_video_source(source)
+
+    async def _set_call_audio(self, source: AudioSource | None) -> None:
+        if self.call is not None:
+            await self.call.set_audio_source(source)
 
     # ------------------------------------------------------------------ recording
 
     def start_recording(self, directory: str) -> None:
         async def start() -> None:
+            if self.call is None:
+                raise api.ConnectionLost("not connected")
             self._stop_recording()
-            self._recorder = MeetingRecorder(Path(directory))
+            self.call.start_recording(Path(directory))
             self.recording.emit(True, directory)
 
         self.submit(start())
@@ -426,110 +403,62 @@ class Engine(QObject):
         self._loop.call_soon_threadsafe(self._stop_recording)
 
     def _stop_recording(self) -> None:
-        if self._recorder is not None:
-            recorder, self._recorder = self._recorder, None
-            recorder.close()
+        recorder = self.call.stop_recording() if self.call is not None else None
+        if recorder is not None:
             self.recording.emit(False, str(recorder.directory))
 
     # ------------------------------------------------------------------ incoming
 
-    def _participant_for(self, ssrc: int) -> api.ParticipantInfo | None:
-        client = self.client
-        if client is None:
-            return None
-        for participant in client.participants.values():
-            if ssrc in (participant.video_ssrc, participant.audio_ssrc):
-                return participant
-        return None
-
-    def _on_video(self, video: DecodedVideo) -> None:
-        participant = self._participant_for(video.ssrc)
-        if participant is None:
-            return
-        self.frames.put(participant.id, to_qimage(video.frame))
-        recorder, session = self._recorder, self.session
-        if recorder is not None and not recorder.video(
-            video.ssrc, participant.name, video.encoded, video.frame.width, video.frame.height
-        ) and session is not None:
-            session.request_keyframe(video.ssrc, time.monotonic())  # the file starts on one
-
-    def _on_audio(self, samples: Samples) -> None:
-        recorder = self._recorder
-        if recorder is not None:
-            recorder.audio(samples)
+    def _on_video(self, call_video: CallVideo) -> None:
+        participant = call_video.participant
+        if participant is not None and call_video.video.prepared is not None:
+            self.frames.put(participant.id, call_video.video.prepared)
 
     def _on_event(self, event: api.ClientEvent) -> None:
+        if self.call is not None:
+            self.call.handle_event(event)
         match event:
             case api.StateChanged(state=state, reason=reason):
                 self.state_changed.emit(state.value, reason)
             case api.MeetingsChanged(meetings=meetings):
                 self.meetings_changed.emit(meetings)
             case api.ParticipantJoined(participant=participant):
-                self._video_ssrcs[participant.id] = participant.video_ssrc
                 self.participant_joined.emit(participant)
             case api.ParticipantLeft():
                 self.frames.drop(event.participant_id)
-                ssrc = self._video_ssrcs.pop(event.participant_id, None)
-                if ssrc is not None and self.session is not None:
-                    self.session.forget_stream(ssrc, ended=True)
                 self.participant_left.emit(event)
             case api.MediaChanged():
                 if not event.camera:
                     self.frames.drop(event.participant_id)
-                    ssrc = self._video_ssrcs.get(event.participant_id)
-                    if ssrc is not None and self.session is not None:
-                        self.session.forget_stream(ssrc, ended=False)
                 self.media_changed.emit(event)
             case api.ChatEvent(message=message):
                 self.chat.emit(message)
-                if self._recorder is not None:
-                    self._recorder.chat(message)
             case api.MeetingEnded(message=message):
                 self._loop.create_task(self._stop_media())
                 self.left.emit(message[0].upper() + message[1:] + ".")
             case api.Rejoined(participants=participants):
-                self._video_ssrcs = {p.id: p.video_ssrc for p in participants}
                 self.rejoined.emit(participants)
                 self.notice.emit("Reconnected and back in the meeting.")
-                self._loop.create_task(self._guarded(self._restart_media()))
             case api.RejoinFailed(message=message):
                 self._loop.create_task(self._stop_media())
                 self.left.emit(f"Could not rejoin the meeting: {message}")
-
-    async def _restart_media(self) -> None:
-        """New keys and SSRCs after a rejoin; a recording in progress carries on."""
-        await self._stop_media(keep_recording=True)
-        if self.client is not None and self.client.meeting is not None:
-            await self._start_media()
 
     async def _tick(self) -> None:
         """Five times a second: who is talking; once a second: statistics."""
         count = 0
         while True:
             await asyncio.sleep(0.2)
-            session, client = self.session, self.client
-            if session is None or client is None:
+            call = self.call
+            if call is None or call.session is None:
                 continue
-            now = time.time()
-            talking = set()
-            loud = session.speaking(now)
-            for participant in client.participants.values():
-                if participant.audio_ssrc in loud:
-                    talking.add(participant.id)
-            level, at = session.own_level
+            now = time.monotonic()
+            talking = call.speaking(now)
+            level, at = call.own_level
             if self._audio is not None and now - at < 0.5 and level < 50:
                 talking.add(SELF)
             self.speaking.emit(talking)
             count += 1
             if count % 5 == 0:
-                self.stats.emit(self._named_stats(session, client))
-
-    def _named_stats(self, session: MediaSession, client: api.Client) -> dict[str, Any]:
-        raw = session.stats()
-        video = raw["video"]
-        assert isinstance(video, dict)
-        named: dict[str, Any] = {}
-        for ssrc, values in video.items():
-            participant = self._participant_for(ssrc)
-            named[participant.name if participant else f"{ssrc:08x}"] = values
-        return {"video": named, "audio": raw["audio"], "sent": raw["sent"]}
+                stats = call.named_stats()
+                self.stats.emit({"video": stats["video"], "audio": stats["audio"],
+                                 "sent": stats["sent"]})

@@ -1,13 +1,13 @@
-"""A participant's media with the server: UDP + SRTP, send and receive pipelines.
+"""The asyncio shell around the client's media core (:mod:`confero.client.endpoint`).
 
-Send: a video source -> VP8 (realtime) -> RFC 7741 packets (<= 1200 bytes) -> SRTP -> UDP,
-keeping the last packets to answer NACKs, and a keyframe whenever a PLI arrives; an audio
-source -> 20 ms Opus frames with an RFC 6464 level -> SRTP -> UDP.
-
-Receive: each remote video SSRC gets a frame assembler (released when complete), a NACK
-generator and a decoder (PLI on a decode failure or on joining); the mixed audio goes into
-an adaptive jitter buffer played out on a 20 ms clock. Per-stream statistics are kept for
-the UI and the bot. Callbacks run on the event loop.
+It owns what the sans-I/O endpoint must not: the UDP socket, one ``call_at`` timer re-armed
+from :meth:`MediaEndpoint.get_timer`, the codecs, the sources, and the threads. Video is
+captured, encoded and decoded on worker threads (libvpx releases the GIL), so a busy event
+loop never delays a frame and a slow decode never delays the network; Opus (about 0.1 ms
+a frame) stays on the loop. Playout is pulled by the sound device's own clock
+(:meth:`pull_audio`, on the device's thread), or by a 20 ms schedule on the loop when there
+is no device (bots). ``now`` is ``time.monotonic()`` (the event loop's clock) everywhere;
+the capture time sent on the wire is the wall clock, named ``capture_us``.
 """
 
 from __future__ import annotations
@@ -15,21 +15,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import av
-import numpy as np
 
+from confero.client.adaptation import ResolutionLadder, video_share
+from confero.client.endpoint import (
+    LOST,
+    START_BPS,
+    EndpointConfig,
+    KeyframeNeeded,
+    MediaEndpoint,
+    TargetBitrate,
+    VideoFrameReady,
+)
+from confero.client.stats import StreamStats
 from confero.media.audio import (
-    FRAME_SAMPLES,
     FRAME_SECONDS,
-    OPUS_PAYLOAD_TYPE,
     SILENCE,
     OpusDecoder,
     OpusEncoder,
@@ -37,30 +44,23 @@ from confero.media.audio import (
     conceal,
     level_dbov,
 )
-from confero.media.video import Vp8Decoder, Vp8Encoder
+from confero.media.video import Vp8Decoder, make_video_encoder
+from confero.media.vpx import EncodedFrame
 from confero.netutil import enlarge_socket_buffers
 from confero.pacing import Pacer
-from confero.protocol import rtcp
-from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
-from confero.protocol.nack import NackGenerator, RetransmitBuffer
-from confero.protocol.profile import (
-    EXT_AUDIO_LEVEL,
-    EXT_CAPTURE_TIME,
-    EXT_MIXER_LEVELS,
-    VIDEO_CLOCK,
-    VIDEO_PAYLOAD_TYPE,
-)
-from confero.protocol.rtp import RtpError, RtpPacket, SequenceUnwrapper, is_rtcp
 from confero.protocol.signaling import MediaGrant
-from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
-from confero.protocol.video_jitter import Frame, FrameAssembler
-from confero.protocol.vp8 import packetize
+from confero.protocol.video_jitter import Frame
 
 log = logging.getLogger(__name__)
 
-CONTROL_INTERVAL = 0.02
-KEEPALIVE_INTERVAL = 1.0
-MAX_REMOTE_STREAMS = 32
+#: A keyframe costs 5-10 times a delta frame: however many receivers ask (PLI), at most
+#: one per this interval, so a lossy link cannot start a keyframe storm that fills it.
+KEYFRAME_MIN_INTERVAL = 0.5
+#: Frames of one stream waiting for the decoder thread before we stop feeding it and ask
+#: for a keyframe instead: a bounded queue, about a quarter of a second at 30 fps.
+MAX_PENDING_DECODES = 8
+
+__all__ = ["AudioSource", "DecodedVideo", "MediaSession", "StreamStats", "VideoSource"]
 
 
 class VideoSource(Protocol):
@@ -75,107 +75,19 @@ class AudioSource(Protocol):
 
 
 @dataclass
-class StreamStats:
-    """What a receiver knows about one remote stream (cumulative counters + rates)."""
-
-    kind: str
-    ssrc: int
-    packets: int = 0
-    bytes: int = 0
-    lost: int = 0
-    nacks_sent: int = 0
-    plis_sent: int = 0
-    frames_decoded: int = 0
-    decode_errors: int = 0
-    width: int = 0
-    height: int = 0
-    fps: float = 0.0
-    bitrate_bps: float = 0.0
-    jitter_ms: float = 0.0
-    delay_ms: float | None = None  # capture (sender clock) to decoded (our clock)
-    _window_start: float = 0.0
-    _window_frames: int = 0
-    _window_bytes: int = 0
-    _delays: list[float] = field(default_factory=list)
-    _all_delays: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
-    _highest_seq: int | None = None
-    _first_seq: int | None = None
-    _unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
-    _transit: float | None = None
-
-    def on_packet(self, packet: RtpPacket, size: int, now: float, clock_rate: int) -> None:
-        self.packets += 1
-        self.bytes += size
-        self._window_bytes += size
-        seq = self._unwrap.unwrap(packet.sequence_number)
-        if self._first_seq is None:
-            self._first_seq = seq
-        if self._highest_seq is None or seq > self._highest_seq:
-            self._highest_seq = seq
-        self.lost = max(0, self._highest_seq - self._first_seq + 1 - self.packets)
-        transit = now - packet.timestamp / clock_rate
-        if self._transit is not None:
-            delta = abs(transit - self._transit)
-            if delta < 10:  # ignore timestamp jumps (a new talkspurt, a restart)
-                self.jitter_ms += (delta * 1000 - self.jitter_ms) / 16
-        self._transit = transit
-
-    def on_frame(self, delay: float | None) -> None:
-        self.frames_decoded += 1
-        self._window_frames += 1
-        if delay is not None:
-            self._delays.append(delay)
-            self._all_delays.append(delay)
-
-    def roll(self, now: float) -> None:
-        """Close the current one-second window: compute fps, bitrate and delay."""
-        span = now - self._window_start
-        if span <= 0:
-            return
-        self.fps = self._window_frames / span
-        self.bitrate_bps = self._window_bytes * 8 / span
-        if self._delays:
-            self.delay_ms = float(np.median(self._delays)) * 1000
-        self._window_start = now
-        self._window_frames = self._window_bytes = 0
-        self._delays = []
-
-    def delay_percentiles(self) -> dict[str, float] | None:
-        """Capture-to-decoded delay over the last 20 000 frames, in milliseconds."""
-        if not self._all_delays:
-            return None
-        ms = np.array(self._all_delays) * 1000
-        return {
-            "p50": round(float(np.percentile(ms, 50)), 2),
-            "p95": round(float(np.percentile(ms, 95)), 2),
-            "max": round(float(ms.max()), 2),
-            "frames": len(ms),
-        }
-
-    def public(self) -> dict[str, object]:
-        values: dict[str, object] = {
-            k: v for k, v in self.__dict__.items() if not k.startswith("_")
-        }
-        values["delay_percentiles_ms"] = self.delay_percentiles()
-        return values
-
-
-@dataclass
 class DecodedVideo:
     ssrc: int
     frame: av.VideoFrame
     capture_us: int | None
+    #: When it was decoded (monotonic seconds).
     received_at: float
     encoded: Frame  # what arrived, for recording without re-encoding
+    #: What the session's ``prepare_video`` made of it on the decoder thread (e.g. a QImage).
+    prepared: Any = None
 
 
-class _RemoteVideo:
-    def __init__(self, ssrc: int, now: float) -> None:
-        self.last_keyframe_request = float("-inf")
-        self.assembler = FrameAssembler()
-        self.nack = NackGenerator()
-        self.decoder = Vp8Decoder()
-        self.stats = StreamStats("video", ssrc, _window_start=now)
+def _nothing() -> None:
+    pass
 
 
 class MediaSession(asyncio.DatagramProtocol):
@@ -186,100 +98,164 @@ class MediaSession(asyncio.DatagramProtocol):
         *,
         on_video: Callable[[DecodedVideo], None] | None = None,
         on_audio: Callable[[Samples], None] | None = None,
-        clock: Callable[[], float] = time.time,
         fps: int = 30,
         device_playout: bool = False,
         receive_video: bool = True,
         on_source_error: Callable[[str, str], None] | None = None,
+        prepare_video: Callable[[av.VideoFrame], Any] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
-        own thread, on its own clock); otherwise a 20 ms timer on the event loop does, and
-        hands each frame to ``on_audio``."""
+        own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
+        and hands each frame to ``on_audio``. ``prepare_video`` runs on the decoder
+        thread for every decoded frame (convert it for display there, not on the loop)."""
         self.grant = grant
         self.address = (grant.host or host, grant.port)
-        self._srtp = SrtpContext(tx_key=decode_key(grant.key_up), rx_key=decode_key(grant.key_down))
+        self._config = EndpointConfig.from_grant(grant)
+        self._receive_video = receive_video
+        self._endpoint: MediaEndpoint | None = None
+        # The endpoint is shared with the sound device's thread (pull_audio).
+        self._lock = threading.Lock()
         self._on_video = on_video
         self._on_audio = on_audio
-        self._clock = clock
+        self._on_source_error = on_source_error  # (kind "video"/"audio", message)
+        self._prepare_video = prepare_video
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._video_task: asyncio.Task[None] | None = None
         self._audio_task: asyncio.Task[None] | None = None
         self._playout_task: asyncio.Task[None] | None = None
-        self._video_seq = secrets.randbelow(1 << 16)
-        self._audio_seq = secrets.randbelow(1 << 16)
-        self._audio_ts = secrets.randbelow(1 << 32)
-        self._ts_offset = secrets.randbelow(1 << 32)
-        self._picture_id = secrets.randbelow(1 << 15)
-        self._history = RetransmitBuffer(1024)
-        self._keyframe_wanted = True
-        self._remote: dict[int, _RemoteVideo] = {}
-        self._jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10)
-        self._audio_decoder = OpusDecoder()
-        self._audio_lock = threading.Lock()  # the jitter buffer is shared with the device
         self._device_playout = device_playout
-        self._receive_video = receive_video  # False: a send-only load generator
-        self._on_source_error = on_source_error  # (kind "video"/"audio", message)
+        self._keyframe_wanted = True
+        #: the uplink estimate (bit/s), from the endpoint's congestion control
+        self.target_bps = START_BPS
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-encode")
+        self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-decode")
+        self._decoders: dict[int, Vp8Decoder] = {}  # touched on the decoder thread only
+        self._pending_decodes: dict[int, int] = {}
+        # bumped when a stream is forgotten: frames of it still on the decoder thread
+        # then belong to the past and are not delivered
+        self._generations: dict[int, int] = {}
+        self._audio_decoder = OpusDecoder()
+        self._audio_decode_lock = threading.Lock()
         self._last_audio: Samples | None = None
         self._concealed_in_a_row = 0
-        self.audio_stats = StreamStats("audio", grant.mix_ssrc)
-        # audio SSRC -> (level in -dBov, when heard), from the mix's CSRCs (RFC 6465)
-        self._speaker_levels: dict[int, tuple[int, float]] = {}
-        #: Level of our own microphone's last frame (-dBov, 127 = silence) and when.
+        self._closed = False
+        #: While muted the microphone keeps capturing (its level stays known, so the app
+        #: can say "you are talking while muted") but nothing is sent.
+        self.audio_muted = False
+        #: Level of our own microphone's last frame (-dBov, 127 = silence) and when
+        #: (monotonic seconds).
         self.own_level: tuple[int, float] = (127, 0.0)
-        self.counters: dict[str, int] = {
-            "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
-            "retransmitted": 0, "plis_received": 0, "nacks_received": 0, "keyframes_sent": 0,
-        }
+        self._extra_counters: dict[str, int] = {"source_errors": 0, "decode_backlog": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._endpoint = MediaEndpoint(self._config, now, wall_offset=time.time() - now,
+                                       receive_video=self._receive_video)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
         enlarge_socket_buffers(transport, 1024 * 1024)
-        self._send_keepalive()
-        self._tasks = [
-            asyncio.create_task(self._every(CONTROL_INTERVAL, self._control)),
-            asyncio.create_task(self._every(KEEPALIVE_INTERVAL, self._keepalive)),
-        ]
+        self._service()
         self.set_device_playout(self._device_playout)
 
     def set_device_playout(self, device: bool) -> None:
-        """True: a sound device pulls audio (:meth:`pull_audio`); False: a 20 ms timer on
-        the loop does (for bots, or when no speaker could be opened)."""
+        """True: a sound device pulls audio (:meth:`pull_audio`); False: a 20 ms schedule
+        on the loop does (for bots, or when no speaker could be opened)."""
         self._device_playout = device
         if device and self._playout_task is not None:
             self._playout_task.cancel()
             self._playout_task = None
         elif not device and self._playout_task is None and self.transport is not None:
-            self._playout_task = asyncio.create_task(self._every(FRAME_SECONDS, self._playout))
+            self._playout_task = asyncio.create_task(self._emulated_device())
 
     async def close(self) -> None:
         self.set_video_source(None)
         self.set_audio_source(None)
-        tasks = [t for t in (*self._tasks, self._video_task, self._audio_task,
-                             self._playout_task) if t]
+        tasks = [t for t in (self._video_task, self._audio_task, self._playout_task) if t]
         self._playout_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
-        if self.transport is not None:
-            with contextlib.suppress(Exception):
-                self._send_rtcp(rtcp.Bye([self.grant.audio_ssrc, self.grant.video_ssrc]).pack())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and self._endpoint is not None:
+            with self._lock:
+                self._endpoint.close()
+            self._flush()
             self.transport.close()
             self.transport = None
+        self._closed = True
+        self._encode_pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a datagram transport
 
     def error_received(self, exc: Exception) -> None:
         log.debug("media socket error: %s", exc)
+
+    # ------------------------------------------------------------------ the core's I/O
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or self._closed:
+            return
+        with self._lock:
+            endpoint.receive_datagram(data, time.monotonic())
+        self._service()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        endpoint = self._endpoint
+        if endpoint is None or self._closed:
+            return
+        with self._lock:
+            endpoint.handle_timer(time.monotonic())
+        self._service()
+
+    def _service(self) -> None:
+        """After any input: send what the core produced, act on its events, re-arm the
+        one timer (only when the core's deadline moved earlier than the armed one)."""
+        endpoint, loop = self._endpoint, self._loop
+        if endpoint is None or loop is None or self._closed:
+            return
+        self._flush()
+        while True:
+            with self._lock:
+                event = endpoint.next_event()
+            if event is None:
+                break
+            if isinstance(event, VideoFrameReady):
+                self._decode_later(event)
+            elif isinstance(event, KeyframeNeeded):
+                self._keyframe_wanted = True
+            elif isinstance(event, TargetBitrate):
+                self.target_bps = event.bps
+        self._flush()
+        with self._lock:
+            deadline = endpoint.get_timer()
+        if self._timer is None or deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _flush(self) -> None:
+        endpoint, transport = self._endpoint, self.transport
+        if endpoint is None:
+            return
+        with self._lock:
+            datagrams = endpoint.datagrams_to_send()
+        if transport is not None:
+            for datagram in datagrams:
+                transport.sendto(datagram)
 
     # ------------------------------------------------------------------ sources
 
@@ -298,28 +274,19 @@ class MediaSession(asyncio.DatagramProtocol):
         if source is not None:
             self._audio_task = asyncio.create_task(self._send_audio(source))
 
+    async def encoder_idle(self) -> None:
+        """Returns once the encoder thread finished what it had started (so a source that
+        was just replaced can be closed without racing a capture)."""
+        with contextlib.suppress(RuntimeError):  # the pool is gone: nothing runs there
+            await asyncio.get_running_loop().run_in_executor(self._encode_pool, _nothing)
+
     @property
     def sending_video(self) -> bool:
         return self._video_task is not None
 
     @property
     def sending_audio(self) -> bool:
-        return self._audio_task is not None
-
-    # ------------------------------------------------------------------ statistics
-
-    def stats(self) -> dict[str, object]:
-        return {
-            "video": {ssrc: r.stats.public() for ssrc, r in self._remote.items()},
-            "audio": self.audio_stats.public(),
-            "audio_buffer": {
-                "target_frames": self._jitter.target,
-                "depth_frames": self._jitter.depth,
-                "concealed": self._jitter.concealed,
-                "late": self._jitter.late,
-            },
-            "sent": dict(self.counters),
-        }
+        return self._audio_task is not None and not self.audio_muted
 
     # ------------------------------------------------------------------ sending
 
@@ -335,7 +302,7 @@ class MediaSession(asyncio.DatagramProtocol):
             await sending
         except Exception as exc:
             log.warning("%s source failed: %s", kind, exc)
-            self.counters["source_errors"] = self.counters.get("source_errors", 0) + 1
+            self._extra_counters["source_errors"] += 1
             if kind == "video":
                 self._video_task = None
             else:
@@ -344,214 +311,169 @@ class MediaSession(asyncio.DatagramProtocol):
                 self._on_source_error(kind, str(exc))
 
     async def _video_loop(self, source: VideoSource) -> None:
-        encoder = Vp8Encoder(source.width, source.height, self.fps)
+        loop = asyncio.get_running_loop()
+        ladder = ResolutionLadder(source.width, source.height)
+        # three temporal layers: the server forwards each subscriber the layers its
+        # downlink carries (30, 15 or 7.5 fps) without touching the encoder
+        encoder = make_video_encoder(source.width, source.height, self.fps,
+                                     video_share(self.target_bps, self.sending_audio),
+                                     temporal_layers=3)
         pacer = Pacer(1 / self.fps, resync_after=1)  # behind a frame: drop, keep pace
-        while True:
-            capture = self._clock()
-            capture_us = int(capture * 1e6)
-            rtp_ts = (int(capture * VIDEO_CLOCK) + self._ts_offset) & 0xFFFFFFFF
-            keyframe, self._keyframe_wanted = self._keyframe_wanted, False
-            for data in encoder.encode(source.frame(capture_us), rtp_ts, keyframe):
-                self._send_frame(data, rtp_ts, capture_us, keyframe)
-            await pacer.wait()
 
-    def _send_frame(self, data: bytes, rtp_ts: int, capture_us: int, keyframe: bool) -> None:
-        self._picture_id = (self._picture_id + 1) & 0x7FFF
-        payloads = packetize(data, self._picture_id)
-        if keyframe:
-            self.counters["keyframes_sent"] += 1
-        for index, payload in enumerate(payloads):
-            self._video_seq = (self._video_seq + 1) & 0xFFFF
-            packet = RtpPacket(
-                payload_type=VIDEO_PAYLOAD_TYPE,
-                sequence_number=self._video_seq,
-                timestamp=rtp_ts,
-                ssrc=self.grant.video_ssrc,
-                payload=payload,
-                marker=index == len(payloads) - 1,
-                extensions={EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")} if index == 0
-                else {},
-            )
-            plain = packet.serialize()
-            self._history.store(self._video_seq, plain)
-            self._send_rtp(plain)
+        def capture_and_encode(capture_us: int, pts: int, keyframe: bool,
+                               bitrate: int) -> list[EncodedFrame]:
+            """On the encoder thread: follow the estimate, then capture and encode."""
+            width, height = ladder.choose(bitrate)
+            if (width, height) != (encoder.width, encoder.height):
+                encoder.reconfigure(width, height, self.fps)  # its next frame is a keyframe
+            if bitrate != encoder.bitrate:
+                encoder.set_bitrate(bitrate)  # live, no keyframe (libvpx)
+            frame = source.frame(capture_us)
+            if (frame.width, frame.height) != (width, height):
+                frame = frame.reformat(width=width, height=height)
+            return encoder.encode(frame, pts, keyframe)
+
+        last_keyframe = float("-inf")
+        try:
+            while True:
+                captured_at = time.monotonic()
+                capture_us = int(time.time() * 1e6)
+                keyframe = self._keyframe_wanted and (
+                    captured_at >= last_keyframe + KEYFRAME_MIN_INTERVAL)
+                if keyframe:  # else the request waits for the interval to pass
+                    self._keyframe_wanted = False
+                    last_keyframe = captured_at
+                pts = int(captured_at * 90_000)
+                bitrate = video_share(self.target_bps, self.sending_audio)
+                encoded = await loop.run_in_executor(
+                    self._encode_pool, capture_and_encode, capture_us, pts, keyframe, bitrate)
+                endpoint = self._endpoint
+                if endpoint is not None and not self._closed:
+                    layered = encoder.temporal_layers > 1
+                    with self._lock:
+                        for frame in encoded:
+                            endpoint.send_video_frame(
+                                frame.data, keyframe=frame.keyframe, capture_us=capture_us,
+                                captured_at=captured_at, now=time.monotonic(),
+                                temporal_id=frame.temporal_id if layered else None,
+                                layer_sync=frame.layer_sync)
+                    self._service()
+                await pacer.wait()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the pool is gone: the session closed
+                self._encode_pool.submit(encoder.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
         encoder = OpusEncoder()
         pacer = Pacer(FRAME_SECONDS)
-        first = True
+        was_muted = False
         while True:
             samples = source.next_frame()
-            capture_us = int(self._clock() * 1e6)
+            now = time.monotonic()
             level = level_dbov(samples)
-            self.own_level = (level, capture_us / 1e6)
-            payload = encoder.encode(samples)
-            self._audio_seq = (self._audio_seq + 1) & 0xFFFF
-            self._audio_ts = (self._audio_ts + FRAME_SAMPLES) & 0xFFFFFFFF
-            packet = RtpPacket(
-                payload_type=OPUS_PAYLOAD_TYPE,
-                sequence_number=self._audio_seq,
-                timestamp=self._audio_ts,
-                ssrc=self.grant.audio_ssrc,
-                payload=payload,
-                marker=first,
-                extensions={
-                    EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big"),
-                    EXT_AUDIO_LEVEL: bytes([(0x80 if level < 127 else 0) | level]),
-                },
-            )
-            first = False
-            self._send_rtp(packet.serialize())
+            self.own_level = (level, now)
+            endpoint = self._endpoint
+            if self.audio_muted:
+                if not was_muted and endpoint is not None:
+                    with self._lock:
+                        endpoint.audio_paused()
+                was_muted = True
+            elif endpoint is not None and not self._closed:
+                was_muted = False
+                payload = encoder.encode(samples)
+                with self._lock:
+                    endpoint.send_audio_frame(payload, level=level,
+                                              capture_us=int(time.time() * 1e6), now=now)
+                self._service()  # the pacer may hold it: the timer must know
             await pacer.wait()
 
-    def _send_rtp(self, plain: bytes) -> None:
-        if self.transport is None:
+    # ------------------------------------------------------------------ receiving video
+
+    def _decode_later(self, event: VideoFrameReady) -> None:
+        """Hand a complete frame to the decoder thread, in order, with a bounded backlog."""
+        ssrc = event.ssrc
+        pending = self._pending_decodes.get(ssrc, 0)
+        if pending >= MAX_PENDING_DECODES:
+            # The decoder cannot keep up: skipping delta frames would corrupt the picture,
+            # so drop this one and start again from a keyframe.
+            self._extra_counters["decode_backlog"] += 1
+            if self._endpoint is not None:
+                with self._lock:
+                    self._endpoint.decode_failed(ssrc)
             return
-        protected = self._srtp.protect_rtp(plain)
-        self.transport.sendto(protected)
-        self.counters["sent_packets"] += 1
-        self.counters["sent_bytes"] += len(protected)
-
-    def _send_rtcp(self, plain: bytes) -> None:
-        if self.transport is not None:
-            self.transport.sendto(self._srtp.protect_rtcp(plain))
-
-    def _send_keepalive(self) -> None:
-        self._send_rtcp(rtcp.ReceiverReport(self.grant.video_ssrc).pack())
-
-    # ------------------------------------------------------------------ receiving
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        now = self._clock()
+        self._pending_decodes[ssrc] = pending + 1
+        generation = self._generations.get(ssrc, 0)
         try:
-            if is_rtcp(data):
-                self._on_rtcp(self._srtp.unprotect_rtcp(data))
-            else:
-                self._on_rtp(self._srtp.unprotect_rtp(data), len(data), now)
-        except SrtpError:
-            self.counters["dropped_auth"] += 1
-        except (RtpError, rtcp.RtcpError):
-            self.counters["dropped_malformed"] += 1
+            future = self._decode_pool.submit(self._decode, ssrc, event.frame.data)
+        except RuntimeError:  # the pool shut down: the session is closing
+            return
+        loop = self._loop
 
-    def _on_rtcp(self, plain: bytes) -> None:
-        for packet in rtcp.parse_compound(plain):
-            if isinstance(packet, rtcp.Nack) and packet.media_ssrc == self.grant.video_ssrc:
-                self.counters["nacks_received"] += 1
-                for seq in packet.lost[:64]:
-                    stored = self._history.get(seq)
-                    if stored is not None:
-                        self._send_rtp(stored)
-                        self.counters["retransmitted"] += 1
-            elif isinstance(packet, rtcp.Pli) and packet.media_ssrc == self.grant.video_ssrc:
-                self.counters["plis_received"] += 1
-                self._keyframe_wanted = True
+        def done(finished: Future[tuple[av.VideoFrame, Any] | None]) -> None:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._decoded, event, generation, finished)
 
-    def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
-        packet = RtpPacket.parse(plain)
-        if packet.ssrc == self.grant.mix_ssrc and packet.payload_type == OPUS_PAYLOAD_TYPE:
-            with self._audio_lock:
-                self.audio_stats.on_packet(packet, size, now, 48_000)
-                if packet.payload:  # an empty one is a loss, not a frame
-                    self._jitter.push(packet.timestamp, packet.payload, now)
-            levels = packet.extensions.get(EXT_MIXER_LEVELS, b"")
-            for ssrc, level in zip(packet.csrcs, levels, strict=False):
-                self._speaker_levels[ssrc] = (level & 0x7F, now)
-            return
-        if packet.payload_type != VIDEO_PAYLOAD_TYPE:
-            self.counters["dropped_malformed"] += 1
-            return
-        if not self._receive_video:
-            self.counters["video_ignored"] = self.counters.get("video_ignored", 0) + 1
-            return
-        remote = self._remote.get(packet.ssrc)
-        if remote is None:
-            if len(self._remote) >= MAX_REMOTE_STREAMS:
-                return
-            remote = self._remote[packet.ssrc] = _RemoteVideo(packet.ssrc, now)
-        remote.stats.on_packet(packet, size, now, VIDEO_CLOCK)
-        remote.nack.on_packet(packet.sequence_number, now)
-        for frame in remote.assembler.push(packet, now):
-            self._decode(remote, frame, now)
+        future.add_done_callback(done)
 
-    def _decode(self, remote: _RemoteVideo, frame: Frame, now: float) -> None:
-        decoded = remote.decoder.decode(frame.data)
-        if decoded is None:
-            remote.stats.decode_errors += 1
-            remote.assembler.request_keyframe()
+    def _decode(self, ssrc: int, data: bytes) -> tuple[av.VideoFrame, Any] | None:
+        """On the decoder thread."""
+        decoder = self._decoders.get(ssrc)
+        if decoder is None:
+            decoder = self._decoders[ssrc] = Vp8Decoder()
+        frame = decoder.decode(data)
+        if frame is None:
+            return None
+        prepared = self._prepare_video(frame) if self._prepare_video is not None else None
+        return frame, prepared
+
+    def _decoded(self, event: VideoFrameReady, generation: int,
+                 done: Future[tuple[av.VideoFrame, Any] | None]) -> None:
+        ssrc = event.ssrc
+        if generation != self._generations.get(ssrc, 0):
+            return  # the stream was forgotten (camera off, sender left) meanwhile
+        self._pending_decodes[ssrc] = max(0, self._pending_decodes.get(ssrc, 1) - 1)
+        endpoint = self._endpoint
+        if endpoint is None or self._closed or done.cancelled():
             return
-        capture = frame.extensions.get(EXT_CAPTURE_TIME)
-        capture_us = int.from_bytes(capture, "big") if capture and len(capture) == 8 else None
-        done = self._clock()
-        remote.stats.on_frame(done - capture_us / 1e6 if capture_us is not None else None)
-        remote.stats.width, remote.stats.height = decoded.width, decoded.height
+        try:
+            result = done.result()
+        except Exception:
+            log.exception("video decoder failed")
+            result = None
+        if result is None:
+            with self._lock:
+                endpoint.decode_failed(ssrc)
+            self._service()
+            return
+        frame, prepared = result
+        now = time.monotonic()
+        delay = time.time() - event.capture_us / 1e6 if event.capture_us is not None else None
+        with self._lock:
+            endpoint.frame_decoded(ssrc, width=frame.width, height=frame.height, delay=delay)
         if self._on_video is not None:
-            self._on_video(DecodedVideo(remote.stats.ssrc, decoded, capture_us, done, frame))
+            self._on_video(DecodedVideo(ssrc, frame, event.capture_us, now, event.frame,
+                                        prepared))
 
-    def speaking(self, now: float, window: float = 0.4, threshold: int = 50) -> dict[int, int]:
-        """Audio SSRCs heard in the mix within ``window`` seconds louder than ``threshold``
-        (-dBov), with their level: who is talking right now."""
-        return {
-            ssrc: level
-            for ssrc, (level, at) in list(self._speaker_levels.items())
-            if now - at <= window and level < threshold
-        }
+    # ------------------------------------------------------------------ audio playout
 
-    def request_keyframe(self, ssrc: int, now: float, interval: float = 0.5) -> None:
-        """Ask one sender for a keyframe (e.g. a recording must start with one); repeated
-        calls send at most one PLI per ``interval``, as the server forwards no more."""
-        remote = self._remote.get(ssrc)
-        if remote is None or now - remote.last_keyframe_request < interval:
-            return
-        remote.last_keyframe_request = now
-        self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
-        remote.stats.plis_sent += 1
-
-    def forget_stream(self, ssrc: int, *, ended: bool) -> None:
-        """Drop a video stream's receive state: the frames, the decoder, the statistics.
-        ``ended`` (its sender left) also drops its SRTP state; a camera that is merely off
-        keeps it, since the stream resumes with the same rollover counter."""
-        self._remote.pop(ssrc, None)
-        if ended:
-            self._srtp.forget(ssrc)
-
-    # ------------------------------------------------------------------ periodic work
-
-    async def _every(self, interval: float, work: Callable[[float], None]) -> None:
-        pacer = Pacer(interval)
+    async def _emulated_device(self) -> None:
+        pacer = Pacer(FRAME_SECONDS)
         while True:
             await pacer.wait()
             try:
-                work(self._clock())
+                self.pull_audio()
             except Exception:
-                log.exception("media periodic task failed")
-
-    def _control(self, now: float) -> None:
-        for ssrc, remote in self._remote.items():
-            for frame in remote.assembler.poll(now):
-                self._decode(remote, frame, now)
-            lost = remote.nack.due(now)
-            if lost:
-                self._send_rtcp(rtcp.Nack(self.grant.video_ssrc, ssrc, lost).pack())
-                remote.stats.nacks_sent += 1
-            if remote.assembler.keyframe_request_due(now):
-                self._send_rtcp(rtcp.Pli(self.grant.video_ssrc, ssrc).pack())
-                remote.stats.plis_sent += 1
-
-    def _keepalive(self, now: float) -> None:
-        self._send_keepalive()
-        for remote in self._remote.values():
-            remote.stats.roll(now)
-        with self._audio_lock:
-            self.audio_stats.roll(now)
-
-    def _playout(self, now: float) -> None:
-        self.pull_audio()
+                log.exception("audio playout failed")
 
     def pull_audio(self) -> Samples:
         """The next 20 ms to play (thread-safe; a sound device's callback may call it).
         Also hands the frame to ``on_audio``, on the calling thread."""
-        with self._audio_lock:
-            item = self._jitter.pop()
+        endpoint = self._endpoint
+        if endpoint is None:
+            return SILENCE
+        with self._lock:
+            item = endpoint.pop_audio()
+        with self._audio_decode_lock:
             if item is None:
                 samples = SILENCE
                 self._last_audio = None
@@ -563,7 +485,48 @@ class MediaSession(asyncio.DatagramProtocol):
                 samples = self._audio_decoder.decode(item)
                 self._last_audio = samples
                 self._concealed_in_a_row = 0
-                self.audio_stats.on_frame(None)
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
+
+    # ------------------------------------------------------------------ queries, control
+
+    @property
+    def counters(self) -> dict[str, int]:
+        endpoint = self._endpoint
+        base = dict(endpoint.counters) if endpoint is not None else {}
+        return {**base, **self._extra_counters}
+
+    def stats(self) -> dict[str, object]:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return {"video": {}, "audio": {}, "audio_buffer": {}, "sent": {}}
+        with self._lock:
+            stats = endpoint.stats()
+        stats["sent"] = {**stats["sent"], **self._extra_counters}  # type: ignore[dict-item]
+        return stats
+
+    def speaking(self, now: float, window: float = 0.4, threshold: int = 50) -> dict[int, int]:
+        """Audio SSRCs talking in the mix now (``now``: monotonic seconds)."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return {}
+        with self._lock:
+            return endpoint.speaking(now, window, threshold)
+
+    def request_keyframe(self, ssrc: int, now: float, interval: float = 0.5) -> None:
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.request_keyframe(ssrc, now, interval)
+            self._flush()
+
+    def forget_stream(self, ssrc: int, *, ended: bool) -> None:
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.forget_stream(ssrc, ended=ended)
+        self._pending_decodes.pop(ssrc, None)
+        self._generations[ssrc] = self._generations.get(ssrc, 0) + 1
+        with contextlib.suppress(RuntimeError):
+            self._decode_pool.submit(self._decoders.pop, ssrc, None)

@@ -99,6 +99,19 @@ class MeetingRecorder:
                 )
             return track.add(frame, width, height)
 
+    def end_stream(self, ssrc: int) -> None:
+        """The sender left: finish its file and free its descriptor (someone who rejoins
+        eighty times must not hold eighty open files)."""
+        with self._lock:
+            track = self._videos.pop(ssrc, None)
+            if track is not None:
+                track.close()
+
+    @property
+    def open_streams(self) -> int:
+        with self._lock:
+            return len(self._videos)
+
     def chat(self, message: ChatMessage) -> None:
         record = {"seq": message.seq, "ts": message.ts, "sender": message.sender,
                   "text": message.text}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -19,6 +19,9 @@ import numpy.typing as npt
 
 from confero.media.glyphs import render_text
 from confero.protocol.profile import VIDEO_CLOCK
+
+if TYPE_CHECKING:
+    from confero.media.vpx import CfgLayout, VideoEncoder
 
 STAMP_BITS = 96  # 64 bits of capture time + 32 bits of identity
 _HIGH, _LOW = 235, 16
@@ -172,3 +175,27 @@ def luma_plane(frame: av.VideoFrame) -> Plane:
     """The Y plane of a decoded frame as a (height, width) array."""
     array = frame.to_ndarray(format="yuv420p")[: frame.height]
     return np.asarray(array, dtype=np.uint8)
+
+
+def make_video_encoder(
+    width: int,
+    height: int,
+    fps: int = 30,
+    bitrate: int = 1_200_000,
+    temporal_layers: int = 1,
+    *,
+    prefer_libvpx: bool = True,
+    layout: CfgLayout | None = None,
+) -> VideoEncoder:
+    """A :class:`confero.media.vpx.VideoEncoder`: libvpx through ctypes (live bitrate
+    changes, temporal layers) when its ABI checks out, else PyAV re-opened on each change
+    (one layer only)."""
+    from confero.media import vpx
+
+    if prefer_libvpx:
+        try:
+            return vpx.VpxVp8Encoder(width, height, fps, bitrate, temporal_layers,
+                                     layout=layout or vpx.LIBVPX_1_16)
+        except vpx.VpxUnavailable:
+            pass
+    return vpx.ReopeningVp8Encoder(width, height, fps, bitrate)

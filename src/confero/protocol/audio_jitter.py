@@ -86,11 +86,16 @@ class AudioJitterBuffer:
             self._next = min(self._frames)
         if len(self._frames) > self.target + 1:
             self._over_target_pops += 1
-            if self._over_target_pops >= 5:  # persistently too deep: skip one frame
+            if self._over_target_pops >= 5:
+                # Persistently too deep (a burst after a stall): shed the excess in one
+                # jump, oldest first. One discontinuity is one click; skipping a frame
+                # every 100 ms until caught up would be a click every 100 ms.
                 self._over_target_pops = 0
-                self._frames.pop(self._next, None)
-                self.dropped_for_latency += 1
-                self._next += self.frame_ticks
+                while len(self._frames) > self.target + 1:
+                    oldest = min(self._frames)
+                    del self._frames[oldest]
+                    self.dropped_for_latency += 1
+                    self._next = max(self._next, oldest + self.frame_ticks)
         else:
             self._over_target_pops = 0
         due = self._next
@@ -112,6 +117,11 @@ class AudioJitterBuffer:
         self.concealed += 1
         self._grow_target()
         return LOST
+
+    def peek(self) -> bytes | None:
+        """The frame due at the next :meth:`pop`, if it has arrived (after a pop returned
+        :data:`LOST`, its in-band FEC can rebuild the lost frame)."""
+        return self._frames.get(self._next) if self._next is not None else None
 
     def _grow_target(self) -> None:
         if self.adaptive and self.target < self.max_target:

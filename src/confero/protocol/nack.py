@@ -27,8 +27,23 @@ class NackGenerator:
         max_tries: int = 3,
         max_age: float = 0.5,
         max_gap: int = 200,
+        min_reorder_delay: float = 0.005,
+        max_reorder_delay: float = 0.05,
     ) -> None:
         self.retry_interval = retry_interval
+        self.min_reorder_delay = min_reorder_delay
+        self.max_reorder_delay = max_reorder_delay
+        #: How long a gap may stay open before it counts as a loss. A packet that was
+        #: only reordered by the network fills its gap within the reordering the path
+        #: shows; asking for it at once costs a needless NACK and retransmission. Learnt
+        #: from gaps that filled by themselves (never asked for) and from NACKs that
+        #: proved needless (the original arrived, then the retransmission as a duplicate).
+        self.reorder_delay = min_reorder_delay
+        self._reorder_estimate = 0.0
+        #: recently asked-for packets that then arrived: unwrapped seq -> how long after
+        #: the gap opened (bounded; a later duplicate of one proves the ask was needless)
+        self._filled_after_ask: dict[int, float] = {}
+        self.needless = 0  # NACKs answered by a duplicate: the packet was only late
         self.max_tries = max_tries
         self.max_age = max_age
         self.max_gap = max_gap
@@ -47,23 +62,56 @@ class NackGenerator:
             if gap > self.max_gap:
                 self._missing.clear()  # a jump this large is a restart: ask for a keyframe
             else:
+                ask_at = now + self.reorder_delay
                 for missing in range(self._highest + 1, value):
-                    self._missing[missing] = _Missing(now, now)
+                    self._missing[missing] = _Missing(now, ask_at)
             self._highest = value
-        elif self._missing.pop(value, None) is not None:
+        elif (entry := self._missing.pop(value, None)) is not None:
             self.recovered += 1
+            waited = now - entry.first_seen
+            if entry.tries == 0:
+                self._learn_reordering(waited)
+            else:
+                self._filled_after_ask[value] = waited
+                if len(self._filled_after_ask) > 256:
+                    del self._filled_after_ask[next(iter(self._filled_after_ask))]
+
+    def on_duplicate(self, seq: int) -> None:
+        """A packet arrived twice (e.g. SRTP's replay check refused the second copy). If we
+        had asked for it, the first copy was merely late: wait longer before asking."""
+        value = self._unwrap.unwrap(seq)
+        waited = self._filled_after_ask.pop(value, None)
+        if waited is not None:
+            self.needless += 1
+            self._learn_reordering(waited)
+
+    def _learn_reordering(self, waited: float) -> None:
+        # a slowly decaying maximum: one late packet raises the wait at once, and calm
+        # minutes bring it back down
+        self._reorder_estimate = max(waited, self._reorder_estimate * 0.98)
+        self.reorder_delay = min(self.max_reorder_delay,
+                                 max(self.min_reorder_delay,
+                                     self._reorder_estimate * 1.25 + 0.002))
 
     def due(self, now: float) -> list[int]:
         """16-bit sequence numbers to NACK now (each at most ``max_tries`` times)."""
         asks: list[int] = []
         for value, entry in list(self._missing.items()):
-            if entry.tries >= self.max_tries or now - entry.first_seen > self.max_age:
+            if entry.tries >= self.max_tries or now >= entry.first_seen + self.max_age:
                 del self._missing[value]
             elif entry.next_ask <= now:
                 entry.tries += 1
                 entry.next_ask = now + self.retry_interval
                 asks.append(value & 0xFFFF)
         return asks
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`due` next has something to say (a NACK or an expiry)."""
+        if not self._missing:
+            return None
+        return min(
+            min(e.next_ask, e.first_seen + self.max_age) for e in self._missing.values()
+        )
 
     @property
     def missing_count(self) -> int:

@@ -84,7 +84,7 @@ class FrameAssembler:
         """Call periodically: gives up on frames that stayed incomplete too long."""
         if (
             self._incomplete_since is not None
-            and now - self._incomplete_since > self.max_wait
+            and now >= self._incomplete_since + self.max_wait
             and not self.waiting_for_keyframe
         ):
             self._give_up(clear=False)
@@ -94,11 +94,21 @@ class FrameAssembler:
         """True when a PLI should be sent now (at most once per ``pli_interval``)."""
         if not self.waiting_for_keyframe:
             return False
-        if self._pli_sent_at is not None and now - self._pli_sent_at < self.pli_interval:
+        if self._pli_sent_at is not None and now < self._pli_sent_at + self.pli_interval:
             return False
         self._pli_sent_at = now
         self.keyframe_requests += 1
         return True
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` or :meth:`keyframe_request_due` next need to be called."""
+        deadlines = []
+        if self._incomplete_since is not None and not self.waiting_for_keyframe:
+            deadlines.append(self._incomplete_since + self.max_wait)
+        if self.waiting_for_keyframe:
+            sent = self._pli_sent_at
+            deadlines.append(float("-inf") if sent is None else sent + self.pli_interval)
+        return min(deadlines) if deadlines else None
 
     def request_keyframe(self) -> None:
         """The decoder failed: wait for (and ask for) a keyframe."""

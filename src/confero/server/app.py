@@ -58,6 +58,8 @@ class ServerConfig:
     media_port: int = 8751
     #: Address clients should send media to; empty: the host they used for signaling.
     media_host: str = ""
+    #: Largest picture a VP8 keyframe may declare (either way round); larger are dropped.
+    max_video_size: tuple[int, int] = (1920, 1080)
 
 
 CLOSE_TIMEOUT = 2.0  # a close handshake that takes longer is cut by aborting the socket
@@ -319,7 +321,9 @@ def _is_loopback(host: str) -> bool:
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM. Prints one JSON line with the bound URLs once listening."""
-    router = MediaRouter(config.media_port, host=config.media_host)
+    router = MediaRouter(config.media_port, host=config.media_host,
+                         max_video_size=config.max_video_size,
+                         wall_offset=time.time() - time.monotonic())
     media = await MediaServer.start(router, config.host, config.media_port)
     server = build_server(config, media=router)
     context = _ssl_context(config)

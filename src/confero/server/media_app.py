@@ -56,7 +56,7 @@ class MediaServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self._send(self.router.handle_datagram(data, addr[:2], time.time()))
+            self._send(self.router.handle_datagram(data, addr[:2], time.monotonic()))
         except Exception:  # one bad packet must never stop the media plane
             self.router.counters["internal_errors"] += 1
             log.exception("media packet from %s failed", addr)
@@ -78,7 +78,7 @@ class MediaServer(asyncio.DatagramProtocol):
         while True:
             await self._pacer.wait()
             try:
-                self._send(self.router.tick(time.time()))
+                self._send(self.router.tick(time.monotonic()))
             except Exception:
                 self.router.counters["internal_errors"] += 1
                 log.exception("mixing tick failed")

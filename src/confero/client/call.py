@@ -1,0 +1,312 @@
+"""One person in one meeting with media: the call logic the bot and the app share.
+
+:class:`Call` sits on a connected :class:`~confero.client.api.Client`. It opens the media
+session when the client enters a meeting and rebuilds it after a rejoin (new keys and
+SSRCs), knows who is who (SSRC -> participant, kept past a participant's departure so the
+stream can still be freed), turns the camera and microphone on and off and tells the
+server, records (asking a sender for a keyframe until its file has started, and closing a
+sender's file when they leave), and frees a stream's state when its camera goes off or its
+sender leaves. What each front end keeps for itself is presentation: the bot prints JSON,
+the app emits Qt signals. Everything runs on one event loop; ``now`` is monotonic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import av
+
+from confero.client import api
+from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
+from confero.media.audio import SILENCE, Samples
+from confero.media.recorder import MeetingRecorder
+from confero.protocol import signaling as sig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CallVideo:
+    """A decoded picture and whose it is (None when the SSRC is nobody we know)."""
+
+    participant: sig.ParticipantInfo | None
+    name: str
+    video: DecodedVideo
+
+
+class Call:
+    def __init__(
+        self,
+        client: api.Client,
+        *,
+        on_video: Callable[[CallVideo], None] | None = None,
+        on_audio: Callable[[Samples], None] | None = None,
+        on_source_error: Callable[[str, str], None] | None = None,
+        on_media_started: Callable[[], None] | None = None,
+        prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        fps: int = 30,
+        device_playout: bool = False,
+        receive_video: bool = True,
+    ) -> None:
+        """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
+        otherwise the session plays out on a 20 ms schedule and hands frames to
+        ``on_audio``. ``prepare_video`` runs on the decoder thread per decoded frame."""
+        self.client = client
+        self.session: MediaSession | None = None
+        self.recorder: MeetingRecorder | None = None
+        self.video_source: VideoSource | None = None
+        self.audio_source: AudioSource | None = None
+        self._on_video = on_video
+        self._on_audio = on_audio
+        self._on_source_error = on_source_error
+        self._on_media_started = on_media_started
+        self._prepare_video = prepare_video
+        self._fps = fps
+        self._device_playout = device_playout
+        self._receive_video = receive_video
+        # participant id -> its info as last known: the client forgets a participant
+        # before its ParticipantLeft reaches listeners, and we still need its SSRCs
+        self._known: dict[str, sig.ParticipantInfo] = {}
+        self._media_lock: asyncio.Lock | None = None  # made on the loop that uses it
+        self.joined_at: float | None = None  # monotonic
+        self.microphone_muted = False
+
+    # ------------------------------------------------------------------ who is who
+
+    def participant_for(self, ssrc: int) -> sig.ParticipantInfo | None:
+        for participant in self._known.values():
+            if ssrc in (participant.video_ssrc, participant.audio_ssrc):
+                return participant
+        return None
+
+    def name_of(self, ssrc: int) -> str:
+        participant = self.participant_for(ssrc)
+        return participant.name if participant is not None else f"ssrc-{ssrc:08x}"
+
+    # ------------------------------------------------------------------ meeting life
+
+    async def entered(self, result: sig.JoinResult) -> None:
+        """We are in (created, joined or rejoined): open the media path."""
+        self.joined_at = time.monotonic()
+        self._known = {p.id: p for p in result.participants}
+        await self.start_media()
+
+    async def start_media(self) -> bool:
+        """Open the media path of the meeting we are in (False: the server offers none).
+        Start and stop are serialised, so a leave while this runs leaves nothing behind."""
+        async with self._guard():
+            grant = self.client.media_grant
+            if self.client.meeting is None or self.session is not None:
+                return self.session is not None
+            if grant is None:
+                return False
+            host = urlsplit(self.client.url).hostname or "127.0.0.1"
+            session = MediaSession(
+                grant, host, on_video=self._video_decoded, on_audio=self._audio_played,
+                fps=self._fps, device_playout=self._device_playout,
+                receive_video=self._receive_video, on_source_error=self._source_failed,
+                prepare_video=self._prepare_video,
+            )
+            await session.open()
+            self.session = session
+            session.audio_muted = self.microphone_muted
+            session.set_video_source(self.video_source)
+            session.set_audio_source(self.audio_source)
+        if self._on_media_started is not None:
+            self._on_media_started()
+        await self.announce()
+        return True
+
+    async def stop_media(self, *, keep_recording: bool = False) -> None:
+        async with self._guard():
+            if self.session is not None:
+                session, self.session = self.session, None
+                await session.close()
+            if not keep_recording:
+                self.stop_recording()
+
+    async def restart_media(self) -> None:
+        """New keys and SSRCs after a rejoin; a recording in progress carries on."""
+        await self.stop_media(keep_recording=True)
+        if self.client.meeting is not None:
+            await self.start_media()
+
+    async def leave(self) -> None:
+        await self.stop_media()
+        if self.client.meeting is not None:
+            with contextlib.suppress(api.RequestError, api.ConnectionLost, TimeoutError):
+                await self.client.leave()
+
+    def _guard(self) -> asyncio.Lock:
+        if self._media_lock is None:
+            self._media_lock = asyncio.Lock()
+        return self._media_lock
+
+    # ------------------------------------------------------------------ our media
+
+    async def set_video_source(self, source: VideoSource | None) -> None:
+        """Switch the camera (None: off). When this returns, the previous source is no
+        longer read by the encoder thread and may be closed."""
+        self.video_source = source
+        if self.session is not None:
+            self.session.set_video_source(source)
+            await self.session.encoder_idle()
+        await self.announce()
+
+    async def set_audio_source(self, source: AudioSource | None) -> None:
+        self.audio_source = source
+        if self.session is not None:
+            self.session.set_audio_source(source)
+        await self.announce()
+
+    async def set_microphone_muted(self, muted: bool) -> None:
+        """Muted: the microphone keeps capturing (:attr:`own_level` stays live, so a front
+        end can say "you are talking while muted") but no audio packet leaves."""
+        self.microphone_muted = muted
+        if self.session is not None:
+            self.session.audio_muted = muted
+        await self.announce()
+
+    @property
+    def camera_on(self) -> bool:
+        return self.video_source is not None
+
+    @property
+    def microphone_on(self) -> bool:
+        return self.audio_source is not None and not self.microphone_muted
+
+    @property
+    def own_level(self) -> tuple[int, float]:
+        """Our microphone's last level (-dBov, 127 = silence) and when (monotonic)."""
+        return self.session.own_level if self.session is not None else (127, 0.0)
+
+    async def announce(self) -> None:
+        """Tell the server (and so everyone) what we send."""
+        client = self.client
+        if client.meeting is not None and client.state == api.ConnectionState.CONNECTED:
+            await client.set_media(camera=self.camera_on, microphone=self.microphone_on)
+
+    def _source_failed(self, kind: str, message: str) -> None:
+        """A camera or microphone died mid-call: it is off now, and everyone is told."""
+        if kind == "video":
+            self.video_source = None
+        else:
+            self.audio_source = None
+        if self._on_source_error is not None:
+            self._on_source_error(kind, message)
+        task = asyncio.get_running_loop().create_task(self.announce())
+        task.add_done_callback(_log_failure)
+
+    # ------------------------------------------------------------------ what arrives
+
+    def _video_decoded(self, video: DecodedVideo) -> None:
+        participant = self.participant_for(video.ssrc)
+        name = participant.name if participant is not None else f"ssrc-{video.ssrc:08x}"
+        recorder, session = self.recorder, self.session
+        if recorder is not None and not recorder.video(
+            video.ssrc, name, video.encoded, video.frame.width, video.frame.height
+        ) and session is not None:
+            session.request_keyframe(video.ssrc, time.monotonic())  # a file starts on one
+        if self._on_video is not None:
+            self._on_video(CallVideo(participant, name, video))
+
+    def _audio_played(self, samples: Samples) -> None:
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.audio(samples)
+        if self._on_audio is not None:
+            self._on_audio(samples)
+
+    def pull_audio(self) -> Samples:
+        """For a sound device's thread: the current session's audio (silence between)."""
+        session = self.session
+        return session.pull_audio() if session is not None else SILENCE
+
+    def set_device_playout(self, device: bool) -> None:
+        self._device_playout = device
+        if self.session is not None:
+            self.session.set_device_playout(device)
+
+    def handle_event(self, event: api.ClientEvent) -> None:
+        """Keep the call in step with the meeting; front ends call this from their own
+        listener (before presenting the event)."""
+        match event:
+            case sig.ParticipantJoined(participant=participant):
+                self._known[participant.id] = participant
+            case sig.ParticipantLeft(participant_id=pid):
+                gone = self._known.pop(pid, None)
+                if gone is not None:
+                    if self.session is not None:
+                        self.session.forget_stream(gone.video_ssrc, ended=True)
+                    if self.recorder is not None:
+                        self.recorder.end_stream(gone.video_ssrc)
+            case sig.MediaChanged(participant_id=pid, camera=camera):
+                known = self.client.participants.get(pid)
+                if known is not None:
+                    self._known[pid] = known
+                    if not camera and self.session is not None:
+                        self.session.forget_stream(known.video_ssrc, ended=False)
+            case sig.ChatEvent(message=message):
+                if self.recorder is not None:
+                    self.recorder.chat(message)
+            case api.Rejoined(participants=participants):
+                self._known = {p.id: p for p in participants}
+                self._spawn(self.restart_media())
+            case sig.MeetingEnded() | api.RejoinFailed():
+                self._spawn(self.stop_media())
+            case _:
+                pass
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        task.add_done_callback(_log_failure)
+
+    # ------------------------------------------------------------------ recording
+
+    def start_recording(self, directory: Path | str) -> MeetingRecorder:
+        self.stop_recording()
+        self.recorder = MeetingRecorder(directory)
+        return self.recorder
+
+    def stop_recording(self) -> MeetingRecorder | None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.close()
+        return recorder
+
+    # ------------------------------------------------------------------ queries
+
+    def speaking(self, now: float) -> set[str]:
+        """Participant ids talking now, from the mix's per-speaker levels."""
+        session = self.session
+        if session is None:
+            return set()
+        loud = session.speaking(now)
+        return {p.id for p in self._known.values() if p.audio_ssrc in loud}
+
+    def named_stats(self) -> dict[str, Any]:
+        """The session's statistics with each video stream under its sender's name."""
+        session = self.session
+        if session is None:
+            return {"video": {}, "audio": {}, "audio_buffer": {}, "sent": {}}
+        raw = session.stats()
+        video = raw["video"]
+        assert isinstance(video, dict)
+        return {**raw, "video": {self.name_of(ssrc): s for ssrc, s in video.items()}}
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        if isinstance(exc, api.RequestError | api.ConnectionLost | TimeoutError):
+            log.info("call: %s", exc)
+        else:
+            log.error("call task failed", exc_info=exc)

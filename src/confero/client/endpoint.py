@@ -1,0 +1,567 @@
+"""The client's media core, sans-I/O: the mirror of the server's ``MediaRouter``.
+
+A :class:`MediaEndpoint` is one participant's media with one hop (the server today; the
+peer in peer-to-peer mode later). It takes encoded frames with their capture time,
+received datagrams and ``now``; it gives back datagrams to send
+(:meth:`datagrams_to_send`), events (:meth:`next_event`: a video frame ready to decode, a
+keyframe to encode) and its next deadline (:meth:`get_timer` / :meth:`handle_timer`), the
+shape of aioquic's ``QuicConnection``. It owns SRTP, packetising, the retransmission
+history, NACK and PLI, frame assembly, the audio jitter buffer and the statistics.
+Codecs, devices, sockets and threads stay outside, in :mod:`confero.client.media`.
+
+The clock rule: every ``now`` here is monotonic seconds (``time.monotonic()`` in the
+shell, a plain float in tests). The capture time that travels in the RTP header extension
+is the sender's wall clock in microseconds; it is named ``capture_us`` wherever it
+appears and is never compared with ``now``. The endpoint maps ``now`` to wall time only
+to stamp RTCP sender reports, through the ``wall_offset`` it is given.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from confero.client.stats import StreamStats
+from confero.protocol import consent, rtcp
+from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+from confero.protocol.congestion import CongestionSender
+from confero.protocol.nack import NackGenerator, RetransmitBuffer
+from confero.protocol.pacer import PacketKind
+from confero.protocol.profile import (
+    AUDIO_CLOCK,
+    AUDIO_FRAME_TICKS,
+    AUDIO_PAYLOAD_TYPE,
+    EXT_AUDIO_LEVEL,
+    EXT_CAPTURE_TIME,
+    EXT_MIXER_LEVELS,
+    VIDEO_CLOCK,
+    VIDEO_PAYLOAD_TYPE,
+)
+from confero.protocol.rtp import RtpError, RtpPacket, is_rtcp
+from confero.protocol.signaling import MediaGrant
+from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
+from confero.protocol.twcc import TwccRecorder, read_transport_seq
+from confero.protocol.video_jitter import Frame, FrameAssembler
+from confero.protocol.vp8 import packetize
+
+KEEPALIVE_INTERVAL: Final = 1.0
+MAX_REMOTE_STREAMS: Final = 32
+#: Largest picture a receiver agrees to decode. A VP8 keyframe declares its size in 28
+#: clear bits; a 37-byte frame declaring 12000x12000 would make the decoder allocate
+#: hundreds of MiB. Frames beyond this are dropped before any decoder sees them.
+MAX_VIDEO_WIDTH: Final = 1920
+MAX_VIDEO_HEIGHT: Final = 1080
+#: At most this many packets are retransmitted for one NACK.
+MAX_RETRANSMIT_PER_NACK: Final = 64
+#: Bound on queued events; a shell that stops draining loses the oldest video frames.
+MAX_EVENTS: Final = 256
+_NTP_EPOCH_OFFSET: Final = 2_208_988_800  # seconds from 1900 to 1970
+#: Where the uplink estimate starts and what it may reach: a call starts at a rate most
+#: links carry and climbs within seconds (see docs/architecture.md, congestion control).
+START_BPS: Final = 600_000
+MIN_BPS: Final = 60_000
+MAX_BPS: Final = 2_500_000
+#: A new target is reported to the encoder when it moved by this fraction.
+TARGET_STEP: Final = 0.05
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """What the server granted at join: keys and SSRCs for this membership."""
+
+    audio_ssrc: int
+    video_ssrc: int
+    mix_ssrc: int
+    tx_key: bytes
+    rx_key: bytes
+
+    @classmethod
+    def from_grant(cls, grant: MediaGrant) -> EndpointConfig:
+        return cls(grant.audio_ssrc, grant.video_ssrc, grant.mix_ssrc,
+                   decode_key(grant.key_up), decode_key(grant.key_down))
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class VideoFrameReady:
+    """A complete frame of a remote sender: decode it, then call ``frame_decoded``."""
+
+    ssrc: int
+    frame: Frame
+    #: The sender's capture time (its wall clock, microseconds), if it sent one.
+    capture_us: int | None
+
+
+@dataclass(frozen=True)
+class KeyframeNeeded:
+    """Someone asked (PLI) for a keyframe of our video: encode the next frame as one."""
+
+
+@dataclass(frozen=True)
+class TargetBitrate:
+    """The uplink estimate moved: the encoders together should now produce ``bps``."""
+
+    bps: int
+
+
+Event = VideoFrameReady | KeyframeNeeded | TargetBitrate
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+def keyframe_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height a VP8 keyframe declares (RFC 6386 9.1), or None for a delta frame
+    or a frame too short to say. ``data`` is the frame (after the payload descriptor)."""
+    if len(data) < 10 or data[0] & 1 or data[3:6] != b"\x9d\x01\x2a":
+        return None
+    return (int.from_bytes(data[6:8], "little") & 0x3FFF,
+            int.from_bytes(data[8:10], "little") & 0x3FFF)
+
+
+class _RemoteVideo:
+    def __init__(self, ssrc: int, now: float) -> None:
+        self.assembler = FrameAssembler()
+        self.nack = NackGenerator()
+        self.stats = StreamStats("video", ssrc, _window_start=now)
+        self.last_keyframe_request = float("-inf")
+
+
+@dataclass
+class _Budget:
+    """A byte token bucket: retransmissions may not exceed what the stream itself costs."""
+
+    rate: float  # bytes per second
+    burst: float
+    tokens: float = 0.0
+    updated: float = 0.0
+
+    def take(self, size: int, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < size:
+            return False
+        self.tokens -= size
+        return True
+
+
+@dataclass
+class _Sender:
+    ssrc: int
+    seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
+    packets: int = 0
+    octets: int = 0
+    last_rtp_ts: int | None = None
+    last_ntp: float | None = None  # the wall time (seconds) that last_rtp_ts stands for
+
+    def next_seq(self) -> int:
+        self.seq = (self.seq + 1) & 0xFFFF
+        return self.seq
+
+
+class MediaEndpoint:
+    """One participant's media with one hop; see the module docstring."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        now: float,
+        *,
+        wall_offset: float = 0.0,
+        receive_video: bool = True,
+        max_video_size: tuple[int, int] = (MAX_VIDEO_WIDTH, MAX_VIDEO_HEIGHT),
+    ) -> None:
+        """``wall_offset``: wall-clock seconds minus ``now``, to stamp sender reports."""
+        self.config = config
+        self._srtp = SrtpContext(tx_key=config.tx_key, rx_key=config.rx_key)
+        self._wall_offset = wall_offset
+        self._receive_video = receive_video
+        self._max_video_size = max_video_size
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._video = _Sender(config.video_ssrc)
+        self._audio = _Sender(config.audio_ssrc)
+        self._video_ts_offset = secrets.randbelow(1 << 32)
+        self._tl0picidx = secrets.randbelow(256)
+        # congestion control of the uplink: pacing, transport-wide sequence numbers, the
+        # delay+loss estimate; and the receive side of the downlink's (the server's) one
+        self.congestion = CongestionSender(start_bps=START_BPS, min_bps=MIN_BPS,
+                                           max_bps=MAX_BPS)
+        self._reported_target = 0
+        self._twcc = TwccRecorder()
+        self._audio_ts = secrets.randbelow(1 << 32)
+        self._audio_marker = True
+        self._picture_id = secrets.randbelow(1 << 15)
+        self._history = RetransmitBuffer(1024)
+        # retransmissions: at most half a 1.2 Mbit/s stream, with a 64 kB burst
+        self._retransmit_budget = _Budget(rate=75_000, burst=64_000, tokens=64_000,
+                                          updated=now)
+        self._remote: dict[int, _RemoteVideo] = {}
+        self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10)
+        self.audio_stats = StreamStats("audio", config.mix_ssrc, _window_start=now)
+        #: audio SSRC -> (level in -dBov, when heard), from the mix's CSRCs (RFC 6465)
+        self._speaker_levels: dict[int, tuple[int, float]] = {}
+        self._next_keepalive = now  # the first datagram opens the path at once
+        self._last_now = now
+        self.counters: dict[str, int] = {
+            "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
+            "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
+            "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
+            "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
+            "feedback_received": 0,
+        }
+
+    # ------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float:
+        deadlines = [self._next_keepalive, self.congestion.next_wakeup()]
+        feedback = self._twcc.next_feedback_time()
+        if feedback is not None:
+            deadlines.append(feedback)
+        for remote in self._remote.values():
+            for deadline in (remote.nack.next_deadline(), remote.assembler.next_deadline()):
+                if deadline is not None:
+                    deadlines.append(deadline)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        self._advance(now)
+        self._drain(now)
+        if self._twcc.feedback_due(now):
+            for feedback in self._twcc.build_feedback(now, self.config.video_ssrc,
+                                                       self.config.mix_ssrc):
+                self._send_rtcp(feedback)
+        for ssrc, remote in self._remote.items():
+            for frame in remote.assembler.poll(now):
+                self._frame_ready(ssrc, remote, frame)
+            lost = remote.nack.due(now)
+            if lost:
+                self._send_rtcp(rtcp.Nack(self.config.video_ssrc, ssrc, lost).pack())
+                remote.stats.nacks_sent += 1
+            if remote.assembler.keyframe_request_due(now):
+                self._send_rtcp(rtcp.Pli(self.config.video_ssrc, ssrc).pack())
+                remote.stats.plis_sent += 1
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + KEEPALIVE_INTERVAL
+            self._send_reports(now)
+            for remote in self._remote.values():
+                remote.stats.roll(now)
+            self.audio_stats.roll(now)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_video_frame(self, data: bytes, *, keyframe: bool, capture_us: int,
+                         captured_at: float, temporal_id: int | None = None,
+                         layer_sync: bool = False, now: float | None = None) -> None:
+        """One encoded VP8 frame. ``captured_at`` is the capture moment on the monotonic
+        clock (it sets the RTP timestamp); ``capture_us`` the same moment on the wall
+        clock, carried in the header extension for receivers' delay figures."""
+        self._advance(captured_at if now is None else now)
+        self._picture_id = (self._picture_id + 1) & 0x7FFF
+        rtp_ts = (int(captured_at * VIDEO_CLOCK) + self._video_ts_offset) & 0xFFFFFFFF
+        temporal = None
+        if temporal_id is not None:
+            # TL0PICIDX counts base-layer frames, so a receiver of only some layers can
+            # tell a missing base frame from a dropped upper-layer one (RFC 7741)
+            if temporal_id == 0:
+                self._tl0picidx = (self._tl0picidx + 1) & 0xFF
+            temporal = (temporal_id, layer_sync, self._tl0picidx)
+        payloads = packetize(data, self._picture_id, temporal=temporal)
+        if keyframe:
+            self.counters["keyframes_sent"] += 1
+        for index, payload in enumerate(payloads):
+            seq = self._video.next_seq()
+            packet = RtpPacket(
+                payload_type=VIDEO_PAYLOAD_TYPE,
+                sequence_number=seq,
+                timestamp=rtp_ts,
+                ssrc=self.config.video_ssrc,
+                payload=payload,
+                marker=index == len(payloads) - 1,
+                extensions={EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")} if index == 0
+                else {},
+            )
+            plain = packet.serialize()
+            self._history.store(seq, plain)
+            self._send_rtp(plain, self._video, PacketKind.VIDEO)
+        self._drain(captured_at if now is None else now)
+        self._video.last_rtp_ts = rtp_ts
+        self._video.last_ntp = captured_at + self._wall_offset
+
+    def send_audio_frame(self, payload: bytes, *, level: int, capture_us: int,
+                         now: float) -> None:
+        """One 20 ms Opus frame with its RFC 6464 level (-dBov, 127 = silence)."""
+        self._advance(now)
+        self._audio_ts = (self._audio_ts + AUDIO_FRAME_TICKS) & 0xFFFFFFFF
+        packet = RtpPacket(
+            payload_type=AUDIO_PAYLOAD_TYPE,
+            sequence_number=self._audio.next_seq(),
+            timestamp=self._audio_ts,
+            ssrc=self.config.audio_ssrc,
+            payload=payload,
+            marker=self._audio_marker,
+            extensions={
+                EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big"),
+                EXT_AUDIO_LEVEL: bytes([(0x80 if level < 127 else 0) | level]),
+            },
+        )
+        self._audio_marker = False
+        self._send_rtp(packet.serialize(), self._audio, PacketKind.AUDIO)
+        self._drain(now)
+        self._audio.last_rtp_ts, self._audio.last_ntp = self._audio_ts, now + self._wall_offset
+
+    def audio_paused(self) -> None:
+        """The microphone stopped sending: the next frame starts a talkspurt (marker)."""
+        self._audio_marker = True
+
+    def close(self) -> None:
+        """Say goodbye (RTCP BYE) for our streams; the datagram is in the output."""
+        self._send_rtcp(rtcp.Bye([self.config.audio_ssrc, self.config.video_ssrc]).pack())
+
+    def _send_rtp(self, plain: bytes, sender: _Sender | None, kind: PacketKind) -> None:
+        """Into the pacer; :meth:`_drain` takes out what may leave now."""
+        self.congestion.enqueue(plain, kind, self._last_now)
+        if sender is not None:
+            sender.packets += 1
+            sender.octets += len(plain) - 12
+
+    def _advance(self, now: float) -> None:
+        """``now`` never goes backwards inside the core (a capture time may be older than
+        the last datagram's arrival)."""
+        self._last_now = max(self._last_now, now)
+
+    def _drain(self, now: float) -> None:
+        self._advance(now)
+        for plain in self.congestion.poll(self._last_now):
+            protected = self._srtp.protect_rtp(plain)
+            self._out.append(protected)
+            self.counters["sent_packets"] += 1
+            self.counters["sent_bytes"] += len(protected)
+        target = self.congestion.target_bps
+        if abs(target - self._reported_target) > TARGET_STEP * max(1, self._reported_target):
+            self._reported_target = target
+            self._push_event(TargetBitrate(target))
+
+    def _send_rtcp(self, plain: bytes) -> None:
+        self._out.append(self._srtp.protect_rtcp(plain))
+
+    def _send_reports(self, now: float) -> None:
+        """Sender reports for what we send (they let receivers map RTP time to wall time:
+        lip sync), or a receiver report as a keepalive that holds the NAT binding."""
+        packets: list[bytes] = []
+        for sender, clock in ((self._video, VIDEO_CLOCK), (self._audio, AUDIO_CLOCK)):
+            if sender.last_rtp_ts is None or sender.last_ntp is None:
+                continue
+            wall = now + self._wall_offset
+            rtp_now = (sender.last_rtp_ts + int((wall - sender.last_ntp) * clock)) & 0xFFFFFFFF
+            ntp = int((wall + _NTP_EPOCH_OFFSET) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
+            packets.append(rtcp.SenderReport(sender.ssrc, ntp, rtp_now, sender.packets,
+                                             sender.octets & 0xFFFFFFFF).pack())
+        if not packets:
+            packets.append(rtcp.ReceiverReport(self.config.video_ssrc).pack())
+        self._send_rtcp(b"".join(packets))
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        self._advance(now)
+        try:
+            if is_rtcp(data):
+                self._on_rtcp(self._srtp.unprotect_rtcp(data), now)
+            else:
+                self._on_rtp(self._srtp.unprotect_rtp(data), len(data), now)
+        except SrtpError:
+            self.counters["dropped_auth"] += 1
+            self._maybe_duplicate(data)
+        except (RtpError, rtcp.RtcpError):
+            self.counters["dropped_malformed"] += 1
+
+    def _maybe_duplicate(self, data: bytes) -> None:
+        """A refused RTP packet of a stream we receive is most often a replay: a second
+        copy (a retransmission after the original came late). Its sequence number is in
+        the clear; telling the NACK logic lets it learn the path's reordering. A forged
+        one can at most make us wait a little longer before asking."""
+        if len(data) < 12 or is_rtcp(data):
+            return
+        remote = self._remote.get(int.from_bytes(data[8:12], "big"))
+        if remote is not None:
+            remote.nack.on_duplicate(int.from_bytes(data[2:4], "big"))
+
+    def _on_rtcp(self, plain: bytes, now: float) -> None:
+        for packet in rtcp.parse_compound(plain):
+            if isinstance(packet, rtcp.Nack) and packet.media_ssrc == self.config.video_ssrc:
+                self.counters["nacks_received"] += 1
+                self._retransmit(packet.lost[:MAX_RETRANSMIT_PER_NACK], now)
+            elif isinstance(packet, rtcp.Pli) and packet.media_ssrc == self.config.video_ssrc:
+                self.counters["plis_received"] += 1
+                self._push_event(KeyframeNeeded())
+            elif isinstance(packet, rtcp.TransportFeedback):
+                self.counters["feedback_received"] += 1
+                self.congestion.on_feedback(packet, now)
+                self._drain(now)
+            # consent check: echo the server's nonce so it sends our media to the address
+            # we receive at (a forged source address gets no echo, so no media)
+            elif (echo := consent.answer(packet, self.config.video_ssrc)) is not None:
+                self._send_rtcp(echo)
+
+    def _retransmit(self, sequence_numbers: list[int], now: float) -> None:
+        for seq in sequence_numbers:
+            stored = self._history.get(seq)
+            if stored is None:
+                continue
+            if not self._retransmit_budget.take(len(stored), now):
+                self.counters["retransmit_over_budget"] += 1
+                continue
+            self._send_rtp(stored, None, PacketKind.RETRANSMISSION)
+            self.counters["retransmitted"] += 1
+        self._drain(now)
+
+    def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
+        packet = RtpPacket.parse(plain)
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            self._twcc.on_packet(transport_seq, now)
+        if packet.ssrc == self.config.mix_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
+            self.audio_stats.on_packet(packet, size, now, AUDIO_CLOCK)
+            if packet.payload:  # an empty one is a loss, not a frame
+                self.jitter.push(packet.timestamp, packet.payload, now)
+            levels = packet.extensions.get(EXT_MIXER_LEVELS, b"")
+            for ssrc, level in zip(packet.csrcs, levels, strict=False):
+                self._speaker_levels[ssrc] = (level & 0x7F, now)
+            return
+        if packet.payload_type != VIDEO_PAYLOAD_TYPE:
+            self.counters["dropped_malformed"] += 1
+            return
+        if not self._receive_video:
+            self.counters["video_ignored"] += 1
+            return
+        remote = self._remote.get(packet.ssrc)
+        if remote is None:
+            if len(self._remote) >= MAX_REMOTE_STREAMS:
+                self.counters["dropped_too_many_streams"] += 1
+                return
+            remote = self._remote[packet.ssrc] = _RemoteVideo(packet.ssrc, now)
+        remote.stats.on_packet(packet, size, now, VIDEO_CLOCK)
+        remote.nack.on_packet(packet.sequence_number, now)
+        for frame in remote.assembler.push(packet, now):
+            self._frame_ready(packet.ssrc, remote, frame)
+
+    def _frame_ready(self, ssrc: int, remote: _RemoteVideo, frame: Frame) -> None:
+        if frame.keyframe:
+            size = keyframe_size(frame.data)
+            max_width, max_height = self._max_video_size
+            if size is None or size[0] > max_width or size[1] > max_height:
+                self.counters["dropped_oversize_frame"] += 1
+                remote.stats.frames_dropped += 1
+                return
+        capture = frame.extensions.get(EXT_CAPTURE_TIME)
+        capture_us = int.from_bytes(capture, "big") if capture and len(capture) == 8 else None
+        self._push_event(VideoFrameReady(ssrc, frame, capture_us))
+
+    def _push_event(self, event: Event) -> None:
+        if len(self._events) >= MAX_EVENTS:
+            self._events.popleft()
+            self.counters["events_dropped"] += 1
+        self._events.append(event)
+
+    # ------------------------------------------------------------------ decoder feedback
+
+    def frame_decoded(self, ssrc: int, *, width: int, height: int,
+                      delay: float | None) -> None:
+        """The shell decoded a frame of ``ssrc``; ``delay`` is capture-to-decoded seconds."""
+        remote = self._remote.get(ssrc)
+        if remote is not None:
+            remote.stats.on_frame(delay)
+            remote.stats.width, remote.stats.height = width, height
+
+    def decode_failed(self, ssrc: int) -> None:
+        """The decoder could not use a frame: wait for (and ask for) a keyframe."""
+        remote = self._remote.get(ssrc)
+        if remote is not None:
+            remote.stats.decode_errors += 1
+            remote.assembler.request_keyframe()
+
+    def request_keyframe(self, ssrc: int, now: float, interval: float = 0.5) -> None:
+        """Ask one sender for a keyframe (e.g. a recording must start with one); repeated
+        calls send at most one PLI per ``interval``, as the server forwards no more."""
+        remote = self._remote.get(ssrc)
+        if remote is None or now < remote.last_keyframe_request + interval:
+            return
+        remote.last_keyframe_request = now
+        self._send_rtcp(rtcp.Pli(self.config.video_ssrc, ssrc).pack())
+        remote.stats.plis_sent += 1
+
+    def forget_stream(self, ssrc: int, *, ended: bool) -> None:
+        """Drop a video stream's receive state. ``ended`` (its sender left) also drops its
+        SRTP state; a camera that is merely off keeps it, since the stream resumes with
+        the same rollover counter."""
+        self._remote.pop(ssrc, None)
+        if ended:
+            self._srtp.forget(ssrc)
+
+    # ------------------------------------------------------------------ audio playout
+
+    def pop_audio(self) -> bytes | object | None:
+        """The next 20 ms of the mix to play: Opus bytes, :data:`LOST` (conceal it), or
+        None (nothing is playing). Called on the playout clock (a sound device's)."""
+        item = self.jitter.pop()
+        if isinstance(item, bytes):
+            self.audio_stats.on_frame(None)
+        return item
+
+    def peek_next_audio(self) -> bytes | None:
+        """The frame after the one :meth:`pop_audio` just reported :data:`LOST`, if it is
+        already here: its in-band FEC can rebuild the lost one."""
+        return self.jitter.peek()
+
+    # ------------------------------------------------------------------ queries
+
+    def speaking(self, now: float, window: float = 0.4, threshold: int = 50) -> dict[int, int]:
+        """Audio SSRCs heard in the mix within ``window`` seconds louder than ``threshold``
+        (-dBov), with their level: who is talking right now."""
+        return {
+            ssrc: level
+            for ssrc, (level, at) in list(self._speaker_levels.items())
+            if now - at <= window and level < threshold
+        }
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "video": {ssrc: r.stats.public() for ssrc, r in self._remote.items()},
+            "audio": self.audio_stats.public(),
+            "audio_buffer": {
+                "target_frames": self.jitter.target,
+                "depth_frames": self.jitter.depth,
+                "concealed": self.jitter.concealed,
+                "late": self.jitter.late,
+            },
+            "sent": dict(self.counters),
+            "uplink": {
+                "target_bps": self.congestion.target_bps,
+                "pacer_queue_ms": round(self.congestion.pacer.queue_delay() * 1000, 1),
+                "pacer_dropped_video": self.congestion.pacer.dropped_video,
+            },
+        }
+
+
+__all__ = [
+    "LOST",
+    "EndpointConfig",
+    "Event",
+    "KeyframeNeeded",
+    "MediaEndpoint",
+    "TargetBitrate",
+    "VideoFrameReady",
+    "keyframe_size",
+]
