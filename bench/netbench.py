@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -105,6 +106,7 @@ class Options:
     width: int
     height: int
     fps: int
+    mtu: int = 0
 
 
 # ---------------------------------------------------------------------- running
@@ -161,6 +163,9 @@ def start_server(ns: Any, data_dir: Path, log: Any) -> tuple[subprocess.Popen[st
 def run_once(name: str, scenario: Scenario, options: Options, workdir: Path) -> RunResult:
     with Lab() as lab, contextlib.ExitStack() as stack:
         topology = star(lab, ["alice", "bob", "victim"])
+        if options.mtu:
+            for link in topology.links.values():
+                link.set_mtu(options.mtu)
         topology.downlink("victim").impair(scenario.down)
         topology.uplink("victim").impair(scenario.up)
         server_log = stack.enter_context((workdir / "server.log").open("w"))
@@ -236,11 +241,14 @@ def _sleep_until(deadline: float) -> None:
 
 
 def _at(series: list[tuple[float, float]], t: float) -> float:
-    """A cumulative counter's value at ``t``, interpolated between samples."""
+    """A cumulative counter's value at ``t``, interpolated between samples. A counter that
+    went down was reset (a rejoin restarts the media session): it counts on from there."""
     if not series:
         return 0.0
     times = [s[0] for s in series]
-    values = [s[1] for s in series]
+    values = [series[0][1]]
+    for (_, before), (_, now) in itertools.pairwise(series):
+        values.append(values[-1] + (now - before if now >= before else now))
     return float(np.interp(t, times, values))
 
 
@@ -623,6 +631,8 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--mtu", type=int, default=0,
+                        help="the veths' MTU (default: theirs, 1500)")
     parser.add_argument("--json", action="store_true", help="print the JSON on stdout")
     parser.add_argument("--keep", type=Path, help="keep the recordings under this directory")
     parser.add_argument("--plot", type=Path, metavar="PNG",
@@ -633,7 +643,8 @@ def main() -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
-    options = Options(args.duration, args.warmup, args.width, args.height, args.fps)
+    options = Options(args.duration, args.warmup, args.width, args.height, args.fps,
+                      args.mtu)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),

@@ -344,6 +344,12 @@ class Link:
     def ends(self) -> tuple[Endpoint, Endpoint]:
         return self.a, self.b
 
+    def set_mtu(self, mtu: int) -> None:
+        """Both ends' MTU (a veth's is 1500, loopback's 65536: a sender that never saw
+        a 1500-byte path may send datagrams that only fragmented arrive)."""
+        for end in self.ends():
+            end.ns.ip("link", "set", end.dev, "mtu", str(mtu))
+
 
 def start_delayer(ns: Namespace, queue: int, delay_ms: float,
                   jitter_ms: float) -> subprocess.Popen[str]:
