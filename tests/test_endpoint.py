@@ -280,7 +280,33 @@ def test_the_picture_steps_down_with_the_rate_and_back_up_with_a_margin() -> Non
     assert ladder.choose(300_000) == (480, 360)
     assert ladder.choose(500_000) == (480, 360)
     assert ladder.choose(600_000) == (640, 480)
-    small = ResolutionLadder(320, 240)
+    small = ResolutionLadder(320, 240)  # already the smallest size we send
     assert small.choose(50_000) == (320, 240)  # never below a legible height
     assert video_share(600_000, audio_on=True) < video_share(600_000, audio_on=False)
     assert video_share(10_000, audio_on=True) > 0
+
+
+def test_arrival_time_is_the_kernels_not_when_the_loop_got_round_to_it() -> None:
+    import socket
+    import time
+
+    from confero.netutil import arrival_time, enable_receive_timestamps
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM
+    ) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        enable_receive_timestamps(receiver)
+        ages = []
+        for _ in range(3):
+            sender.sendto(b"x", receiver.getsockname())
+            sent = time.monotonic()
+            receiver.settimeout(5)
+            receiver.recvfrom(16)
+            # a loop that was busy: it reads the datagram well after it arrived
+            busy_until = sent + 0.15
+            while time.monotonic() < busy_until:
+                pass
+            ages.append(time.monotonic() - arrival_time(receiver))
+        # the first datagram may predate stamping; the later ones carry the kernel's time
+        assert max(ages[1:]) >= 0.1, ages

@@ -339,7 +339,8 @@ async def test_a_client_that_stops_reading_is_dropped_not_buffered(
 ) -> None:
     """It answers nothing but keeps its TCP connection and heartbeat alive: only the
     bounded outbox can notice, and the server must cut it rather than wait on it."""
-    server = server_factory("--rate-limit", "100000", "--rate-burst", "100000")
+    server = server_factory("--rate-limit", "100000", "--rate-burst", "100000",
+                            "--max-chat-per-sender", "100000")
     async with Client(server.url, "alice") as alice:
         mid = (await alice.create_meeting("firehose")).meeting.id
         sloth = StalledClient(server.url)

@@ -237,6 +237,9 @@ class Bot:
                 if known is not None and not camera:
                     self.seen.pop(known.video_ssrc, None)
                 emit("media_changed", name=name, camera=camera, microphone=microphone)
+            case api.HandChanged(participant_id=pid, raised=raised):
+                known = self.client.participants.get(pid)
+                emit("hand_changed", name=known.name if known else pid, raised=raised)
             case api.ChatEvent(message=message):
                 emit("chat", sender=message.sender, text=message.text, seq=message.seq,
                      ts=message.ts)
@@ -274,6 +277,8 @@ class Bot:
             emit("microphone", on=self.call.microphone_on)
         elif word == "chat" and rest:
             await self.client.send_chat(rest)
+        elif word == "hand" and rest in ("up", "down"):
+            await self.client.raise_hand(rest == "up")
         elif word == "stats":
             self._emit_stats()
         elif word == "leave":

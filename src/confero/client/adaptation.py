@@ -20,7 +20,7 @@ LADDER: tuple[tuple[float, int], ...] = ((1.0, 450_000), (0.75, 220_000), (0.5, 
 #: Step up only when the rate exceeds the larger size's need by this factor.
 UP_MARGIN = 1.3
 #: Never scale a picture below this height (a stamp strip and faces stay legible).
-MIN_HEIGHT = 180
+MIN_HEIGHT = 240
 
 
 def video_share(target_bps: int, audio_on: bool) -> int:

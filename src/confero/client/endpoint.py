@@ -201,7 +201,8 @@ class MediaEndpoint:
         self._retransmit_budget = _Budget(rate=75_000, burst=64_000, tokens=64_000,
                                           updated=now)
         self._remote: dict[int, _RemoteVideo] = {}
-        self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10)
+        self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10,
+                                         hold_on_underrun=True)
         self.audio_stats = StreamStats("audio", config.mix_ssrc, _window_start=now)
         #: audio SSRC -> (level in -dBov, when heard), from the mix's CSRCs (RFC 6465)
         self._speaker_levels: dict[int, tuple[int, float]] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -35,18 +36,13 @@ from confero.client.endpoint import (
     VideoFrameReady,
 )
 from confero.client.stats import StreamStats
-from confero.media.audio import (
-    FRAME_SECONDS,
-    SILENCE,
-    OpusDecoder,
-    OpusEncoder,
-    Samples,
-    conceal,
-    level_dbov,
-)
+from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
+from confero.media.opus import Decoder as OpusDecoder
+from confero.media.opus import Encoder as OpusEncoder
+from confero.media.opus import OpusError
 from confero.media.video import Vp8Decoder, make_video_encoder
 from confero.media.vpx import EncodedFrame
-from confero.netutil import enlarge_socket_buffers
+from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
@@ -103,6 +99,7 @@ class MediaSession(asyncio.DatagramProtocol):
         receive_video: bool = True,
         on_source_error: Callable[[str, str], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        on_level: Callable[[int], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
@@ -119,10 +116,12 @@ class MediaSession(asyncio.DatagramProtocol):
         self._on_audio = on_audio
         self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._prepare_video = prepare_video
+        self._on_level = on_level  # each captured frame's level (-dBov), muted or not
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._sock: socket.socket | None = None
         self._video_task: asyncio.Task[None] | None = None
         self._audio_task: asyncio.Task[None] | None = None
         self._playout_task: asyncio.Task[None] | None = None
@@ -139,8 +138,6 @@ class MediaSession(asyncio.DatagramProtocol):
         self._generations: dict[int, int] = {}
         self._audio_decoder = OpusDecoder()
         self._audio_decode_lock = threading.Lock()
-        self._last_audio: Samples | None = None
-        self._concealed_in_a_row = 0
         self._closed = False
         #: While muted the microphone keeps capturing (its level stays known, so the app
         #: can say "you are talking while muted") but nothing is sent.
@@ -159,6 +156,8 @@ class MediaSession(asyncio.DatagramProtocol):
                                        receive_video=self._receive_video)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
+        self._sock = transport.get_extra_info("socket")
+        enable_receive_timestamps(self._sock)
         enlarge_socket_buffers(transport, 1024 * 1024)
         self._service()
         self.set_device_playout(self._device_playout)
@@ -209,7 +208,7 @@ class MediaSession(asyncio.DatagramProtocol):
         if endpoint is None or self._closed:
             return
         with self._lock:
-            endpoint.receive_datagram(data, time.monotonic())
+            endpoint.receive_datagram(data, arrival_time(self._sock))
         self._service()
 
     def _on_timer(self) -> None:
@@ -364,14 +363,25 @@ class MediaSession(asyncio.DatagramProtocol):
                 self._encode_pool.submit(encoder.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
-        encoder = OpusEncoder()
+        # in-band FEC: each packet carries a coarse copy of the previous one, so a single
+        # loss is rebuilt by the receiver (the server's mixer) instead of concealed
+        encoder = OpusEncoder(bitrate=32_000, packet_loss_perc=10)
         pacer = Pacer(FRAME_SECONDS)
         was_muted = False
         while True:
+            endpoint = self._endpoint
+            if endpoint is not None:
+                # protect as much as the uplink actually loses (at least a little)
+                loss = endpoint.congestion.bwe.loss.loss_fraction
+                percent = max(5, min(30, round(loss * 100 * 1.5)))
+                if percent != encoder.packet_loss_perc:
+                    encoder.set_packet_loss_perc(percent)
             samples = source.next_frame()
             now = time.monotonic()
             level = level_dbov(samples)
             self.own_level = (level, now)
+            if self._on_level is not None:
+                self._on_level(level)
             endpoint = self._endpoint
             if self.audio_muted:
                 if not was_muted and endpoint is not None:
@@ -473,18 +483,20 @@ class MediaSession(asyncio.DatagramProtocol):
             return SILENCE
         with self._lock:
             item = endpoint.pop_audio()
+            upcoming = endpoint.peek_next_audio() if item is LOST else None
         with self._audio_decode_lock:
-            if item is None:
-                samples = SILENCE
-                self._last_audio = None
-            elif item is LOST:
-                self._concealed_in_a_row += 1
-                samples = conceal(self._last_audio, self._concealed_in_a_row)
-            else:
-                assert isinstance(item, bytes)
-                samples = self._audio_decoder.decode(item)
-                self._last_audio = samples
-                self._concealed_in_a_row = 0
+            # one decoder for the whole stream, across silences: its state continues
+            try:
+                if item is None:
+                    samples = SILENCE
+                elif item is LOST:  # Opus' own repair: the next packet's FEC, else PLC
+                    decoder = self._audio_decoder
+                    samples = decoder.decode_fec(upcoming) if upcoming else decoder.conceal()
+                else:
+                    assert isinstance(item, bytes)
+                    samples = self._audio_decoder.decode(item)
+            except OpusError:
+                samples = self._audio_decoder.conceal()
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples

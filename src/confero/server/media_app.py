@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
-from confero.netutil import enlarge_socket_buffers
+from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.server.media_router import Datagram, MediaRouter
 
@@ -25,6 +26,7 @@ class MediaServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._clock: asyncio.Task[None] | None = None
         self._pacer: Pacer | None = None
+        self._sock: socket.socket | None = None
 
     @classmethod
     async def start(cls, router: MediaRouter, host: str, port: int) -> MediaServer:
@@ -33,6 +35,8 @@ class MediaServer(asyncio.DatagramProtocol):
             lambda: cls(router), local_addr=(host, port)
         )
         protocol.transport = transport
+        protocol._sock = transport.get_extra_info("socket")
+        enable_receive_timestamps(protocol._sock)
         router.port = transport.get_extra_info("sockname")[1]
         enlarge_socket_buffers(transport, SOCKET_BUFFER)
         protocol._clock = asyncio.create_task(protocol._run_clock())
@@ -56,7 +60,7 @@ class MediaServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self._send(self.router.handle_datagram(data, addr[:2], time.monotonic()))
+            self._send(self.router.handle_datagram(data, addr[:2], arrival_time(self._sock)))
         except Exception:  # one bad packet must never stop the media plane
             self.router.counters["internal_errors"] += 1
             log.exception("media packet from %s failed", addr)
