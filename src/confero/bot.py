@@ -66,14 +66,40 @@ def make_audio_source(spec: str) -> AudioSource | None:
     return FileAudioSource(spec)
 
 
+FREEZE_GAP = 0.2  # seconds between two decoded frames of one sender that count as a freeze
+
+
 @dataclass
 class _Seen:
     """What this bot has seen of one remote video stream."""
 
     name: str
     first_frame_at: float | None = None
+    last_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
+    # for benches, in wall-clock time like every event's "t": first and last decoded frame,
+    # and each gap longer than FREEZE_GAP as (ended at, seconds)
+    first_frame_wall: float | None = None
+    last_frame_wall: float | None = None
+    freezes: list[tuple[float, float]] = field(default_factory=list)
+
+
+class _CountedSource:
+    """A video source that counts the frames taken from it: the frames this bot sent."""
+
+    def __init__(self, source: VideoSource) -> None:
+        self.source, self.width, self.height = source, source.width, source.height
+        self.frames = 0
+
+    def frame(self, capture_us: int) -> Any:
+        self.frames += 1
+        return self.source.frame(capture_us)
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
 
 
 class Bot:
@@ -86,7 +112,8 @@ class Bot:
                          on_source_error=self._source_failed,
                          on_media_started=self._media_started)
         self.speaker: Speaker | None = None
-        self.video_source = make_video_source(args.video, args.name, args.width, args.height)
+        source = make_video_source(args.video, args.name, args.width, args.height)
+        self.video_source = _CountedSource(source) if source is not None else None
         self.audio_source = make_audio_source(args.audio)
         self.call.video_source = self.video_source
         self.call.audio_source = self.audio_source
@@ -177,6 +204,13 @@ class Bot:
         if seen is None:
             seen = self.seen[video.ssrc] = _Seen(call_video.name)
         seen.frames += 1
+        wall = time.time()
+        gap = video.received_at - (seen.last_frame_at or video.received_at)
+        if gap > FREEZE_GAP and len(seen.freezes) < 10_000:
+            seen.freezes.append((round(wall, 3), round(gap, 3)))
+        seen.last_frame_at, seen.last_frame_wall = video.received_at, wall
+        if seen.first_frame_wall is None:
+            seen.first_frame_wall = wall
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
             joined_at = self.call.joined_at or video.received_at
@@ -264,14 +298,21 @@ class Bot:
             return
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
-             audio_buffer=stats["audio_buffer"], sent=stats["sent"])
+             audio_buffer=stats["audio_buffer"], sent=stats["sent"],
+             frames_sent=self._frames_sent())
+
+    def _frames_sent(self) -> int:
+        return self.video_source.frames if self.video_source is not None else 0
 
     def _summary(self) -> dict[str, Any]:
         return {
             "video": {
-                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps)}
+                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
+                            "first_frame_t": seen.first_frame_wall,
+                            "last_frame_t": seen.last_frame_wall, "freezes": seen.freezes}
                 for seen in self.seen.values()
             },
+            "frames_sent": self._frames_sent(),
             "stats": self.call.session.stats() if self.call.session is not None else None,
         }
 
