@@ -299,7 +299,7 @@ class Bot:
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
              audio_buffer=stats["audio_buffer"], sent=stats["sent"],
-             frames_sent=self._frames_sent())
+             uplink=stats.get("uplink"), frames_sent=self._frames_sent())
 
     def _frames_sent(self) -> int:
         return self.video_source.frames if self.video_source is not None else 0

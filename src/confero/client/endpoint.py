@@ -550,6 +550,12 @@ class MediaEndpoint:
             "sent": dict(self.counters),
             "uplink": {
                 "target_bps": self.congestion.target_bps,
+                "delay_based_bps": round(self.congestion.bwe.rate.bitrate_bps),
+                "loss_based_bps": round(self.congestion.bwe.loss.bitrate_bps),
+                "loss_fraction": round(self.congestion.bwe.loss.loss_fraction, 4),
+                "usage": self.congestion.bwe.usage.name,
+                "rtt_ms": None if self.congestion.bwe.rtt is None
+                else round(self.congestion.bwe.rtt * 1000, 1),
                 "pacer_queue_ms": round(self.congestion.pacer.queue_delay() * 1000, 1),
                 "pacer_dropped_video": self.congestion.pacer.dropped_video,
             },
