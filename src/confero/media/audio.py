@@ -129,14 +129,6 @@ def play_next(buffer: AudioJitterBuffer, decoder: PlcDecoder) -> tuple[Samples |
         return decoder.conceal(), "error"
 
 
-def conceal(previous: Samples | None, repeats: int) -> Samples:
-    """Loss concealment: the last good frame, fading out by half each time, then silence.
-    Superseded by :func:`play_next` (Opus PLC and FEC); kept while the client uses it."""
-    if previous is None or repeats > 3:
-        return SILENCE
-    return (previous.astype(np.float32) * (0.5 ** repeats)).astype(np.int16)
-
-
 class SineSource:
     """A continuous sine, 20 ms at a time (phase carried across frames)."""
 

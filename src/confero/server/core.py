@@ -11,24 +11,25 @@ import hashlib
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from confero import __version__
 from confero.protocol import signaling as sig
-from confero.protocol.signaling import ErrorCode, ProtocolError
+from confero.protocol.signaling import EndReason, ErrorCode, ProtocolError
 from confero.server.names import InvalidName, clean_name
 from confero.server.passwords import hash_password
 from confero.server.ratelimit import GuessLimiter, TokenBucket
 from confero.server.registry import (
     MAX_ADMITTED,
+    Meeting,
     MeetingRegistry,
     Notice,
     Participant,
     RegistryError,
 )
-from confero.server.store import Store, StoreError
+from confero.server.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,27 @@ class MediaPlane(Protocol):
         """Open the media path for a participant who just entered a meeting."""
 
     def release(self, participant_id: str) -> None:
-        """The participant left its meeting: stop routing its media, free its SSRCs."""
+        """The participant left its meeting (or its connection is gone): stop routing its
+        media, free its keys and SSRCs."""
 
-    def forget(self, participant_id: str) -> None:
-        """The connection is gone: free its SSRCs too."""
 
-    def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None: ...
+class MeetingStore(Protocol):
+    """What the signaling core needs of its store (``server.store.Store`` is SQLite);
+    a networked store for several server nodes would implement the same."""
+
+    failure: str | None
+
+    def recently_ended(self, limit: int) -> list[tuple[str, EndReason]]: ...
+    def open_meetings(self) -> Iterator[Meeting]: ...
+    def admitted(self, meeting_id: str, limit: int) -> list[bytes]: ...
+    def check_file(self) -> str | None: ...
+    def end_meeting(self, meeting_id: str, reason: EndReason, now: float) -> None: ...
+    def purge_ended(self, ended_before: float) -> int: ...
+    def flush(self) -> None: ...
+    def add_admitted(self, meeting_id: str, token_hash: bytes) -> None: ...
+    def add_meeting(self, meeting: Meeting) -> None: ...
+    def add_chat(self, message: sig.ChatMessage) -> None: ...
+    def history(self, meeting_id: str, limit: int) -> tuple[list[sig.ChatMessage], bool]: ...
 
 
 @dataclass(slots=True)
@@ -151,7 +167,7 @@ class SignalingCore:
     def __init__(
         self,
         registry: MeetingRegistry,
-        store: Store,
+        store: MeetingStore,
         settings: CoreSettings | None = None,
         new_participant_id: Callable[[], str] = lambda: secrets.token_urlsafe(6),
         media: MediaPlane | None = None,
@@ -384,8 +400,6 @@ class SignalingCore:
                 return sig.Empty()
             case sig.SetMedia(camera=camera, microphone=microphone):
                 notices = self.registry.set_media(participant, camera, microphone)
-                if self.media is not None:
-                    self.media.set_media(participant.id, camera, microphone)
                 out += self._deliver(notices)
                 return sig.Empty()
             case sig.RaiseHand(raised=raised):
@@ -500,7 +514,7 @@ class SignalingCore:
             notices = self.registry.leave(participant.id, reason, now)
             actions = self._deliver(self._side_effects(notices, now))
         if self.media is not None:
-            self.media.forget(participant.id)
+            self.media.release(participant.id)
         return actions
 
     def _side_effects(self, notices: list[Notice], now: float) -> list[Notice]:

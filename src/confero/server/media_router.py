@@ -112,8 +112,6 @@ class _Peer:
     meeting_id: str | None = None
     srtp: SrtpContext | None = None
     address: Address | None = None
-    camera: bool = False
-    microphone: bool = False
     history: RetransmitBuffer = field(default_factory=lambda: RetransmitBuffer(HISTORY_PACKETS))
     last_pli_forwarded: float = float("-inf")
     # consent: the address being checked, its nonce, when it was challenged
@@ -229,9 +227,6 @@ class MediaRouter:
         self._by_ssrc.pop(peer.audio_ssrc, None)
         self._by_ssrc.pop(peer.video_ssrc, None)
 
-    def forget(self, participant_id: str) -> None:
-        self.release(participant_id)
-
     def _leave_meeting(self, peer: _Peer) -> None:
         if peer.meeting_id is None:
             return
@@ -247,7 +242,6 @@ class MediaRouter:
         peer.meeting_id = None
         peer.srtp = None  # old keys die with the membership
         self._reset_media_state(peer)
-        peer.camera = peer.microphone = False
         if meeting is not None:
             for pid in meeting.members:
                 self._peers[pid].retransmit_budget.pop(participant_id, None)
@@ -267,11 +261,6 @@ class MediaRouter:
         peer.downlink = Downlink()
         peer.layer_rates = LayerRateMeter()
         peer.forwarders = {}
-
-    def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None:
-        peer = self._peers.get(participant_id)
-        if peer is not None:
-            peer.camera, peer.microphone = camera, microphone
 
     # ------------------------------------------------------------------ statistics
 

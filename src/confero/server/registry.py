@@ -19,7 +19,6 @@ server restart. An explicit ``leave`` ends an emptied meeting at once.
 
 from __future__ import annotations
 
-import enum
 import hmac
 import secrets
 from collections import OrderedDict
@@ -50,11 +49,6 @@ _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 def new_meeting_id() -> str:
     """Ten characters without look-alikes (no 0/o, 1/l/i): easy to read out and paste."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
-
-
-class MeetingState(enum.Enum):
-    OPEN = "open"
-    ENDED = "ended"
 
 
 class RegistryError(Exception):
@@ -108,8 +102,6 @@ class Meeting:
     creator_token_hash: bytes
     password_hash: str | None
     created_at: float
-    state: MeetingState = MeetingState.OPEN
-    end_reason: EndReason | None = None
     participants: dict[str, Participant] = field(default_factory=dict)
     #: Highest chat sequence number handed out so far.
     last_seq: int = 0
@@ -390,8 +382,6 @@ class MeetingRegistry:
     def _end(
         self, meeting: Meeting, reason: EndReason, recipients: tuple[str, ...]
     ) -> list[Notice]:
-        meeting.state = MeetingState.ENDED
-        meeting.end_reason = reason
         del self._meetings[meeting.id]
         self._remember_end(meeting.id, reason)
         event = MeetingEnded(meeting_id=meeting.id, reason=reason, message=_END_MESSAGES[reason])
