@@ -50,6 +50,7 @@ VALID: dict[str, dict[str, Any]] = {
     "chat": {"text": "hi"},
     "ping": {},
     "set_media": {"camera": True, "microphone": False},
+    "raise_hand": {"raised": True},
 }
 assert set(VALID) == set(REQUEST_TYPES)
 

@@ -55,6 +55,7 @@ class Call:
         on_source_error: Callable[[str, str], None] | None = None,
         on_media_started: Callable[[], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        on_muted_level: Callable[[int], None] | None = None,
         fps: int = 30,
         device_playout: bool = False,
         receive_video: bool = True,
@@ -73,6 +74,7 @@ class Call:
         self._on_source_error = on_source_error
         self._on_media_started = on_media_started
         self._prepare_video = prepare_video
+        self._on_muted_level = on_muted_level
         self._fps = fps
         self._device_playout = device_playout
         self._receive_video = receive_video
@@ -132,7 +134,7 @@ class Call:
                 grant, host, on_video=self._video_decoded, on_audio=self._audio_played,
                 fps=self._fps, device_playout=self._device_playout,
                 receive_video=self._receive_video, on_source_error=self._source_failed,
-                prepare_video=self._prepare_video,
+                prepare_video=self._prepare_video, on_level=self._level,
             )
             await session.open()
             self.session = session
@@ -177,9 +179,12 @@ class Call:
     # ------------------------------------------------------------------ our media
 
     async def set_video_source(self, source: VideoSource | None) -> None:
+        """Switch the camera (None: off). When this returns, the previous source is no
+        longer read by the encoder thread and may be closed."""
         self.video_source = source
         if self.session is not None:
             self.session.set_video_source(source)
+            await self.session.encoder_idle()
         await self.announce()
 
     async def set_audio_source(self, source: AudioSource | None) -> None:
@@ -195,6 +200,12 @@ class Call:
         if self.session is not None:
             self.session.audio_muted = muted
         await self.announce()
+
+    def _level(self, level: int) -> None:
+        """Each captured microphone frame: while muted, a front end may want to know that
+        someone is talking into a muted microphone."""
+        if self.microphone_muted and self._on_muted_level is not None:
+            self._on_muted_level(level)
 
     @property
     def camera_on(self) -> bool:
