@@ -331,7 +331,8 @@ class Client:
                 version=sig.PROTOCOL_VERSION,
                 name=self.name,
                 resume_token=self.resume_token,
-                p2p=self.p2p,
+                # only when offered: a server without P2P refuses unknown hello fields
+                **({"p2p": True} if self.p2p else {}),
             )
         except RequestError as exc:
             await self._discard_socket()
