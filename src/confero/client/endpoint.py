@@ -430,8 +430,13 @@ class MediaEndpoint:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive_datagram(self, data: bytes, now: float) -> None:
+    def receive_datagram(self, data: bytes, now: float,
+                         arrived_at: float | None = None) -> None:
+        """A datagram from the server. ``arrived_at``: when the kernel received it (it may
+        be well before ``now`` on a busy machine); what was received is timed by it,
+        what is sent in answer by ``now``."""
         self._advance(now)
+        arrival = now if arrived_at is None else arrived_at
         try:
             if is_rtcp(data):
                 self._on_rtcp(self._srtp.unprotect_rtcp(data), now)
@@ -441,10 +446,10 @@ class MediaEndpoint:
                 # transport-wide feedback is per path: the server stamps its own sequence
                 transport_seq = read_transport_seq(plain)
                 if transport_seq is not None:
-                    self._twcc.on_packet(transport_seq, now)
+                    self._twcc.on_packet(transport_seq, arrival)
                 if self._peer_srtp is not None and self._duplicate(plain):
                     return
-                self._on_rtp(plain, len(data), now)
+                self._on_rtp(plain, len(data), arrival)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -576,9 +581,11 @@ class MediaEndpoint:
         out, self._peer_out = self._peer_out, []
         return out
 
-    def receive_peer_datagram(self, data: bytes, now: float) -> None:
+    def receive_peer_datagram(self, data: bytes, now: float,
+                              arrived_at: float | None = None) -> None:
         """A datagram from the peer's ICE path (STUN is aioice's, never seen here)."""
         self._advance(now)
+        arrival = now if arrived_at is None else arrived_at
         srtp = self._peer_srtp
         if srtp is None:
             self.peer_counters["dropped_auth"] += 1
@@ -601,11 +608,11 @@ class MediaEndpoint:
         self.peer_counters["received_bytes"] += len(data)
         transport_seq = read_transport_seq(plain)  # the peer's uplink sequence: its own
         if transport_seq is not None:                # feedback, sent back on this path
-            self._peer_twcc.on_packet(transport_seq, now)
+            self._peer_twcc.on_packet(transport_seq, arrival)
         if self._duplicate(plain):
             return
         try:
-            self._on_rtp(plain, len(data), now)
+            self._on_rtp(plain, len(data), arrival)
         except (RtpError, rtcp.RtcpError):
             self.counters["dropped_malformed"] += 1
 

@@ -230,7 +230,7 @@ class MediaSession(asyncio.DatagramProtocol):
         if endpoint is None or self._closed:
             return
         with self._lock:
-            endpoint.receive_datagram(data, arrival_time(self._sock))
+            endpoint.receive_datagram(data, time.monotonic(), arrival_time(self._sock))
         self._service()
 
     def _on_timer(self) -> None:

@@ -69,7 +69,8 @@ class MediaServer(asyncio.DatagramProtocol):
                 if answer is not None and self.transport is not None:
                     self.transport.sendto(answer, addr)
                 return
-            self._send(self.router.handle_datagram(data, addr[:2], arrival_time(self._sock)))
+            self._send(self.router.handle_datagram(
+                data, addr[:2], time.monotonic(), arrival_time(self._sock)))
         except Exception:  # one bad packet must never stop the media plane
             self.router.counters["internal_errors"] += 1
             log.exception("media packet from %s failed", addr)

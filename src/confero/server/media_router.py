@@ -320,7 +320,11 @@ class MediaRouter:
 
     # ------------------------------------------------------------------ datagrams
 
-    def handle_datagram(self, data: bytes, address: Address, now: float) -> list[Datagram]:
+    def handle_datagram(self, data: bytes, address: Address, now: float,
+                        arrived_at: float | None = None) -> list[Datagram]:
+        """``arrived_at``: when the kernel received it (on a busy server well before
+        ``now``): the arrival a participant's congestion feedback reports; everything the
+        router sends in answer is timed by ``now``."""
         if len(data) < 12 or len(data) > MAX_PACKET_SIZE or data[0] >> 6 != 2:
             self.counters["dropped_malformed"] += 1
             return []
@@ -340,7 +344,8 @@ class MediaRouter:
             self.counters["dropped_auth"] += 1  # wrong key, tampered, or replayed
             return []
         if not control:
-            return self._check_consent(peer, address, [], now) + self._on_rtp(peer, plain, now)
+            return self._check_consent(peer, address, [], now) + self._on_rtp(
+                peer, plain, now, now if arrived_at is None else arrived_at)
         try:
             packets = rtcp.parse_compound(plain)
         except rtcp.RtcpError:
@@ -411,7 +416,8 @@ class MediaRouter:
                 out += self._challenge(peer, peer.address, now)
         return out
 
-    def _on_rtp(self, peer: _Peer, plain: bytes, now: float) -> list[Datagram]:
+    def _on_rtp(self, peer: _Peer, plain: bytes, now: float,
+                arrival: float) -> list[Datagram]:
         try:
             packet = RtpPacket.parse(plain)
         except RtpError:
@@ -419,7 +425,7 @@ class MediaRouter:
             return []
         transport_seq = read_transport_seq(plain)
         if transport_seq is not None:
-            peer.downlink.received.on_packet(transport_seq, now)
+            peer.downlink.received.on_packet(transport_seq, arrival)
         meeting = self._meetings[peer.meeting_id]  # type: ignore[index]
         meeting.received_packets += 1
         meeting.received_bytes += len(plain)
