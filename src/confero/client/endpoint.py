@@ -449,7 +449,9 @@ class MediaEndpoint:
                     self._twcc.on_packet(transport_seq, arrival)
                 if self._peer_srtp is not None and self._duplicate(plain):
                     return
-                self._on_rtp(plain, len(data), arrival)
+                # the playout side is timed by when we got round to the packet: the
+                # jitter buffer must cover this process's own lateness too
+                self._on_rtp(plain, len(data), now)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -612,7 +614,7 @@ class MediaEndpoint:
         if self._duplicate(plain):
             return
         try:
-            self._on_rtp(plain, len(data), arrival)
+            self._on_rtp(plain, len(data), now)
         except (RtpError, rtcp.RtcpError):
             self.counters["dropped_malformed"] += 1
 
