@@ -20,6 +20,7 @@ from typing import Any
 
 from confero import client as api
 from confero.client.call import Call, CallVideo
+from confero.client.e2ee_call import E2eeNotice, NoPassphrase
 from confero.client.media import AudioSource, VideoSource
 from confero.media.audio import SineSource
 from confero.media.devices import (
@@ -31,6 +32,7 @@ from confero.media.devices import (
 )
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified
 from confero.stdin import stdin_lines
 
 
@@ -84,7 +86,9 @@ class Bot:
                          device_playout=args.play is not None,
                          receive_video=not args.send_only,
                          on_source_error=self._source_failed,
-                         on_media_started=self._media_started)
+                         on_media_started=self._media_started,
+                         passphrase=getattr(args, "passphrase", None),
+                         on_e2ee=self._on_e2ee)
         self.speaker: Speaker | None = None
         self.video_source = make_video_source(args.video, args.name, args.width, args.height)
         self.audio_source = make_audio_source(args.audio)
@@ -104,7 +108,9 @@ class Bot:
             return 2
         try:
             if self.args.create:
-                result = await self.client.create_meeting(self.args.create, self.args.password)
+                result = await self.client.create_meeting(
+                    self.args.create, self.args.password, e2ee=bool(getattr(self.args, "e2ee",
+                                                                            False)))
             else:
                 result = await self.client.join(self.args.join, self.args.password)
         except api.RequestError as exc:
@@ -113,7 +119,13 @@ class Bot:
             return 1
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),
-             participants=[p.name for p in result.participants])
+             participants=[p.name for p in result.participants], e2ee=result.meeting.e2ee)
+        if getattr(self.args, "passphrase", None) and not result.meeting.e2ee:
+            # Our passphrase would protect nothing: refuse rather than send in the clear.
+            emit("error", code="not_e2ee",
+                 message="this meeting is not end-to-end encrypted; not sending media")
+            await self.client.close()
+            return 1
         self.client.add_listener(self._on_event)
         if self.args.record:
             self.call.start_recording(self.args.record)
@@ -170,6 +182,19 @@ class Bot:
 
     def _source_failed(self, kind: str, message: str) -> None:
         emit("error", code="source_failed", message=f"{kind}: {message}")
+
+    def _on_e2ee(self, notice: E2eeNotice) -> None:
+        if isinstance(notice, NoPassphrase):
+            emit("e2ee", state="cannot decrypt", reason="no passphrase")
+            return
+        known = self.client.participants.get(notice.pid)
+        name = known.name if known is not None else notice.pid
+        if isinstance(notice, PeerVerified):
+            emit("e2ee", state="verified", name=name, safety_code=notice.safety_code)
+        elif isinstance(notice, PeerUnverified):
+            emit("e2ee", state="cannot verify", name=name, reason=notice.reason)
+        else:
+            emit("e2ee", state="blob_rejected", name=name, reason=notice.reason)
 
     def _on_video(self, call_video: CallVideo) -> None:
         video = call_video.video
@@ -259,7 +284,8 @@ class Bot:
             return
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
-             audio_buffer=stats["audio_buffer"], sent=stats["sent"])
+             audio_buffer=stats["audio_buffer"], sent=stats["sent"],
+             e2ee=self.call.e2ee_status())
 
     def _summary(self) -> dict[str, Any]:
         return {
@@ -268,6 +294,7 @@ class Bot:
                 for seen in self.seen.values()
             },
             "stats": self.call.session.stats() if self.call.session is not None else None,
+            "e2ee": self.call.e2ee_status(),
         }
 
 

@@ -14,6 +14,7 @@ impossible it says why: a :class:`RejoinFailed` event, or the state ``FAILED`` w
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import logging
@@ -200,13 +201,15 @@ class Client:
         result = await self._request(sig.ListMeetings, sig.MeetingsResult)
         return result.meetings
 
-    async def create_meeting(self, title: str, password: str | None = None) -> sig.JoinResult:
+    async def create_meeting(self, title: str, password: str | None = None, *,
+                             e2ee: bool = False) -> sig.JoinResult:
         return await self._request(
             sig.CreateMeeting,
             sig.JoinResult,
             hook=lambda result: self._entered(result, password),
             title=title,
             password=password,
+            e2ee=e2ee,
         )
 
     async def join(self, meeting_id: str, password: str | None = None) -> sig.JoinResult:
@@ -234,6 +237,11 @@ class Client:
     async def set_media(self, *, camera: bool, microphone: bool) -> None:
         """Announce camera/microphone state to the meeting (the media itself flows apart)."""
         await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone)
+
+    async def relay_e2ee_blob(self, to: str, blob: bytes) -> None:
+        """Have the server pass an opaque E2EE key-exchange blob to one participant."""
+        await self._request(sig.RelayE2eeBlob, sig.Empty, to=to,
+                            blob=base64.b64encode(blob).decode("ascii"))
 
     async def ping(self) -> None:
         await self._request(sig.Ping, sig.Empty)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import av
+import numpy as np
 
+from confero.client.audio_streams import StreamMixer
 from confero.client.endpoint import (
     LOST,
     EndpointConfig,
@@ -31,6 +33,7 @@ from confero.client.endpoint import (
     MediaEndpoint,
     VideoFrameReady,
 )
+from confero.client.frame_cipher import FrameCipher
 from confero.client.stats import StreamStats
 from confero.media.audio import (
     FRAME_SECONDS,
@@ -40,6 +43,7 @@ from confero.media.audio import (
     Samples,
     conceal,
     level_dbov,
+    soft_limit,
 )
 from confero.media.video import Vp8Decoder, Vp8Encoder
 from confero.netutil import enlarge_socket_buffers
@@ -96,6 +100,7 @@ class MediaSession(asyncio.DatagramProtocol):
         receive_video: bool = True,
         on_source_error: Callable[[str, str], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        cipher: FrameCipher | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
@@ -112,6 +117,8 @@ class MediaSession(asyncio.DatagramProtocol):
         self._on_audio = on_audio
         self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._prepare_video = prepare_video
+        self._cipher = cipher  # end-to-end frame encryption (E2EE meetings only)
+        self._sender_mixer = StreamMixer()  # senders' own streams, mixed here
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +154,8 @@ class MediaSession(asyncio.DatagramProtocol):
         loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         self._endpoint = MediaEndpoint(self._config, now, wall_offset=time.time() - now,
-                                       receive_video=self._receive_video)
+                                       receive_video=self._receive_video,
+                                       cipher=self._cipher)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
         enlarge_socket_buffers(transport, 1024 * 1024)
@@ -428,6 +436,7 @@ class MediaSession(asyncio.DatagramProtocol):
             return SILENCE
         with self._lock:
             item = endpoint.pop_audio()
+            senders = endpoint.pop_sender_audio()
         with self._audio_decode_lock:
             if item is None:
                 samples = SILENCE
@@ -440,6 +449,11 @@ class MediaSession(asyncio.DatagramProtocol):
                 samples = self._audio_decoder.decode(item)
                 self._last_audio = samples
                 self._concealed_in_a_row = 0
+            if senders:  # audio forwarded, not mixed for us (E2EE): mix it here
+                local = self._sender_mixer.mix(senders)
+                if local is not None:
+                    samples = local if item is None else soft_limit(
+                        samples.astype(np.int32) + local)
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
@@ -485,3 +499,12 @@ class MediaSession(asyncio.DatagramProtocol):
         self._generations[ssrc] = self._generations.get(ssrc, 0) + 1
         with contextlib.suppress(RuntimeError):
             self._decode_pool.submit(self._decoders.pop, ssrc, None)
+
+    def forget_audio_stream(self, ssrc: int) -> None:
+        """A sender of its own audio stream (E2EE) left: free its buffer and decoder."""
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.forget_audio_stream(ssrc)
+        with self._audio_decode_lock:
+            self._sender_mixer.forget(ssrc)

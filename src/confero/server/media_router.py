@@ -42,6 +42,7 @@ from confero.protocol.srtp import (
     new_master_key,
 )
 from confero.server.mixer import MeetingMixer
+from confero.server.speakers import SpeakerSelector
 
 Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
@@ -73,6 +74,8 @@ class _Meeting:
     mix_timestamp: int = field(default_factory=lambda: secrets.randbelow(1 << 32))
     forwarded_packets: int = 0
     forwarded_bytes: int = 0
+    #: End-to-end encrypted: audio of the loudest few is forwarded, never mixed.
+    speakers: SpeakerSelector | None = None
 
 
 class MediaRouter:
@@ -108,7 +111,8 @@ class MediaRouter:
             self._by_ssrc[audio] = self._by_ssrc[video] = peer
         return peer.audio_ssrc, peer.video_ssrc
 
-    def admit(self, participant_id: str, meeting_id: str) -> MediaGrant:
+    def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
+              ) -> MediaGrant:
         self.reserve(participant_id)
         peer = self._peers[participant_id]
         self._leave_meeting(peer)
@@ -119,7 +123,8 @@ class MediaRouter:
         peer.history = RetransmitBuffer(512)
         meeting = self._meetings.get(meeting_id)
         if meeting is None:
-            meeting = _Meeting(set(), self._mixer_factory(), self._new_ssrc())
+            meeting = _Meeting(set(), self._mixer_factory(), self._new_ssrc(),
+                               speakers=SpeakerSelector() if e2ee else None)
             self._meetings[meeting_id] = meeting
         meeting.members.add(participant_id)
         meeting.mixer.add(participant_id)
@@ -155,6 +160,8 @@ class MediaRouter:
         if meeting is not None:
             meeting.members.discard(participant_id)
             meeting.mixer.remove(participant_id)
+            if meeting.speakers is not None:
+                meeting.speakers.remove(participant_id)
             if not meeting.members:
                 self._ended_packets += meeting.forwarded_packets
                 self._ended_bytes += meeting.forwarded_bytes
@@ -225,10 +232,24 @@ class MediaRouter:
         if packet.ssrc == peer.audio_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
+            if meeting.speakers is not None:
+                return self._forward_e2ee_audio(meeting, peer, plain, level, now)
             meeting.mixer.push(peer.participant_id, packet.timestamp, packet.payload, level, now)
             return []
         self.counters["dropped_wrong_stream"] += 1
         return []
+
+    def _forward_e2ee_audio(
+        self, meeting: _Meeting, peer: _Peer, plain: bytes, level: int | None, now: float
+    ) -> list[Datagram]:
+        """E2EE meetings: the server cannot decode (so cannot mix) SFrame-protected Opus.
+        The loudest few speakers' packets go unchanged to every other member, who mix."""
+        assert meeting.speakers is not None
+        if not meeting.speakers.offer(peer.participant_id, level, now):
+            self.counters["e2ee_audio_not_selected"] += 1
+            return []
+        self.counters["e2ee_audio_forwarded"] += 1
+        return self._fan_out(meeting, peer, plain, rtcp_packet=False)
 
     def _fan_out(
         self, meeting: _Meeting, sender: _Peer, plain: bytes, *, rtcp_packet: bool
