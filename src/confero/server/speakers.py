@@ -14,10 +14,14 @@ from typing import Final
 
 #: At or below this level (-dBov) a packet counts as silence (the mixer skips it too).
 SILENT_LEVEL: Final = 70
-#: Weight of the newest packet in a speaker's smoothed loudness (about 100 ms at 20 ms).
-SMOOTHING: Final = 0.2
+#: Weight of the newest packet in a speaker's smoothed loudness: it rises fast (about
+#: 100 ms at 20 ms a packet) and falls slowly (about a second), like a level meter.
+ATTACK: Final = 0.2
+RELEASE: Final = 0.02
 #: A newcomer displaces a held speaker only when louder by this many dB.
-MARGIN: Final = 6.0
+MARGIN: Final = 10.0
+#: A speaker heard this recently is talking (not pausing between words).
+TALKING: Final = 0.06
 
 
 @dataclass(slots=True)
@@ -45,7 +49,9 @@ class SpeakerSelector:
                 return False
             talker = self._talkers[sender] = _Talker()
         level = 127 if level is None else min(127, max(0, level))
-        talker.loudness += SMOOTHING * ((127 - level) - talker.loudness)
+        target = 127 - level
+        weight = ATTACK if target > talker.loudness else RELEASE
+        talker.loudness += weight * (target - talker.loudness)
         loud = level < SILENT_LEVEL
         if loud:
             talker.loud_at = now
@@ -73,14 +79,15 @@ class SpeakerSelector:
         self.switches += 1
 
     def _weakest_replaceable(self, newcomer: _Talker, now: float) -> str | None:
-        """A selected speaker quiet for ``hold``; else one held ``hold`` and clearly
-        quieter than the newcomer."""
+        """A selected speaker quiet for ``hold``; else one selected for ``hold`` that is
+        talking (not in a pause) and clearly quieter than the newcomer."""
         quiet = [s for s in self.selected if now - self._talkers[s].loud_at >= self.hold]
         if quiet:
             return min(quiet, key=lambda s: self._talkers[s].loud_at)
         held = [
             s for s in self.selected
             if now - self._talkers[s].selected_at >= self.hold
+            and now - self._talkers[s].loud_at < TALKING
             and self._talkers[s].loudness + MARGIN < newcomer.loudness
         ]
         if held:
