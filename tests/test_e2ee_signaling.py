@@ -19,7 +19,6 @@ from confero.client import Client, RequestError
 from confero.protocol import signaling as sig
 from tests.conftest import ClientFactory, ServerProcess
 
-
 _BLOBS: dict[int, list[sig.E2eeBlobReceived]] = {}
 
 
@@ -35,6 +34,10 @@ async def collect(client: Client) -> Client:
     return client
 
 
+async def people(connect: ClientFactory, *names: str) -> list[Client]:
+    return [await collect(await connect(name)) for name in names]
+
+
 async def expect_error(code: str, coro: Any) -> None:
     with pytest.raises(RequestError) as err:
         await coro
@@ -42,7 +45,7 @@ async def expect_error(code: str, coro: Any) -> None:
 
 
 async def test_the_e2ee_option_is_kept_and_shown_in_the_list(connect: ClientFactory) -> None:
-    alice, bob, carol = await collect(await connect("alice")), await collect(await connect("bob")), await collect(await connect("carol"))
+    alice, bob, carol = await people(connect, "alice", "bob", "carol")
     secret = await alice.create_meeting("Secret", e2ee=True)
     plain = await bob.create_meeting("Plain")
     assert secret.meeting.e2ee and not plain.meeting.e2ee
@@ -55,8 +58,8 @@ async def test_the_e2ee_option_is_kept_and_shown_in_the_list(connect: ClientFact
 async def test_blobs_reach_only_the_named_member_of_the_same_meeting(
     connect: ClientFactory,
 ) -> None:
-    alice, bob, carol = await collect(await connect("alice")), await collect(await connect("bob")), await collect(await connect("carol"))
-    dave, erin = await collect(await connect("dave")), await collect(await connect("erin"))
+    alice, bob, carol = await people(connect, "alice", "bob", "carol")
+    dave, erin = await people(connect, "dave", "erin")
     first = await alice.create_meeting("One", e2ee=True)
     await bob.join(first.meeting.id)
     await carol.join(first.meeting.id)
@@ -82,7 +85,7 @@ async def test_blobs_reach_only_the_named_member_of_the_same_meeting(
 
 
 async def test_blobs_only_in_e2ee_meetings_and_only_members(connect: ClientFactory) -> None:
-    alice, bob, carol = await collect(await connect("alice")), await collect(await connect("bob")), await collect(await connect("carol"))
+    alice, bob, carol = await people(connect, "alice", "bob", "carol")
     await expect_error("not_in_meeting", alice.relay_e2ee_blob(bob.participant_id or "", b"x"))
     plain = await alice.create_meeting("Plain")
     await bob.join(plain.meeting.id)
@@ -92,7 +95,7 @@ async def test_blobs_only_in_e2ee_meetings_and_only_members(connect: ClientFacto
 
 async def test_blob_size_and_shape_are_bounded(server: ServerProcess,
                                                connect: ClientFactory) -> None:
-    alice, bob = await collect(await connect("alice")), await collect(await connect("bob"))
+    alice, bob = await people(connect, "alice", "bob")
     created = await alice.create_meeting("Sizes", e2ee=True)
     await bob.join(created.meeting.id)
     target = bob.participant_id or ""
@@ -117,7 +120,7 @@ async def test_blob_size_and_shape_are_bounded(server: ServerProcess,
 
 
 async def test_a_blob_flood_is_rate_limited(connect: ClientFactory) -> None:
-    alice, bob = await collect(await connect("alice")), await collect(await connect("bob"))
+    alice, bob = await people(connect, "alice", "bob")
     created = await alice.create_meeting("Flood", e2ee=True)
     await bob.join(created.meeting.id)
     target = bob.participant_id or ""
