@@ -1,0 +1,231 @@
+"""E2EE end to end: bot processes, real UDP/WebSocket, and what the server could read.
+
+The server here runs in the test process (its own thread and event loop: the same aiohttp
+app and media router ``confero server`` runs), with the router's plaintext view (after SRTP,
+exactly what it handles) recorded, so the test can try to decode what the server saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import wave
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from aiohttp import web
+
+from confero.media.video import identity_code, luma_plane, read_stamp
+from confero.protocol.profile import AUDIO_PAYLOAD_TYPE, VIDEO_PAYLOAD_TYPE
+from confero.protocol.rtp import RtpPacket
+from confero.protocol.vp8 import parse_descriptor
+from confero.server.app import ServerConfig, build_server
+from confero.server.media_app import MediaServer
+from confero.server.media_router import Datagram, MediaRouter
+from tests.bots import BotProcess, start_bot, tone_levels, video_identities
+from tests.conftest import ServerProcess
+from tests.test_media import TONES_A, TONES_B
+
+PASSPHRASE = "tangerine moon"
+
+
+class TappedRouter(MediaRouter):
+    """The real router, keeping a copy of every RTP packet it handles (bounded)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.seen: list[RtpPacket] = []
+
+    def _on_rtp(self, peer: Any, plain: bytes, now: float) -> list[Datagram]:
+        if len(self.seen) < 200_000:
+            self.seen.append(RtpPacket.parse(plain))
+        return super()._on_rtp(peer, plain, now)
+
+
+class InProcessServer:
+    def __init__(self, data_dir: Path) -> None:
+        self.router = TappedRouter()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(data_dir), self.loop).result(20)
+
+    async def _start(self, data_dir: Path) -> str:
+        self.media = await MediaServer.start(self.router, "127.0.0.1", 0)
+        config = ServerConfig(port=0, data_dir=data_dir, heartbeat=0.5, empty_grace=3)
+        self.runner = web.AppRunner(build_server(config, media=self.router).app,
+                                    access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        port = self.runner.addresses[0][1]
+        return f"ws://127.0.0.1:{port}/ws"
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            await self.runner.cleanup()
+            await self.media.stop()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result(20)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def seen_or_expect(bot: BotProcess, kind: str, predicate: Any, timeout: float = 60.0
+                   ) -> dict[str, Any]:
+    """Like ``expect``, but an event already consumed while waiting for another counts."""
+    for event in bot.history:
+        if event["event"] == kind and predicate(event):
+            return event
+    return bot.expect(kind, predicate, timeout=timeout)
+
+
+def decoded(bot: BotProcess, name: str, frames: int) -> Any:
+    return lambda e: (e["video"].get(name, {}).get("frames_decoded", 0) >= frames)
+
+
+def test_the_server_sees_nothing_decodable_and_the_wrong_passphrase_decodes_nothing(
+    bots: list[BotProcess], tmp_path: Path
+) -> None:
+    server = InProcessServer(tmp_path / "data")
+    try:
+        alice = start_bot(bots, server.url, "alice", "--create", "Secret", "--e2ee",
+                          "--passphrase", PASSPHRASE, "--audio", "sine:440",
+                          "--record", str(tmp_path / "alice"), "--check-stamps")
+        meeting = alice.expect("joined")["meeting_id"]
+        bob = start_bot(bots, server.url, "bob", "--join", meeting, "--passphrase", PASSPHRASE,
+                        "--audio", "sine:660", "--record", str(tmp_path / "bob"),
+                        "--check-stamps")
+        eve = start_bot(bots, server.url, "eve", "--join", meeting, "--passphrase", "guess",
+                        "--audio", "sine:880", "--record", str(tmp_path / "eve"))
+        for bot, other in ((alice, "bob"), (bob, "alice")):
+            seen_or_expect(bot, "e2ee", lambda e, o=other: e == {  # type: ignore[misc]
+                **e, "state": "verified", "name": o})
+            seen_or_expect(bot, "e2ee", lambda e: e == {**e, "state": "cannot verify",
+                                                        "name": "eve"})
+        for other in ("alice", "bob"):
+            seen_or_expect(eve, "e2ee", lambda e, o=other: e == {  # type: ignore[misc]
+                **e, "state": "cannot verify", "name": o})
+        alice.expect("stats", decoded(alice, "bob", 30), timeout=40)
+        bob.expect("stats", decoded(bob, "alice", 30), timeout=40)
+        report = eve.expect("stats", lambda e: all(
+            e["e2ee"].get(n, {}).get("undecryptable", 0) >= 30 for n in ("alice", "bob")),
+            timeout=40)
+        for name in ("alice", "bob"):
+            assert report["e2ee"][name]["state"] == "cannot decrypt"
+            assert report["e2ee"][name]["decrypted"] == 0
+        for bot in bots:
+            bot.send("leave")
+        done = {bot.name: bot.finish() for bot in bots}
+    finally:
+        server.stop()
+
+    # eve: nothing decoded, nothing recorded, silence played
+    assert done["eve"]["video"] == {}
+    assert not list((tmp_path / "eve").glob("video-*.webm"))
+    with wave.open(str(tmp_path / "eve" / "audio.wav")) as wav:
+        heard = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    assert heard.size == 0 or np.abs(heard).max() == 0
+    # the members: everything decoded was the right person's, and each heard the other
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        seen = done[name]["video"][other]
+        assert seen["frames"] >= 30 and seen["stamps"] == {"match": seen["frames"]}
+        levels = tone_levels(tmp_path / name / "audio.wav", [440.0, 660.0, 880.0])
+        tones = {"alice": 440.0, "bob": 660.0}
+        assert levels[tones[other]] > -15 and levels[880.0] < -40, (name, levels)
+
+    # the server's view: reassemble every video frame it forwarded and try to decode it
+    plaintext: set[bytes] = set()
+    for path in (tmp_path / "bob").glob("video-*.webm"):
+        with av.open(str(path)) as container:
+            plaintext |= {bytes(p) for p in container.demux(video=0) if p.size}
+    assert len(plaintext) >= 30
+    frames: dict[tuple[int, int], bytes] = {}
+    for packet in server.router.seen:
+        if packet.payload_type == VIDEO_PAYLOAD_TYPE:
+            body = packet.payload[parse_descriptor(packet.payload).header_size:]
+            key = (packet.ssrc, packet.timestamp)
+            frames[key] = frames.get(key, b"") + body
+    assert len(frames) >= 60
+    assert not set(frames.values()) & plaintext
+    # With the frame header in the clear a lenient decoder (FFmpeg's) may still turn a
+    # keyframe into a picture, but only of noise: no picture carries anybody's stamp.
+    identities = {identity_code(n) for n in ("alice", "bob", "eve")}
+    pictures = 0
+    for ssrc in {s for s, _ in frames}:
+        decoder = av.CodecContext.create("vp8", "r")
+        for (s, _), data in sorted(frames.items()):
+            if s == ssrc:
+                with contextlib.suppress(av.FFmpegError):
+                    for picture in decoder.decode(av.Packet(data)):
+                        pictures += 1
+                        assert read_stamp(luma_plane(picture))[1] not in identities
+    assert pictures < len(frames) // 10  # at most the keyframes come out, as noise
+    # and its audio: Opus-decoding what it holds gives no tone of anybody
+    audio = [p for p in server.router.seen if p.payload_type == AUDIO_PAYLOAD_TYPE]
+    assert len(audio) >= 200
+    assert server.router.counters["e2ee_audio_forwarded"] > 0
+    assert not any(m.stats.encoded for m in server.router.mixers().values())
+    pcm: list[np.ndarray] = []  # type: ignore[type-arg]
+    codec = av.CodecContext.create("opus", "r")
+    for packet in audio:
+        with contextlib.suppress(av.FFmpegError, ValueError):
+            for frame in codec.decode(av.Packet(packet.payload)):
+                pcm.append(frame.to_ndarray().reshape(-1))
+    if pcm:
+        samples = np.concatenate(pcm).astype(np.float64)
+        spectrum = np.abs(np.fft.rfft(samples[: 48_000 * 4]))
+        freqs = np.fft.rfftfreq(min(len(samples), 48_000 * 4), 1 / 48_000)
+        for tone in (440.0, 660.0, 880.0):  # a tone stands 100x over its neighbourhood
+            band = spectrum[(freqs > tone - 3) & (freqs < tone + 3)]
+            around = spectrum[(np.abs(freqs - tone) > 20) & (np.abs(freqs - tone) < 200)]
+            assert band.max() < 10 * np.median(around) + 1e-9, tone
+
+
+def test_two_e2ee_meetings_each_hear_and_see_only_their_others(
+    server: ServerProcess, bots: list[BotProcess], tmp_path: Path
+) -> None:
+    """The two-meeting FFT test of ``test_media``, with E2EE: the server forwards the
+    loudest three's audio and each client mixes."""
+    def launch(name: str, tone: float, target: list[str], passphrase: str) -> BotProcess:
+        return start_bot(bots, server.url, name, *target, "--audio", f"sine:{tone:g}",
+                         "--record", str(tmp_path / name), "--check-stamps",
+                         "--passphrase", passphrase)
+
+    first_a = launch("a440", 440, ["--create", "A", "--e2ee"], "alpha")
+    first_b = launch("b550", 550, ["--create", "B", "--e2ee"], "bravo")
+    meeting_a = first_a.expect("joined")["meeting_id"]
+    meeting_b = first_b.expect("joined")["meeting_id"]
+    launch("a660", 660, ["--join", meeting_a], "alpha")
+    launch("a880", 880, ["--join", meeting_a], "alpha")
+    launch("b990", 990, ["--join", meeting_b], "bravo")
+    groups = {**dict.fromkeys(TONES_A, TONES_A), **dict.fromkeys(TONES_B, TONES_B)}
+    for bot in bots:
+        others = [n for n in groups[bot.name] if n != bot.name]
+        bot.expect("stats", lambda e, o=others: all(  # type: ignore[misc]
+            e["video"].get(n, {}).get("frames_decoded", 0) >= 30
+            and e["e2ee"].get(n, {}).get("decrypted", 0) >= 150 for n in o), timeout=60)
+    for bot in bots:
+        bot.send("leave")
+    done = {bot.name: bot.finish() for bot in bots}
+
+    all_tones = {**TONES_A, **TONES_B}
+    for name, summary in done.items():
+        members = groups[name]
+        others = sorted(n for n in members if n != name)
+        assert sorted(summary["video"]) == others, (name, summary["video"])
+        for other in others:
+            seen = summary["video"][other]
+            assert seen["frames"] >= 30 and seen["stamps"] == {"match": seen["frames"]}
+        for path in sorted((tmp_path / name).glob("video-*.webm")):
+            frames, identities = video_identities(path)
+            assert frames >= 30 and identities == {identity_code(path.name.split("-")[1])}
+        levels = tone_levels(tmp_path / name / "audio.wav", list(all_tones.values()))
+        for other in others:
+            assert levels[all_tones[other]] > -15, (name, "should hear", other, levels)
+        assert levels[all_tones[name]] < -40, (name, "hears itself", levels)
+        for stranger in set(all_tones) - set(members):
+            assert levels[all_tones[stranger]] < -40, (name, "hears", stranger, levels)
