@@ -5,6 +5,10 @@ membership and the blobs the server relays, ticks it a few times a second, relay
 wants sent through the signaling client, and installs its keys into the SFrame cipher the
 media endpoint uses. The passphrase stays here: it never goes to the server.
 
+SPAKE2 is pure Python (tens of milliseconds per pairing, far more on a busy machine), so
+every step of the key manager runs on one worker thread, in order; the event loop only
+installs the results. Blocking the loop for that long would miss WebSocket heartbeats.
+
 Without a passphrase (or with a wrong one) the call still runs: our own frames are still
 encrypted (under a key nobody gets) and nothing we receive can be decrypted; front ends
 show "cannot decrypt" instead of noise.
@@ -20,6 +24,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -47,6 +52,17 @@ class NoPassphrase:
 E2eeNotice = keys.PeerVerified | keys.PeerUnverified | keys.BlobRejected | NoPassphrase
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What one step of the key manager produced, read on its worker thread."""
+
+    events: list[keys.Event]
+    send_key: tuple[int, bytes]
+    receive_keys: dict[int, bytes] | None  # None: unchanged
+    outgoing: list[tuple[str, bytes]]
+    states: dict[str, dict[str, Any]]
+
+
 class E2eeCall:
     def __init__(self, client: api.Client, passphrase: str | None,
                  on_notice: Callable[[E2eeNotice], None] | None = None) -> None:
@@ -59,6 +75,9 @@ class E2eeCall:
         self._early: list[Any] = []
         self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="e2ee-keys")
+        self._generation = 0  # bumped by stop(): late results of an old session are dropped
+        self._states: dict[str, dict[str, Any]] = {}
         self.blobs_sent = 0
         self.blobs_failed = 0
 
@@ -97,6 +116,8 @@ class E2eeCall:
                        loop.create_task(self._send_forever())]
 
     def stop(self) -> None:
+        self._generation += 1
+        self._states = {}
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -134,26 +155,52 @@ class E2eeCall:
                 self._apply(lambda: session.handle_blob(sender, blob, now))
 
     def _apply(self, step: Callable[[], list[keys.Event]]) -> None:
-        try:
-            events = step()
-        except keys.E2eeError as exc:
-            log.warning("e2ee: %s", exc)
+        """Run one step of the key manager on the worker thread; apply it on the loop."""
+        session = self.session
+        if session is None:
             return
-        self._handle(events)
+        generation = self._generation
+        loop = asyncio.get_running_loop()
 
-    def _handle(self, events: list[keys.Event]) -> None:
-        session, cipher = self.session, self.cipher
-        if session is None or cipher is None:
+        def work() -> _Outcome:
+            try:
+                events = step()
+            except keys.E2eeError as exc:
+                log.warning("e2ee: %s", exc)
+                events = []
+            changed = any(isinstance(e, keys.ReceiveKeysChanged) for e in events)
+            states = {pid: {"verified": session.verified(pid),
+                            "safety_code": session.safety_code(pid)}
+                      for pid in session.peers()}
+            return _Outcome(events, session.send_key(),
+                            session.receive_keys() if changed else None,
+                            session.outgoing(), states)
+
+        def done(future: Future[_Outcome]) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._handle, generation, future)
+
+        with contextlib.suppress(RuntimeError):  # shut down: the process is exiting
+            self._worker.submit(work).add_done_callback(done)
+
+    def _handle(self, generation: int, future: Future[_Outcome]) -> None:
+        cipher = self.cipher
+        if generation != self._generation or cipher is None or future.cancelled():
             return
-        for event in events:
-            if isinstance(event, keys.SendKeyChanged):
-                cipher.set_send_key(*session.send_key())
-            elif isinstance(event, keys.ReceiveKeysChanged):
-                cipher.set_receive_keys(session.receive_keys())
-            else:
+        try:
+            outcome = future.result()
+        except Exception:
+            log.exception("e2ee key manager step failed")
+            return
+        self._states = outcome.states
+        cipher.set_send_key(*outcome.send_key)
+        if outcome.receive_keys is not None:
+            cipher.set_receive_keys(outcome.receive_keys)
+        for event in outcome.events:
+            if isinstance(event, keys.PeerVerified | keys.PeerUnverified | keys.BlobRejected):
                 self._notify(event)
         outbox = self._outbox
-        for pid, blob in session.outgoing():
+        for pid, blob in outcome.outgoing:
             if outbox is None:
                 break
             if outbox.qsize() >= MAX_OUTBOX:
@@ -203,11 +250,7 @@ class E2eeCall:
 
     def peer_states(self) -> dict[str, dict[str, Any]]:
         """Per participant id: verified (bool) and the safety code to compare."""
-        session = self.session
-        if session is None:
-            return {}
-        return {pid: {"verified": session.verified(pid),
-                      "safety_code": session.safety_code(pid)} for pid in session.peers()}
+        return dict(self._states)
 
     async def close(self) -> None:
         tasks = self._tasks
