@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ Event = dict[str, Any]
 
 class BotProcess:
     def __init__(self, url: str, name: str, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "confero.cli", "bot", "--server", url, "--name", name,
+            [*prefix, sys.executable, "-m", "confero.cli", "bot", "--server", url, "--name", name,
              "--width", "320", "--height", "240", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},

@@ -140,7 +140,7 @@ def test_e2ee_audio_is_forwarded_per_sender_and_never_mixed() -> None:
     assert bob.endpoint.stats()["audio"]["packets"] == 0  # no mix stream
     played = []
     for _ in range(60):
-        for ssrc, item in bob.endpoint.pop_sender_audio().items():
+        for ssrc, item in bob.endpoint.pop_peer_audio(net.now).items():
             assert ssrc == alice.endpoint.config.audio_ssrc
             if isinstance(item, bytes):
                 played.append(item)

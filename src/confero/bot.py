@@ -32,6 +32,7 @@ from confero.media.devices import (
 )
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+from confero.protocol import signaling as sig
 from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified
 from confero.stdin import stdin_lines
 
@@ -76,6 +77,10 @@ class _Seen:
     first_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
+    #: decoded-frame gaps (a freeze shows as one long gap), monotonic seconds
+    last_frame_at: float | None = None
+    max_gap: float = 0.0
+    gaps_over_100ms: int = 0
 
 
 class Bot:
@@ -88,7 +93,9 @@ class Bot:
                          on_source_error=self._source_failed,
                          on_media_started=self._media_started,
                          passphrase=getattr(args, "passphrase", None),
-                         on_e2ee=self._on_e2ee)
+                         on_e2ee=self._on_e2ee,
+                         on_mode_changed=self._mode_changed)
+        self.client.p2p = not getattr(args, "no_p2p", False)
         self.speaker: Speaker | None = None
         self.video_source = make_video_source(args.video, args.name, args.width, args.height)
         self.audio_source = make_audio_source(args.audio)
@@ -106,11 +113,14 @@ class Bot:
         except api.ConnectionFailed as exc:
             emit("error", code="connection_failed", message=str(exc))
             return 2
+        # listen before entering: a p2p_start can follow the join reply at once
+        self.client.add_listener(self._on_event)
         try:
             if self.args.create:
                 result = await self.client.create_meeting(
-                    self.args.create, self.args.password, e2ee=bool(getattr(self.args, "e2ee",
-                                                                            False)))
+                    self.args.create, self.args.password,
+                    mode=getattr(self.args, "mode", "auto") or "auto",
+                    e2ee=bool(getattr(self.args, "e2ee", False)))
             else:
                 result = await self.client.join(self.args.join, self.args.password)
         except api.RequestError as exc:
@@ -119,14 +129,14 @@ class Bot:
             return 1
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),
-             participants=[p.name for p in result.participants], e2ee=result.meeting.e2ee)
+             participants=[p.name for p in result.participants], e2ee=result.meeting.e2ee,
+             mode=result.mode, mode_setting=result.mode_setting)
         if getattr(self.args, "passphrase", None) and not result.meeting.e2ee:
             # Our passphrase would protect nothing: refuse rather than send in the clear.
             emit("error", code="not_e2ee",
                  message="this meeting is not end-to-end encrypted; not sending media")
             await self.client.close()
             return 1
-        self.client.add_listener(self._on_event)
         if self.args.record:
             self.call.start_recording(self.args.record)
         await self.call.entered(result)
@@ -202,6 +212,11 @@ class Bot:
         if seen is None:
             seen = self.seen[video.ssrc] = _Seen(call_video.name)
         seen.frames += 1
+        if seen.last_frame_at is not None:
+            gap = video.received_at - seen.last_frame_at
+            seen.max_gap = max(seen.max_gap, gap)
+            seen.gaps_over_100ms += gap > 0.1
+        seen.last_frame_at = video.received_at
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
             joined_at = self.call.joined_at or video.received_at
@@ -240,6 +255,10 @@ class Bot:
                     self._finish("connection_failed")
             case api.Rejoined():
                 emit("rejoined")
+            case sig.P2pStart(session=session, controlling=controlling):
+                emit("p2p_start", session=session, controlling=controlling)
+            case sig.P2pStop(session=session, reason=reason):
+                emit("p2p_stop", session=session, reason=reason)
             case api.RejoinFailed(code=code, message=message):
                 emit("error", code=code, message=message)
                 self._finish("rejoin_failed")
@@ -267,6 +286,10 @@ class Bot:
             await self.client.send_chat(rest)
         elif word == "stats":
             self._emit_stats()
+        elif word == "server":  # ask the server to take the meeting back from P2P
+            await self.call.request_server_mode()
+        elif word == "media":  # the server's media counters for this meeting
+            await self._emit_server_media("media")
         elif word == "leave":
             self._finish("leave")
         elif line:
@@ -284,18 +307,45 @@ class Bot:
             return
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
-             audio_buffer=stats["audio_buffer"], sent=stats["sent"],
-             e2ee=self.call.e2ee_status())
+             audio_buffer=stats["audio_buffer"], sent=stats["sent"], mode=self.call.mode,
+             e2ee=self.call.e2ee_status(),
+             gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
+                               "over_100ms": seen.gaps_over_100ms}
+                   for seen in self.seen.values()},
+             paths=self.call.session.path_counters())
 
     def _summary(self) -> dict[str, Any]:
         return {
             "video": {
-                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps)}
+                seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
+                            "max_gap_ms": round(seen.max_gap * 1000, 1),
+                            "gaps_over_100ms": seen.gaps_over_100ms}
                 for seen in self.seen.values()
             },
             "stats": self.call.session.stats() if self.call.session is not None else None,
             "e2ee": self.call.e2ee_status(),
+            "mode": self.call.mode,
+            "paths": self.call.session.path_counters() if self.call.session is not None
+            else None,
         }
+
+    # ------------------------------------------------------------------ peer-to-peer
+
+    def _mode_changed(self, mode: str, reason: str) -> None:
+        emit("mode", mode=mode, reason=reason)
+        task = asyncio.get_running_loop().create_task(self._emit_server_media("server_media"))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _emit_server_media(self, event: str) -> None:
+        """The server's own count of what it received and forwarded for this meeting."""
+        try:
+            media = await self.client.meeting_media()
+        except (api.RequestError, api.ConnectionLost, TimeoutError) as exc:
+            emit("error", code="meeting_media", message=str(exc))
+            return
+        emit(event, mode=media.mode, received_bytes=media.received_bytes,
+             received_packets=media.received_packets, forwarded_bytes=media.forwarded_bytes,
+             forwarded_packets=media.forwarded_packets, mixed_bytes=media.mixed_bytes)
 
 
 def main(args: Any) -> int:

@@ -81,6 +81,11 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passphrase", default=os.environ.get("CONFERO_E2EE_PASSPHRASE"),
                         help="E2EE passphrase (never sent to the server; env "
                         "CONFERO_E2EE_PASSPHRASE)")
+    parser.add_argument("--mode", choices=("auto", "server"), default="auto",
+                        help="with --create: auto (two people talk peer-to-peer, the "
+                        "default) or server (media always through the server)")
+    parser.add_argument("--no-p2p", action="store_true",
+                        help="never take part in peer-to-peer media")
     parser.add_argument("--send-only", action="store_true",
                         help="do not receive or decode others' video (a cheap load "
                         "generator; audio is still received)")

@@ -137,6 +137,8 @@ class Engine(QObject):
     #: safety_code, decrypted, undecryptable, audio_undecryptable, video_undecryptable,
     #: state: "decrypting" | "cannot decrypt" | "waiting"}}}.
     e2ee_state = Signal(object)
+    #: the meeting's media path: "p2p" (direct) or "server", and the server's reason
+    mode_changed = Signal(str, str)
 
     def __init__(self) -> None:
         super().__init__()
@@ -193,7 +195,9 @@ class Engine(QObject):
         self.client = client
         self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
                          device_playout=True, on_source_error=self._source_failed,
-                         on_media_started=self._media_started, on_e2ee=self._on_e2ee)
+                         on_media_started=self._media_started, on_e2ee=self._on_e2ee,
+                         on_mode_changed=self.mode_changed.emit)
+        client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
         await client.connect()
         self.meetings_changed.emit(await client.list_meetings())

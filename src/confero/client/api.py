@@ -144,6 +144,8 @@ class Client:
         self.media_grant: sig.MediaGrant | None = None
         #: Events dropped because nobody consumed the queue (it is bounded).
         self.events_dropped = 0
+        #: Offer peer-to-peer media in hello (the call layer must then handle p2p_* events).
+        self.p2p = False
         self._meeting_password: str | None = None
         self._last_seq = 0
         self._session: aiohttp.ClientSession | None = None
@@ -201,7 +203,8 @@ class Client:
         result = await self._request(sig.ListMeetings, sig.MeetingsResult)
         return result.meetings
 
-    async def create_meeting(self, title: str, password: str | None = None, *,
+    async def create_meeting(self, title: str, password: str | None = None,
+                             mode: sig.MeetingMode = "auto", *,
                              e2ee: bool = False) -> sig.JoinResult:
         return await self._request(
             sig.CreateMeeting,
@@ -210,6 +213,7 @@ class Client:
             title=title,
             password=password,
             e2ee=e2ee,
+            mode=mode,
         )
 
     async def join(self, meeting_id: str, password: str | None = None) -> sig.JoinResult:
@@ -245,6 +249,19 @@ class Client:
 
     async def ping(self) -> None:
         await self._request(sig.Ping, sig.Empty)
+
+    # peer-to-peer (issue 10); a client says it can with ``client.p2p = True`` before
+    # connecting
+
+    async def p2p_signal(self, session: int, **fields: Any) -> None:
+        await self._request(sig.P2pSignal, sig.Empty, session=session, **fields)
+
+    async def p2p_state(self, session: int, state: sig.P2pReport) -> None:
+        await self._request(sig.P2pState, sig.Empty, session=session, state=state)
+
+    async def meeting_media(self) -> sig.MeetingMediaResult:
+        """The server's media counters for our meeting (zero forwarded in P2P)."""
+        return await self._request(sig.MeetingMedia, sig.MeetingMediaResult)
 
     # ------------------------------------------------------------------ events
 
@@ -314,6 +331,7 @@ class Client:
                 version=sig.PROTOCOL_VERSION,
                 name=self.name,
                 resume_token=self.resume_token,
+                p2p=self.p2p,
             )
         except RequestError as exc:
             await self._discard_socket()

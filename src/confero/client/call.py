@@ -27,6 +27,7 @@ import av
 from confero.client import api
 from confero.client.e2ee_call import E2eeCall, E2eeNotice
 from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
+from confero.client.p2p import PeerLink
 from confero.media.audio import SILENCE, Samples
 from confero.media.recorder import MeetingRecorder
 from confero.protocol import signaling as sig
@@ -58,6 +59,7 @@ class Call:
         receive_video: bool = True,
         passphrase: str | None = None,
         on_e2ee: Callable[[E2eeNotice], None] | None = None,
+        on_mode_changed: Callable[[str, str], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
         otherwise the session plays out on a 20 ms schedule and hands frames to
@@ -84,6 +86,21 @@ class Call:
         #: End-to-end encryption (E2EE meetings): keys from the passphrase, never sent.
         self.e2ee = E2eeCall(client, passphrase, on_e2ee)
         client.add_listener(self._e2ee_event)  # from the start: no blob may be missed
+        # ---- peer-to-peer (issue 10)
+        #: the media path the server says the meeting uses: "server" or "p2p", and why
+        self.mode = "server"
+        self.mode_reason = ""
+        self._on_mode_changed = on_mode_changed
+        self._link: PeerLink | None = None
+        self._pending_start: sig.P2pStart | None = None
+        self._pending_signals: list[sig.P2pSignalEvent] = []
+        self._keys_set = False
+        self._p2p_since: float | None = None
+        self._liveness: asyncio.Task[None] | None = None
+        #: seconds of silence on the direct path after which consent counts as lost
+        self.peer_silence_timeout = 3.0
+        #: a P2P switch's old path is kept this long after the server ends the session
+        self.p2p_drain = 1.5
 
     # ------------------------------------------------------------------ who is who
 
@@ -128,6 +145,9 @@ class Call:
             session.audio_muted = self.microphone_muted
             session.set_video_source(self.video_source)
             session.set_audio_source(self.audio_source)
+            pending, self._pending_start = self._pending_start, None
+            if pending is not None:
+                self._p2p_start(pending)
         if self._on_media_started is not None:
             self._on_media_started()
         await self.announce()
@@ -135,6 +155,8 @@ class Call:
 
     async def stop_media(self, *, keep_recording: bool = False) -> None:
         async with self._guard():
+            await self._close_link()
+            self._set_mode("server", "media_stopped", announce=self.mode != "server")
             if self.session is not None:
                 session, self.session = self.session, None
                 await session.close()
@@ -264,6 +286,17 @@ class Call:
             case sig.ChatEvent(message=message):
                 if self.recorder is not None:
                     self.recorder.chat(message)
+            case sig.P2pStart():
+                self._p2p_start(event)
+            case sig.P2pSignalEvent():
+                self._p2p_signal(event)
+            case sig.P2pStop(session=session, reason=reason):
+                self._p2p_stop(session, reason)
+            case sig.ModeChanged(mode=mode, reason=reason, media=grant):
+                if grant is not None and self.session is not None:
+                    self.session.rekey_server(grant)
+                    self.client.media_grant = grant
+                self._mode_changed(mode, reason)
             case api.Rejoined(participants=participants):
                 self._known = {p.id: p for p in participants}
                 self._spawn(self.restart_media())
@@ -319,6 +352,119 @@ class Call:
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
         task.add_done_callback(_log_failure)
+
+    # ------------------------------------------------------------------ peer-to-peer
+
+    def _p2p_start(self, start: sig.P2pStart) -> None:
+        session = self.session
+        if session is None:
+            self._pending_start = start  # media opens right after the join reply
+            return
+        old = self._link
+        if old is not None:
+            self._spawn(old.close())
+        self._keys_set = False
+        link = PeerLink(
+            start.session, start.controlling, stun_server=session.address,
+            send_signal=self._send_signal, on_datagram=session.peer_datagram_received,
+            on_state=self._link_state,
+        )
+        self._link = link
+        session.attach_peer(link)
+        link.start()
+        signals, self._pending_signals = self._pending_signals, []
+        for signal in signals:
+            self._p2p_signal(signal)
+
+    async def _send_signal(self, session: int, **fields: Any) -> None:
+        await self.client.p2p_signal(session, **fields)
+
+    def _p2p_signal(self, event: sig.P2pSignalEvent) -> None:
+        link = self._link
+        if link is None or link.session != event.session:
+            if len(self._pending_signals) < 8:
+                self._pending_signals.append(event)  # it may precede our own start
+            return
+        link.remote_signal(event)
+        if link.rx_key is not None and not self._keys_set and self.session is not None:
+            self.session.peer_keys(link.tx_key, link.rx_key)
+            self._keys_set = True
+
+    def _link_state(self, link: PeerLink, state: str) -> None:
+        if link is not self._link:
+            return
+        if state == "connected":
+            self._report(link.session, "connected")
+            return
+        if state in ("failed", "consent_lost"):
+            self._report(link.session, state)
+            if self.mode == "p2p" and self.session is not None:
+                # do not wait for the server: our media goes back through it now
+                self.session.switch_to_server()
+
+    def _report(self, session: int, state: Any) -> None:
+        if self.client.state == api.ConnectionState.CONNECTED:
+            self._spawn(self.client.p2p_state(session, state))
+
+    def _p2p_stop(self, session: int, reason: str) -> None:
+        link = self._link
+        if link is None or link.session != session:
+            return
+        self._spawn(self._drain_and_close(link))
+
+    async def _drain_and_close(self, link: PeerLink) -> None:
+        """Keep the direct path a moment (make-before-break), then close it."""
+        await asyncio.sleep(self.p2p_drain)
+        if self._link is link:
+            await self._close_link()
+
+    async def _close_link(self) -> None:
+        link, self._link = self._link, None
+        self._pending_signals.clear()
+        self._pending_start = None
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
+        if self.session is not None and link is not None:
+            self.session.detach_peer()
+        if link is not None:
+            await link.close()
+
+    def _mode_changed(self, mode: str, reason: str) -> None:
+        session = self.session
+        if session is not None:
+            if mode == "p2p":
+                session.switch_to_p2p()
+            else:
+                session.switch_to_server()
+        if mode == "p2p":
+            self._p2p_since = time.monotonic()
+            if self._liveness is None:
+                self._liveness = asyncio.get_running_loop().create_task(self._watch_peer())
+        self._set_mode(mode, reason)
+
+    def _set_mode(self, mode: str, reason: str, *, announce: bool = True) -> None:
+        self.mode, self.mode_reason = mode, reason
+        if announce and self._on_mode_changed is not None:
+            self._on_mode_changed(mode, reason)
+
+    async def _watch_peer(self) -> None:
+        """Consent freshness on the direct path (see :meth:`PeerLink.poll_liveness`)."""
+        while True:
+            await asyncio.sleep(0.5)
+            link, session = self._link, self.session
+            if link is None or session is None or self.mode != "p2p":
+                continue
+            heard = session.peer_heard_at()
+            since = self._p2p_since or 0.0
+            link.poll_liveness(max(heard or since, since), time.monotonic(),
+                               self.peer_silence_timeout)
+
+    async def request_server_mode(self) -> None:
+        """Ask the server to take the meeting back (this side wants no direct path)."""
+        link = self._link
+        if link is not None:
+            await self.client.p2p_state(link.session, "want_server")
 
     # ------------------------------------------------------------------ recording
 

@@ -24,11 +24,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from confero.client.audio_streams import AudioStreams
 from confero.client.frame_cipher import FrameCipher, SFrameError
 from confero.client.stats import StreamStats
 from confero.protocol import rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+from confero.protocol.audio_streams import AudioStreams
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
 from confero.protocol.profile import (
     AUDIO_CLOCK,
@@ -135,6 +135,25 @@ class _Budget:
         return True
 
 
+class _RecentSeqs:
+    """The last sequence numbers of one stream, to drop a copy that took the other path."""
+
+    SIZE: Final = 1024
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._set: set[int] = set()
+
+    def seen(self, seq: int) -> bool:
+        if seq in self._set:
+            return True
+        self._order.append(seq)
+        self._set.add(seq)
+        if len(self._order) > self.SIZE:
+            self._set.discard(self._order.popleft())
+        return False
+
+
 @dataclass
 class _Sender:
     ssrc: int
@@ -191,13 +210,29 @@ class MediaEndpoint:
         self.cipher = cipher
         #: SSRC -> [frames decrypted, frames that failed to decrypt (dropped)]
         self.e2ee_frames: dict[int, list[int]] = {}
-        #: Senders' own audio streams, when audio is forwarded rather than mixed for us.
-        self.audio_streams = AudioStreams()
         self.counters: dict[str, int] = {
             "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
             "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
             "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
             "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
+        }
+        # ---- the peer-to-peer path (issue 10): a second hop with its own SRTP keys.
+        # Which hops our media goes to; RTCP keepalives always go to the server.
+        self.send_to_server = True
+        self.send_to_peer = False
+        self._peer_srtp: SrtpContext | None = None
+        self._peer_out: list[bytes] = []
+        #: each sender's own audio stream (the peer's, in P2P), beside the server's mix
+        self.peer_audio = AudioStreams()
+        self._recent: dict[int, _RecentSeqs] = {}  # duplicates across the two paths
+        #: when authenticated media (RTP) last came from each hop, and any packet from
+        #: the peer (its RTCP too: a liveness check of the direct path)
+        self.server_rtp_at: float | None = None
+        self.peer_rtp_at: float | None = None
+        self.peer_heard_at: float | None = None
+        self.peer_counters: dict[str, int] = {
+            "sent_packets": 0, "sent_bytes": 0, "received_packets": 0, "received_bytes": 0,
+            "dropped_auth": 0, "duplicates": 0,
         }
 
     # ------------------------------------------------------------------ outputs
@@ -308,16 +343,25 @@ class MediaEndpoint:
         self._send_rtcp(rtcp.Bye([self.config.audio_ssrc, self.config.video_ssrc]).pack())
 
     def _send_rtp(self, plain: bytes, sender: _Sender | None) -> None:
-        protected = self._srtp.protect_rtp(plain)
-        self._out.append(protected)
-        self.counters["sent_packets"] += 1
-        self.counters["sent_bytes"] += len(protected)
+        if self.send_to_peer and self._peer_srtp is not None:
+            peer_protected = self._peer_srtp.protect_rtp(plain)
+            self._peer_out.append(peer_protected)
+            self.peer_counters["sent_packets"] += 1
+            self.peer_counters["sent_bytes"] += len(peer_protected)
+        if self.send_to_server:
+            protected = self._srtp.protect_rtp(plain)
+            self._out.append(protected)
+            self.counters["sent_packets"] += 1
+            self.counters["sent_bytes"] += len(protected)
         if sender is not None:
             sender.packets += 1
             sender.octets += len(plain) - 12
 
-    def _send_rtcp(self, plain: bytes) -> None:
-        self._out.append(self._srtp.protect_rtcp(plain))
+    def _send_rtcp(self, plain: bytes, *, keepalive: bool = False) -> None:
+        if self.send_to_peer and self._peer_srtp is not None:
+            self._peer_out.append(self._peer_srtp.protect_rtcp(plain))
+        if self.send_to_server or keepalive:
+            self._out.append(self._srtp.protect_rtcp(plain))
 
     def _send_reports(self, now: float) -> None:
         """Sender reports for what we send (they let receivers map RTP time to wall time:
@@ -333,7 +377,7 @@ class MediaEndpoint:
                                              sender.octets & 0xFFFFFFFF).pack())
         if not packets:
             packets.append(rtcp.ReceiverReport(self.config.video_ssrc).pack())
-        self._send_rtcp(b"".join(packets))
+        self._send_rtcp(b"".join(packets), keepalive=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -342,7 +386,11 @@ class MediaEndpoint:
             if is_rtcp(data):
                 self._on_rtcp(self._srtp.unprotect_rtcp(data), now)
             else:
-                self._on_rtp(self._srtp.unprotect_rtp(data), len(data), now)
+                plain = self._srtp.unprotect_rtp(data)
+                self.server_rtp_at = now
+                if self._peer_srtp is not None and self._duplicate(plain):
+                    return
+                self._on_rtp(plain, len(data), now)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -382,6 +430,9 @@ class MediaEndpoint:
 
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
+        if packet.payload_type == AUDIO_PAYLOAD_TYPE and packet.ssrc != self.config.mix_ssrc:
+            self._on_sender_audio(packet, now)  # a sender's own stream (P2P, E2EE)
+            return
         if packet.ssrc == self.config.mix_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             self.audio_stats.on_packet(packet, size, now, AUDIO_CLOCK)
             if packet.payload:  # an empty one is a loss, not a frame
@@ -389,9 +440,6 @@ class MediaEndpoint:
             levels = packet.extensions.get(EXT_MIXER_LEVELS, b"")
             for ssrc, level in zip(packet.csrcs, levels, strict=False):
                 self._speaker_levels[ssrc] = (level & 0x7F, now)
-            return
-        if packet.payload_type == AUDIO_PAYLOAD_TYPE:
-            self._on_sender_audio(packet, now)
             return
         if packet.payload_type != VIDEO_PAYLOAD_TYPE:
             self.counters["dropped_malformed"] += 1
@@ -411,17 +459,17 @@ class MediaEndpoint:
             self._frame_ready(packet.ssrc, remote, frame)
 
     def _on_sender_audio(self, packet: RtpPacket, now: float) -> None:
-        """A sender's own audio (forwarded, not mixed: E2EE or peer to peer)."""
-        payload = packet.payload
-        if payload:
-            plain = self._unprotect(packet.ssrc, payload, video=False)
-            if plain is None:
-                return
-            payload = plain
+        """A sender's own audio (forwarded, not mixed: E2EE or peer to peer); in an E2EE
+        meeting it is decrypted here, so the jitter buffer holds only authentic frames."""
+        if not packet.payload:  # an empty one is a loss, not a frame
+            return
+        payload = self._unprotect(packet.ssrc, packet.payload, video=False)
+        if payload is None:
+            return
         level = packet.extensions.get(EXT_AUDIO_LEVEL)
         if level:
             self._speaker_levels[packet.ssrc] = (level[0] & 0x7F, now)
-        self.audio_streams.push(packet.ssrc, packet.timestamp, payload, now)
+        self.peer_audio.push(packet.ssrc, packet.timestamp, payload, now)
 
     def _unprotect(self, ssrc: int, data: bytes, *, video: bool) -> bytes | None:
         """The frame in clear, or None (counted) when it cannot be decrypted."""
@@ -468,6 +516,87 @@ class MediaEndpoint:
             self.counters["events_dropped"] += 1
         self._events.append(event)
 
+    # ------------------------------------------------------------------ the peer path
+
+    def start_peer(self, tx_key: bytes, rx_key: bytes) -> None:
+        """Open the direct path with this P2P session's fresh keys (ours protects what we
+        send, the peer's what it sends). Nothing is sent there until ``send_to_peer``."""
+        self._peer_srtp = SrtpContext(tx_key=tx_key, rx_key=rx_key)
+        self._peer_out = []
+        self.peer_rtp_at = self.peer_heard_at = None
+
+    def stop_peer(self) -> None:
+        """Close the direct path: its keys die with it; the server path carries all."""
+        self._peer_srtp = None
+        self.send_to_peer = False
+        self.send_to_server = True
+        self._peer_out = []
+        self._recent.clear()
+
+    def rekey_server(self, tx_key: bytes, rx_key: bytes) -> None:
+        """The server renewed our server-path keys (back from P2P): new SRTP state, same
+        SSRCs. Packets still in flight under the old keys are refused and counted."""
+        self._srtp = SrtpContext(tx_key=tx_key, rx_key=rx_key)
+
+    def nudge_keepalive(self, now: float) -> None:
+        """Send RTCP reports at the next timer: at a switch the other side learns at once
+        that our direct path is up, even if we send no media."""
+        self._next_keepalive = min(self._next_keepalive, now)
+
+    @property
+    def peer_open(self) -> bool:
+        return self._peer_srtp is not None
+
+    def peer_datagrams_to_send(self) -> list[bytes]:
+        out, self._peer_out = self._peer_out, []
+        return out
+
+    def receive_peer_datagram(self, data: bytes, now: float) -> None:
+        """A datagram from the peer's ICE path (STUN is aioice's, never seen here)."""
+        srtp = self._peer_srtp
+        if srtp is None:
+            self.peer_counters["dropped_auth"] += 1
+            return
+        try:
+            if is_rtcp(data):
+                plain = srtp.unprotect_rtcp(data)
+                self.peer_heard_at = now
+                self._on_rtcp(plain, now)
+                return
+            plain = srtp.unprotect_rtp(data)
+        except SrtpError:
+            self.peer_counters["dropped_auth"] += 1
+            return
+        except (RtpError, rtcp.RtcpError):
+            self.counters["dropped_malformed"] += 1
+            return
+        self.peer_heard_at = self.peer_rtp_at = now
+        self.peer_counters["received_packets"] += 1
+        self.peer_counters["received_bytes"] += len(data)
+        if self._duplicate(plain):
+            return
+        try:
+            self._on_rtp(plain, len(data), now)
+        except (RtpError, rtcp.RtcpError):
+            self.counters["dropped_malformed"] += 1
+
+    def _duplicate(self, plain: bytes) -> bool:
+        """The same packet (SSRC and sequence number) already came by the other path."""
+        ssrc = int.from_bytes(plain[8:12], "big")
+        recent = self._recent.get(ssrc)
+        if recent is None:
+            if len(self._recent) >= MAX_REMOTE_STREAMS:
+                self._recent.clear()
+            recent = self._recent[ssrc] = _RecentSeqs()
+        if recent.seen(int.from_bytes(plain[2:4], "big")):
+            self.peer_counters["duplicates"] += 1
+            return True
+        return False
+
+    def pop_peer_audio(self, now: float) -> dict[int, bytes | object]:
+        """The next 20 ms of every sender's own audio stream (see :class:`AudioStreams`)."""
+        return self.peer_audio.pop(now)
+
     # ------------------------------------------------------------------ decoder feedback
 
     def frame_decoded(self, ssrc: int, *, width: int, height: int,
@@ -506,7 +635,7 @@ class MediaEndpoint:
 
     def forget_audio_stream(self, ssrc: int) -> None:
         """A sender's own audio stream ended (they left)."""
-        self.audio_streams.forget(ssrc)
+        self.peer_audio.forget(ssrc)
         self.e2ee_frames.pop(ssrc, None)
         self._srtp.forget(ssrc)
 
@@ -519,10 +648,6 @@ class MediaEndpoint:
         if isinstance(item, bytes):
             self.audio_stats.on_frame(None)
         return item
-
-    def pop_sender_audio(self) -> dict[int, bytes | object]:
-        """One 20 ms tick of every sender's own stream (see :mod:`audio_streams`)."""
-        return self.audio_streams.pop()
 
     def peek_next_audio(self) -> bytes | None:
         """The frame after the one :meth:`pop_audio` just reported :data:`LOST`, if it is
@@ -551,7 +676,7 @@ class MediaEndpoint:
                 "late": self.jitter.late,
             },
             "sent": dict(self.counters),
-            "sender_audio": self.audio_streams.stats(),
+            "sender_audio": self.peer_audio.stats(),
             "e2ee": {ssrc: {"decrypted": ok, "undecryptable": bad}
                      for ssrc, (ok, bad) in self.e2ee_frames.items()},
         }

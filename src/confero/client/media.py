@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import av
-import numpy as np
 
-from confero.client.audio_streams import StreamMixer
+from confero.client.audio_mix import Crossfade, LocalMixer
 from confero.client.endpoint import (
     LOST,
     EndpointConfig,
@@ -34,6 +33,8 @@ from confero.client.endpoint import (
     VideoFrameReady,
 )
 from confero.client.frame_cipher import FrameCipher
+from confero.client.p2p import PeerLink
+from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import (
     FRAME_SECONDS,
@@ -43,7 +44,6 @@ from confero.media.audio import (
     Samples,
     conceal,
     level_dbov,
-    soft_limit,
 )
 from confero.media.video import Vp8Decoder, Vp8Encoder
 from confero.netutil import enlarge_socket_buffers
@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 #: Frames of one stream waiting for the decoder thread before we stop feeding it and ask
 #: for a keyframe instead: a bounded queue, about a quarter of a second at 30 fps.
 MAX_PENDING_DECODES = 8
+#: At a P2P switch playout crosses to the new audio source once it delivered this many
+#: frames in a row (100 ms): the old source carries on meanwhile, both hold the same sound.
+STEADY_FRAMES = 5
 
 __all__ = ["AudioSource", "DecodedVideo", "MediaSession", "StreamStats", "VideoSource"]
 
@@ -118,7 +121,6 @@ class MediaSession(asyncio.DatagramProtocol):
         self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._prepare_video = prepare_video
         self._cipher = cipher  # end-to-end frame encryption (E2EE meetings only)
-        self._sender_mixer = StreamMixer()  # senders' own streams, mixed here
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,6 +149,20 @@ class MediaSession(asyncio.DatagramProtocol):
         #: (monotonic seconds).
         self.own_level: tuple[int, float] = (127, 0.0)
         self._extra_counters: dict[str, int] = {"source_errors": 0, "decode_backlog": 0}
+        # ---- peer-to-peer (issue 10): the direct path, the switch, local audio mixing
+        self._peer: PeerLink | None = None
+        self.switch = PathSwitch()
+        self._local_mixer = LocalMixer()
+        self._crossfade = Crossfade(ramp_frames=2)  # 40 ms
+        # frames in a row each source delivered (not concealed): a switch moves playout
+        # to the new source only once it runs steadily, the old one carries until then
+        self._mix_run = 0
+        self._direct_run = 0
+        #: what playout took from where, and how often it had to conceal (per source)
+        self.playout_counters: dict[str, int] = {
+            "mix_frames": 0, "mix_concealed": 0, "direct_frames": 0, "direct_concealed": 0,
+            "blended": 0, "silent": 0,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,6 +242,9 @@ class MediaSession(asyncio.DatagramProtocol):
         endpoint, loop = self._endpoint, self._loop
         if endpoint is None or loop is None or self._closed:
             return
+        if self.switch.switching:
+            with self._lock:
+                self.switch.poll(endpoint, time.monotonic())
         self._flush()
         while True:
             with self._lock:
@@ -253,6 +272,12 @@ class MediaSession(asyncio.DatagramProtocol):
         if transport is not None:
             for datagram in datagrams:
                 transport.sendto(datagram)
+        peer = self._peer
+        if peer is not None:
+            with self._lock:
+                direct = endpoint.peer_datagrams_to_send()
+            for datagram in direct:
+                peer.send(datagram)
 
     # ------------------------------------------------------------------ sources
 
@@ -434,9 +459,10 @@ class MediaSession(asyncio.DatagramProtocol):
         endpoint = self._endpoint
         if endpoint is None:
             return SILENCE
+        now = time.monotonic()
         with self._lock:
             item = endpoint.pop_audio()
-            senders = endpoint.pop_sender_audio()
+            direct_items = endpoint.pop_peer_audio(now)
         with self._audio_decode_lock:
             if item is None:
                 samples = SILENCE
@@ -449,14 +475,138 @@ class MediaSession(asyncio.DatagramProtocol):
                 samples = self._audio_decoder.decode(item)
                 self._last_audio = samples
                 self._concealed_in_a_row = 0
-            if senders:  # audio forwarded, not mixed for us (E2EE): mix it here
-                local = self._sender_mixer.mix(senders)
-                if local is not None:
-                    samples = local if item is None else soft_limit(
-                        samples.astype(np.int32) + local)
+            if direct_items or self._crossfade.weight_b > 0.0:
+                samples = self._blend(item, samples, direct_items)
+            elif item is not None:
+                self.playout_counters["mix_frames"] += 1
+                if item is LOST:
+                    self.playout_counters["mix_concealed"] += 1
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
+
+    def _blend(self, item: object, mixed: Samples, direct_items: dict[int, object]
+               ) -> Samples:
+        """The server's mix and the senders' own streams (P2P), crossfaded at a switch."""
+        counters = self.playout_counters
+        direct = self._local_mixer.mix(direct_items)
+        if direct is not None:
+            counters["direct_frames"] += 1
+            if any(not isinstance(v, bytes) for v in direct_items.values()):
+                counters["direct_concealed"] += 1
+        if item is not None:
+            counters["mix_frames"] += 1
+            if item is LOST:
+                counters["mix_concealed"] += 1
+        mix_ok = isinstance(item, bytes)
+        direct_ok = bool(direct_items) and all(isinstance(v, bytes)
+                                               for v in direct_items.values())
+        self._mix_run = self._mix_run + 1 if mix_ok else 0
+        self._direct_run = self._direct_run + 1 if direct_ok else 0
+        steady = STEADY_FRAMES
+        if self.switch.prefer_direct:
+            prefer_direct = self._direct_run >= steady or self._mix_run == 0
+        else:
+            prefer_direct = self._mix_run < steady and self._direct_run > 0
+        weight_before = self._crossfade.weight_b
+        out = self._crossfade.step(mixed if item is not None else None, direct,
+                                   prefer_direct)
+        if 0.0 < self._crossfade.weight_b < 1.0 or weight_before != self._crossfade.weight_b:
+            counters["blended"] += 1
+        if out is None:
+            counters["silent"] += 1
+            return SILENCE
+        return out
+
+    # ------------------------------------------------------------------ peer-to-peer
+
+    @property
+    def peer(self) -> PeerLink | None:
+        return self._peer
+
+    def attach_peer(self, link: PeerLink) -> None:
+        """Use ``link`` as the direct path once its keys are known (:meth:`peer_keys`)."""
+        self._peer = link
+
+    def peer_keys(self, tx_key: bytes, rx_key: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.start_peer(tx_key, rx_key)
+
+    def peer_datagram_received(self, data: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or self._closed:
+            return
+        with self._lock:
+            endpoint.receive_peer_datagram(data, time.monotonic())
+        self._service()
+
+    def switch_to_p2p(self) -> None:
+        """The meeting went P2P: send on the direct path too, leave the server once the
+        peer is heard directly (make-before-break)."""
+        endpoint = self._endpoint
+        if endpoint is None or not endpoint.peer_open:
+            return
+        with self._lock:
+            self.switch.to_p2p(endpoint, time.monotonic())
+            endpoint.nudge_keepalive(time.monotonic())
+        self._service()
+
+    def switch_to_server(self) -> None:
+        """Back through the server: resume there at once, drop the direct path once the
+        server's media flows again."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        with self._lock:
+            self.switch.to_server(endpoint, time.monotonic())
+        self._service()
+
+    def rekey_server(self, grant: MediaGrant) -> None:
+        """New server-path keys (same port and SSRCs), from a ``mode_changed``."""
+        endpoint = self._endpoint
+        if endpoint is None or grant.audio_ssrc != self._config.audio_ssrc:
+            return
+        config = EndpointConfig.from_grant(grant)
+        self.grant, self._config = grant, config
+        with self._lock:
+            endpoint.rekey_server(config.tx_key, config.rx_key)
+            endpoint.nudge_keepalive(time.monotonic())  # re-open the path under new keys
+        self._service()
+
+    def detach_peer(self) -> None:
+        """The P2P session is over: the server path carries everything."""
+        self._peer = None
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.stop_peer()
+                self.switch.mode = "server"
+        self._service()
+
+    def peer_heard_at(self) -> float | None:
+        endpoint = self._endpoint
+        return endpoint.peer_heard_at if endpoint is not None else None
+
+    def path_counters(self) -> dict[str, object]:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return {}
+        with self._lock:
+            return {
+                "mode": self.switch.mode,
+                "to_server": endpoint.send_to_server,
+                "to_peer": endpoint.send_to_peer,
+                "peer": dict(endpoint.peer_counters),
+                "playout": dict(self.playout_counters),
+                "switches": [
+                    {"to": r.to, "ms": None if r.completed is None
+                     else round((r.completed - r.started) * 1000, 1),
+                     "by_timeout": r.by_timeout}
+                    for r in self.switch.history
+                ],
+            }
 
     # ------------------------------------------------------------------ queries, control
 
@@ -507,4 +657,4 @@ class MediaSession(asyncio.DatagramProtocol):
             with self._lock:
                 endpoint.forget_audio_stream(ssrc)
         with self._audio_decode_lock:
-            self._sender_mixer.forget(ssrc)
+            self._local_mixer.forget(ssrc)

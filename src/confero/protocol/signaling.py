@@ -47,6 +47,15 @@ E2eeBlobText = Annotated[
     str, Meta(min_length=4, max_length=(MAX_E2EE_BLOB_BYTES + 2) // 3 * 4,
               pattern=r"^[A-Za-z0-9+/]+={0,2}$")
 ]
+MeetingMode = Literal["auto", "server"]
+#: The media path a meeting uses now.
+MediaMode = Literal["server", "p2p"]
+IceCredential = Annotated[str, Meta(min_length=4, max_length=256, pattern=r"^[A-Za-z0-9+/=_-]+$")]
+#: One ICE candidate in SDP attribute form (RFC 8839 ``candidate`` value, without "a=").
+IceCandidate = Annotated[str, Meta(min_length=10, max_length=256)]
+SrtpKey = Annotated[str, Meta(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9+/=]+$")]
+MAX_CANDIDATES: Final = 16
+P2pReport = Literal["connected", "failed", "consent_lost", "want_server"]
 
 
 class ErrorCode(enum.StrEnum):
@@ -85,6 +94,8 @@ class Hello(Request, tag="hello", frozen=True):
     version: int
     name: DisplayName
     resume_token: ResumeToken | None = None
+    #: This client can do peer-to-peer media (ICE, see ``p2p_start``).
+    p2p: bool = False
 
 
 class ListMeetings(Request, tag="list_meetings", frozen=True):
@@ -96,6 +107,9 @@ class CreateMeeting(Request, tag="create_meeting", frozen=True):
     password: Password | None = None
     #: End-to-end encrypted media (SFrame); fixed for the meeting's life.
     e2ee: bool = False
+    #: ``auto``: two P2P-capable people talk directly, the server only manages; ``server``:
+    #: media always goes through the server.
+    mode: MeetingMode = "auto"
 
 
 class JoinMeeting(Request, tag="join_meeting", frozen=True):
@@ -133,16 +147,41 @@ class SetMedia(Request, tag="set_media", frozen=True):
     microphone: bool
 
 
+class P2pSignal(Request, tag="p2p_signal", frozen=True):
+    """ICE credentials, trickled candidates and this peer's fresh SRTP key for the P2P
+    session ``session``; the server relays it to the other peer (event ``p2p_signal``)."""
+
+    session: Annotated[int, Meta(ge=1, le=2**53)]
+    ufrag: IceCredential | None = None
+    pwd: IceCredential | None = None
+    #: base64 SRTP master key+salt this peer protects its P2P media with
+    key: SrtpKey | None = None
+    candidates: Annotated[list[IceCandidate], Meta(max_length=MAX_CANDIDATES)] = []
+    end_of_candidates: bool = False
+
+
+class P2pState(Request, tag="p2p_state", frozen=True):
+    """How the P2P session is going on this side: ICE ``connected``, ``failed``,
+    ``consent_lost`` (RFC 7675), or ``want_server`` (this side asks to go back)."""
+
+    session: Annotated[int, Meta(ge=1, le=2**53)]
+    state: P2pReport
+
+
+class MeetingMedia(Request, tag="meeting_media", frozen=True):
+    """The server's media counters for the meeting we are in (the proof of P2P)."""
+
+
 ClientRequest = (
     Hello | ListMeetings | CreateMeeting | JoinMeeting | LeaveMeeting | CancelMeeting | SendChat
-    | Ping | SetMedia
+    | Ping | SetMedia | P2pSignal | P2pState | MeetingMedia
 )
 
 REQUEST_TYPES: Final[dict[str, type[Request]]] = {
     str(cls.__struct_config__.tag): cls
     for cls in (
         Hello, ListMeetings, CreateMeeting, JoinMeeting, LeaveMeeting, CancelMeeting, SendChat,
-        Ping, SetMedia,
+        Ping, SetMedia, P2pSignal, P2pState, MeetingMedia,
     )
 }
 REQUEST_TYPES["e2ee_blob"] = RelayE2eeBlob
@@ -223,6 +262,23 @@ class JoinResult(Struct, frozen=True):
     history_complete: bool
     is_creator: bool
     media: MediaGrant | None = None
+    #: the meeting's mode setting and the media path it uses now
+    mode_setting: MeetingMode = "auto"
+    mode: MediaMode = "server"
+
+
+class MeetingMediaResult(Struct, frozen=True):
+    """Media the server received from and forwarded to this meeting (RTP, bytes before
+    SRTP), mixed audio it sent, and the meeting's current mode."""
+
+    meeting_id: str
+    mode: MediaMode
+    received_packets: int = 0
+    received_bytes: int = 0
+    forwarded_packets: int = 0
+    forwarded_bytes: int = 0
+    mixed_packets: int = 0
+    mixed_bytes: int = 0
 
 
 class ChatResult(Struct, frozen=True):
@@ -301,9 +357,52 @@ class MediaChanged(ServerMessage, tag="media_changed", frozen=True):
     microphone: bool
 
 
+class P2pStart(ServerMessage, tag="p2p_start", frozen=True):
+    """Start ICE with ``peer_id`` for P2P session ``session`` (``controlling``: this side
+    nominates, RFC 8445). Send credentials, candidates and a fresh key with ``p2p_signal``."""
+
+    meeting_id: str
+    session: int
+    peer_id: str
+    controlling: bool
+
+
+class P2pSignalEvent(ServerMessage, tag="p2p_signal", frozen=True):
+    """The other peer's ``p2p_signal``, relayed."""
+
+    session: int
+    from_id: str
+    ufrag: str | None = None
+    pwd: str | None = None
+    key: str | None = None
+    candidates: list[str] = []
+    end_of_candidates: bool = False
+
+
+class P2pStop(ServerMessage, tag="p2p_stop", frozen=True):
+    """Abandon P2P session ``session`` (close its ICE); media stays on the server."""
+
+    session: int
+    reason: str
+
+
+class ModeChanged(ServerMessage, tag="mode_changed", frozen=True):
+    """The meeting's media path changed: ``p2p`` (peers send to each other, the server
+    forwards nothing) or ``server``; ``reason`` says why."""
+
+    meeting_id: str
+    mode: MediaMode
+    reason: str
+    session: int = 0
+    #: back on the server after P2P: fresh SRTP keys for the server path (same port and
+    #: SSRCs). An SRTP receiver that missed more than 32768 packets of a stream (about six
+    #: minutes of P2P video) would refuse it under the old keys.
+    media: MediaGrant | None = None
+
+
 ServerEvent = (
     ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
-    | MediaChanged | E2eeBlobReceived
+    | MediaChanged | E2eeBlobReceived | P2pStart | P2pSignalEvent | P2pStop | ModeChanged
 )
 AnyServerMessage = Ok | Error | ServerEvent
 

@@ -256,7 +256,29 @@ class SignalingServer:
             for m in self.core.registry.open_meetings()
         ) or '<tr><td colspan="5">no open meetings yet</td></tr>'
         page = _INDEX_PAGE.format(version=__version__, ws_url=html.escape(ws_url), rows=rows)
+        page = page.replace("</body>", self._media_section() + "</body>")
         return web.Response(text=page, content_type="text/html")
+
+    def _media_section(self) -> str:
+        """Per meeting: its mode and the media the server received and forwarded, so a
+        person can see that a peer-to-peer meeting sends nothing through the server."""
+        if self.media is None:
+            return ""
+        modes = self.core.meeting_modes()
+        rows = "".join(
+            f"<tr><td><code>{html.escape(mid)}</code></td>"
+            f"<td>{html.escape(modes.get(mid, 'server'))}</td>"
+            f"<td>{c['received_packets']}</td><td>{c['received_bytes']}</td>"
+            f"<td>{c['forwarded_packets']}</td><td>{c['forwarded_bytes']}</td>"
+            f"<td>{c['mixed_packets']}</td><td>{c['mixer_decoded']}</td></tr>"
+            for mid, c in sorted(self.media.meeting_media().items())
+        ) or '<tr><td colspan="8">no media yet</td></tr>'
+        return (
+            "<h2>Media per meeting</h2><table><tr><th>meeting</th><th>mode</th>"
+            "<th>received packets</th><th>received bytes</th><th>forwarded packets</th>"
+            "<th>forwarded bytes</th><th>mixed packets</th><th>mixer frames decoded</th></tr>"
+            f"{rows}</table>\n"
+        )
 
 
 _INDEX_PAGE = """<!doctype html>

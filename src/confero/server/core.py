@@ -19,10 +19,13 @@ from typing import Protocol
 from confero import __version__
 from confero.protocol import signaling as sig
 from confero.protocol.signaling import ErrorCode, ProtocolError
+from confero.server.p2p_mode import Action as ModeAction
+from confero.server.p2p_mode import ModeChange, ModeMachine, Setting, Start, Stop
 from confero.server.passwords import hash_password
 from confero.server.ratelimit import TokenBucket
 from confero.server.registry import (
     MeetingRegistry,
+    MeetingState,
     Notice,
     Participant,
     RegistryError,
@@ -108,6 +111,9 @@ class CoreCounters:
     connections_opened: int = 0
 
 
+_MEDIA_RESULT_FIELDS = frozenset(sig.MeetingMediaResult.__struct_fields__) - {"meeting_id", "mode"}
+
+
 def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -147,6 +153,10 @@ class SignalingCore:
         )
         self._lobby_sent_at = float("-inf")
         self._lobby_pending = False
+        # peer-to-peer (issue 10): who can, and each meeting's mode state machine
+        self._p2p_capable: set[str] = set()
+        self._modes: dict[str, ModeMachine] = {}
+        self._mode_settings: dict[str, Setting] = {}
 
     # ------------------------------------------------------------------ restore
 
@@ -217,6 +227,8 @@ class SignalingCore:
         and sends a coalesced lobby update."""
         lobby_before = self.registry.lobby_version
         actions = self._deliver(self._side_effects(self.registry.tick(now), now))
+        for meeting_id in list(self._modes):
+            actions += self._sync_mode(meeting_id, now, tick=True)
         for conn in list(self._connections.values()):
             if conn.participant is None and now - conn.opened_at > self.settings.hello_timeout:
                 self._connections.pop(conn.id)
@@ -254,7 +266,7 @@ class SignalingCore:
                 return sig.Empty()
             case sig.ListMeetings():
                 return sig.MeetingsResult(self.registry.open_meetings())
-            case sig.CreateMeeting(title=title, password=password, e2ee=e2ee):
+            case sig.CreateMeeting(title=title, password=password, mode=mode, e2ee=e2ee):
                 title = title.strip()
                 if not title:
                     raise ProtocolError(
@@ -265,23 +277,44 @@ class SignalingCore:
                 meeting, notices = self.registry.create(participant, title, pw_hash, now,
                                                         e2ee=e2ee)
                 self.store.add_meeting(meeting)
+                self._mode_settings[meeting.id] = mode
                 out += self._deliver(notices)
-                return self._join_result(meeting.id, participant)
+                result = self._join_result(meeting.id, participant)
+                out += self._sync_mode(meeting.id, now)
+                return result
             case sig.JoinMeeting(meeting_id=meeting_id, password=password):
                 self._check_password_budget(conn, meeting_id, password, now)
                 self._reserve_ssrcs(participant)
                 meeting, notices = self.registry.join(participant, meeting_id, password, now)
                 out += self._deliver(notices)
-                return self._join_result(meeting.id, participant)
+                result = self._join_result(meeting.id, participant)
+                out += self._sync_mode(meeting.id, now)
+                return result
             case sig.LeaveMeeting():
+                left = self.registry.meeting_of(participant.id)
                 out += self._deliver(
                     self._side_effects(self.registry.leave(participant.id, "left", now), now)
                 )
+                if left is not None:
+                    out += self._sync_mode(left.id, now)
                 return sig.Empty()
             case sig.CancelMeeting(meeting_id=meeting_id):
                 notices = self.registry.cancel(participant, meeting_id, now)
                 out += self._deliver(self._side_effects(notices, now))
+                out += self._sync_mode(meeting_id, now)
                 return sig.Empty()
+            case sig.P2pSignal():
+                out += self._relay_p2p(participant, request)
+                return sig.Empty()
+            case sig.P2pState(session=session, state=state):
+                machine = self._mode_of(participant)
+                if machine is not None:
+                    meeting_id = self._meeting_id_of(participant)
+                    out += self._mode_actions(
+                        meeting_id, machine.report(participant.id, session, state, now))
+                return sig.Empty()
+            case sig.MeetingMedia():
+                return self._meeting_media(participant)
             case sig.SetMedia(camera=camera, microphone=microphone):
                 notices = self.registry.set_media(participant, camera, microphone)
                 if self.media is not None:
@@ -344,6 +377,8 @@ class SignalingCore:
         conn.participant = Participant(
             id=self._new_participant_id(), name=name, token_hash=token_hash, joined_at=now
         )
+        if hello.p2p:
+            self._p2p_capable.add(conn.participant.id)
         self._conn_by_participant[conn.participant.id] = conn.id
         self._conn_by_token[token_hash] = conn.id
         return sig.HelloResult(
@@ -364,6 +399,7 @@ class SignalingCore:
         history, complete = self.store.history(meeting_id, self.settings.history_limit)
         grant = (self.media.admit(participant.id, meeting_id, e2ee=meeting.e2ee)
                  if self.media is not None else None)
+        machine = self._modes.get(meeting_id)
         return sig.JoinResult(
             meeting=meeting.info(),
             participants=[p.info() for p in meeting.participants.values()],
@@ -371,6 +407,8 @@ class SignalingCore:
             history_complete=complete,
             is_creator=meeting.is_creator(participant.token_hash),
             media=grant,
+            mode_setting=self._mode_settings.get(meeting_id, "auto"),
+            mode=machine.mode if machine is not None else "server",
         )
 
     # ------------------------------------------------------------------ helpers
@@ -383,10 +421,13 @@ class SignalingCore:
         del self._conn_by_participant[participant.id]
         if self._conn_by_token.get(participant.token_hash) == conn_id:
             del self._conn_by_token[participant.token_hash]
+        self._p2p_capable.discard(participant.id)
         actions: list[Action] = []
-        if self.registry.meeting_of(participant.id) is not None:
+        left = self.registry.meeting_of(participant.id)
+        if left is not None:
             notices = self.registry.leave(participant.id, reason, now)
             actions = self._deliver(self._side_effects(notices, now))
+            actions += self._sync_mode(left.id, now)
         if self.media is not None:
             self.media.forget(participant.id)
         return actions
@@ -436,6 +477,103 @@ class SignalingCore:
             return []
         event = sig.MeetingsChanged(meetings=self.registry.open_meetings())
         return [Send(greeted, sig.encode(event))]
+
+    # ------------------------------------------------------------------ peer-to-peer mode
+
+    def meeting_modes(self) -> dict[str, str]:
+        """Meeting id -> the media path it uses now (meetings never tried: absent)."""
+        return {mid: machine.mode for mid, machine in self._modes.items()}
+
+    def _meeting_id_of(self, participant: Participant) -> str:
+        meeting = self.registry.meeting_of(participant.id)
+        return meeting.id if meeting is not None else ""
+
+    def _mode_of(self, participant: Participant) -> ModeMachine | None:
+        meeting = self.registry.meeting_of(participant.id)
+        return self._modes.get(meeting.id) if meeting is not None else None
+
+    def _sync_mode(self, meeting_id: str, now: float, *, tick: bool = False) -> list[Action]:
+        """Tell the meeting's mode machine who is in now (and the time); act on it."""
+        meeting = self.registry.meeting(meeting_id)
+        machine = self._modes.get(meeting_id)
+        if meeting is None or meeting.state != MeetingState.OPEN:
+            self._mode_settings.pop(meeting_id, None)
+            if machine is None:
+                return []
+            del self._modes[meeting_id]
+            return self._mode_actions(meeting_id, machine.close(now))
+        if machine is None:
+            machine = self._modes[meeting_id] = ModeMachine(
+                self._mode_settings.get(meeting_id, "auto"))
+        members = list(meeting.participants)
+        actions = machine.members(members, self._p2p_capable, now)
+        if tick:
+            actions += machine.tick(now)
+        return self._mode_actions(meeting_id, actions)
+
+    def _mode_actions(self, meeting_id: str, actions: list[ModeAction]) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, Start):
+                for pid, peer, controlling in (
+                    (action.controlling, action.controlled, True),
+                    (action.controlled, action.controlling, False),
+                ):
+                    out += self._send_to(pid, sig.P2pStart(
+                        meeting_id=meeting_id, session=action.session, peer_id=peer,
+                        controlling=controlling))
+            elif isinstance(action, Stop):
+                for pid in action.peers:
+                    out += self._send_to(pid, sig.P2pStop(session=action.session,
+                                                          reason=action.reason))
+            elif isinstance(action, ModeChange):
+                meeting = self.registry.meeting(meeting_id)
+                members = list(meeting.participants) if meeting is not None else []
+                event = sig.ModeChanged(meeting_id=meeting_id, mode=action.mode,
+                                        reason=action.reason, session=action.session)
+                rekey = getattr(self.media, "rekey", None)
+                if action.mode == "server" and rekey is not None:
+                    for pid in [p for p in members if p in action.peers]:
+                        members.remove(pid)
+                        grant = rekey(pid)
+                        out += self._send_to(pid, sig.ModeChanged(
+                            meeting_id=meeting_id, mode=action.mode, reason=action.reason,
+                            session=action.session, media=grant))
+                out += self._deliver([Notice(tuple(members), event)])
+        return out
+
+    def _send_to(self, participant_id: str, event: sig.ServerMessage) -> list[Action]:
+        conn_id = self._conn_by_participant.get(participant_id)
+        return [] if conn_id is None else [Send((conn_id,), sig.encode(event))]
+
+    def _relay_p2p(self, participant: Participant, signal: sig.P2pSignal) -> list[Action]:
+        """Pass ICE credentials, candidates and the key to the other peer of the session
+        under way; anything for another session (or from a stranger) is refused."""
+        machine = self._mode_of(participant)
+        peers = machine.peers() if machine is not None else None
+        if machine is None or peers is None or signal.session != machine.session or (
+            participant.id not in peers
+        ):
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                "no such peer-to-peer session under way - at `$.session`")
+        other = peers[1] if peers[0] == participant.id else peers[0]
+        return self._send_to(other, sig.P2pSignalEvent(
+            session=signal.session, from_id=participant.id, ufrag=signal.ufrag,
+            pwd=signal.pwd, key=signal.key, candidates=list(signal.candidates),
+            end_of_candidates=signal.end_of_candidates))
+
+    def _meeting_media(self, participant: Participant) -> sig.MeetingMediaResult:
+        meeting = self.registry.meeting_of(participant.id)
+        if meeting is None:
+            raise ProtocolError(ErrorCode.NOT_IN_MEETING, "not in a meeting")
+        machine = self._modes.get(meeting.id)
+        mode = machine.mode if machine is not None else "server"
+        stats_of = getattr(self.media, "meeting_media", None)
+        counts: dict[str, int] = stats_of().get(meeting.id, {}) if stats_of else {}
+        return sig.MeetingMediaResult(
+            meeting_id=meeting.id, mode=mode,
+            **{k: v for k, v in counts.items() if k in _MEDIA_RESULT_FIELDS},
+        )
 
     def _error(self, conn_id: int, error: sig.Error) -> Send:
         self.counters.errors[error.code] += 1

@@ -10,6 +10,7 @@ import time
 from confero.netutil import enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.server.media_router import Datagram, MediaRouter
+from confero.server.stun import StunResponder, is_stun
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ class MediaServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._clock: asyncio.Task[None] | None = None
         self._pacer: Pacer | None = None
+        #: STUN binding requests share the port (RFC 7983 demux); its counters are the
+        #: router's, so /metrics shows them with the other media events.
+        self.stun = StunResponder(router.counters)
 
     @classmethod
     async def start(cls, router: MediaRouter, host: str, port: int) -> MediaServer:
@@ -56,6 +60,11 @@ class MediaServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
+            if is_stun(data):
+                answer = self.stun.handle(data, addr[:2])
+                if answer is not None and self.transport is not None:
+                    self.transport.sendto(answer, addr)
+                return
             self._send(self.router.handle_datagram(data, addr[:2], time.time()))
         except Exception:  # one bad packet must never stop the media plane
             self.router.counters["internal_errors"] += 1

@@ -76,6 +76,13 @@ class _Meeting:
     forwarded_bytes: int = 0
     #: End-to-end encrypted: audio of the loudest few is forwarded, never mixed.
     speakers: SpeakerSelector | None = None
+    #: authenticated RTP media (audio and video) received from the members: the proof
+    #: that a peer-to-peer meeting sends the server nothing but keepalives (RTCP)
+    received_packets: int = 0
+    received_bytes: int = 0
+    #: mixed audio packets sent to the members (not counted as forwarded)
+    mixed_packets: int = 0
+    mixed_bytes: int = 0
 
 
 class MediaRouter:
@@ -139,6 +146,24 @@ class MediaRouter:
             host=self.host,
         )
 
+    def rekey(self, participant_id: str) -> MediaGrant | None:
+        """Fresh SRTP keys for a member's server path (same SSRCs, address kept): after a
+        P2P spell both ends' stream state would be too far behind to accept it again."""
+        peer = self._peers.get(participant_id)
+        if peer is None or peer.meeting_id is None or peer.srtp is None:
+            return None
+        meeting = self._meetings.get(peer.meeting_id)
+        if meeting is None:
+            return None
+        key_up, key_down = new_master_key(), new_master_key()
+        peer.srtp = SrtpContext(tx_key=key_down, rx_key=key_up)
+        self.counters["rekeyed"] += 1
+        return MediaGrant(
+            port=self.port, srtp_profile=PROFILE, key_up=encode_key(key_up),
+            key_down=encode_key(key_down), audio_ssrc=peer.audio_ssrc,
+            video_ssrc=peer.video_ssrc, mix_ssrc=meeting.mix_ssrc, host=self.host,
+        )
+
     def release(self, participant_id: str) -> None:
         """Out of the meeting: keys, address and SSRCs all go. A later join gets new SSRCs,
         so nobody's SRTP or jitter-buffer state for the old stream can get in the way."""
@@ -181,6 +206,23 @@ class MediaRouter:
     def meeting_stats(self) -> dict[str, tuple[int, int]]:
         """Meeting id -> (forwarded packets, forwarded bytes), for open meetings."""
         return {mid: (m.forwarded_packets, m.forwarded_bytes) for mid, m in self._meetings.items()}
+
+    def meeting_media(self) -> dict[str, dict[str, int]]:
+        """Meeting id -> media counters (received, forwarded, mixed; packets and bytes,
+        the mixer's frames) for open meetings: what /metrics and the status page show."""
+        return {
+            mid: {
+                "received_packets": m.received_packets,
+                "received_bytes": m.received_bytes,
+                "forwarded_packets": m.forwarded_packets,
+                "forwarded_bytes": m.forwarded_bytes,
+                "mixed_packets": m.mixed_packets,
+                "mixed_bytes": m.mixed_bytes,
+                "mixer_decoded": m.mixer.stats.decoded,
+                "mixer_encoded": m.mixer.stats.encoded,
+            }
+            for mid, m in self._meetings.items()
+        }
 
     def forwarded_totals(self) -> tuple[int, int]:
         packets = self._ended_packets + sum(m.forwarded_packets for m in self._meetings.values())
@@ -226,6 +268,8 @@ class MediaRouter:
             self.counters["dropped_malformed"] += 1
             return []
         meeting = self._meetings[peer.meeting_id]  # type: ignore[index]
+        meeting.received_packets += 1
+        meeting.received_bytes += len(plain)
         if packet.ssrc == peer.video_ssrc and packet.payload_type == VIDEO_PAYLOAD_TYPE:
             peer.history.store(packet.sequence_number, plain)
             return self._fan_out(meeting, peer, plain, rtcp_packet=False)
@@ -373,7 +417,10 @@ class MediaRouter:
                     extensions=extensions,
                 )
                 listener.mix_was_silent = False
-                out.append((listener.srtp.protect_rtp(packet.serialize()), listener.address))
+                plain = packet.serialize()
+                meeting.mixed_packets += 1
+                meeting.mixed_bytes += len(plain)
+                out.append((listener.srtp.protect_rtp(plain), listener.address))
         return out
 
     # ------------------------------------------------------------------ helpers

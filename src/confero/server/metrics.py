@@ -86,6 +86,7 @@ def _media_metrics(media: MediaRouter) -> Iterator[Metric]:
         per_bytes.add_metric([meeting_id], octets)
     yield per_packets
     yield per_bytes
+    yield from _meeting_media_metrics(media)
     events = CounterMetricFamily(
         "confero_media_events", "Media packets dropped (by reason) and other media events",
         labels=["event"],
@@ -110,6 +111,24 @@ def _media_metrics(media: MediaRouter) -> Iterator[Metric]:
         work.add_metric([meeting_id, "concealed"], mixer.stats.concealed)
     yield busy
     yield work
+
+
+def _meeting_media_metrics(media: MediaRouter) -> Iterator[Metric]:
+    """Per meeting: media RECEIVED and FORWARDED (and mixed), so anyone can see that a
+    peer-to-peer meeting costs the server nothing but keepalives."""
+    families = {
+        key: GaugeMetricFamily(f"confero_meeting_media_{key}", help_text, labels=["meeting"])
+        for key, help_text in (
+            ("received_packets", "RTP media packets received from an open meeting's members"),
+            ("received_bytes", "RTP media bytes received from an open meeting's members"),
+            ("mixed_packets", "Mixed audio packets sent to an open meeting's members"),
+            ("mixed_bytes", "Mixed audio bytes sent to an open meeting's members"),
+        )
+    }
+    for meeting_id, counts in sorted(media.meeting_media().items()):
+        for key, family in families.items():
+            family.add_metric([meeting_id], counts[key])
+    yield from families.values()
 
 
 def make_registry(
