@@ -94,7 +94,9 @@ def finish_all(bots: list[BotProcess]) -> dict[str, dict[str, Any]]:
         try:
             done[bot.name] = bot.finish()
         except AssertionError as exc:
-            bot.proc.send_signal(signal.SIGABRT)
+            bot.proc.send_signal(signal.SIGUSR1)  # its asyncio tasks' stacks
+            time.sleep(1)
+            bot.proc.send_signal(signal.SIGABRT)  # its threads' stacks
             with contextlib.suppress(subprocess.TimeoutExpired):
                 bot.proc.wait(5)
             time.sleep(0.5)  # let the stderr reader catch up

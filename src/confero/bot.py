@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class Bot:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._finish, "signal")
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # where is it stuck?
         try:
             if self.args.duration:
                 with contextlib.suppress(TimeoutError):
@@ -346,6 +348,12 @@ class Bot:
         emit(event, mode=media.mode, received_bytes=media.received_bytes,
              received_packets=media.received_packets, forwarded_bytes=media.forwarded_bytes,
              forwarded_packets=media.forwarded_packets, mixed_bytes=media.mixed_bytes)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: every asyncio task's stack on stderr (a test's clue when a bot hangs)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 def main(args: Any) -> int:
