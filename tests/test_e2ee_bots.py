@@ -80,8 +80,10 @@ class InProcessServer:
 
 
 def start_bot(bots: list[BotProcess], url: str, name: str, *args: str) -> BotProcess:
-    """A bot reporting stats twice a second that dumps its threads if killed by SIGABRT."""
-    bot = BotProcess(url, name, "--stats-interval", "0.5", *args,
+    """A bot reporting stats twice a second that dumps its threads if killed by SIGABRT.
+    Media stays on the server path (``--no-p2p``): what is tested is what the server sees
+    and forwards (peer-to-peer E2EE runs the same frame cipher on the direct path)."""
+    bot = BotProcess(url, name, "--stats-interval", "0.5", "--no-p2p", *args,
                      env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     bots.append(bot)
     return bot
