@@ -292,3 +292,31 @@ def test_two_e2ee_meetings_each_hear_and_see_only_their_others(
             assert absent(levels, all_tones[stranger]), (name, "hears", stranger, levels)
         streams = summary["stats"]["sender_audio"].values()  # mixed here, per sender
         assert len([s for s in streams if s["played"] > 5]) == len(others)
+
+
+def test_e2ee_holds_on_the_peer_to_peer_path_too(
+    server: ServerProcess, bots: list[BotProcess]
+) -> None:
+    """Two people go peer to peer; the same frame cipher runs on the direct path."""
+    def launch(name: str, *args: str) -> BotProcess:
+        bot = BotProcess(server.url, name, "--stats-interval", "0.5", "--check-stamps",
+                         "--passphrase", PASSPHRASE, *args)
+        bots.append(bot)
+        return bot
+
+    alice = launch("alice", "--create", "Direct", "--e2ee")
+    meeting = alice.expect("joined")["meeting_id"]
+    bob = launch("bob", "--join", meeting)
+    for bot, other in ((alice, "bob"), (bob, "alice")):
+        seen_or_expect(bot, "mode", lambda e: e["mode"] == "p2p")
+        seen_or_expect(bot, "stats", lambda e, o=other: (  # type: ignore[misc]
+            e["mode"] == "p2p" and e["e2ee"].get(o, {}).get("decrypted", 0) >= 150
+            and e["video"].get(o, {}).get("frames_decoded", 0) >= 30))
+    for bot in bots:
+        bot.send("leave")
+    done = finish_all(bots)
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        status = done[name]["e2ee"][other]
+        assert status["verified"] and status["state"] == "decrypting"
+        seen = done[name]["video"][other]
+        assert seen["stamps"] == {"match": seen["frames"]}
