@@ -133,3 +133,27 @@ async def test_a_blob_flood_is_rate_limited(connect: ClientFactory) -> None:
     assert limited and len(delivered) < 100  # bursts of 40 at 20 per second
     await bob.ping()
     assert len(blob_events(bob)) == len(delivered)
+
+
+async def test_the_e2ee_option_survives_a_server_restart(
+    server_factory: Any, tmp_path: Any
+) -> None:
+    data = tmp_path / "restart"
+    first = server_factory(data_dir=data)
+    alice, carol = Client(first.url, "alice"), Client(first.url, "carol")
+    await alice.connect()
+    await carol.connect()
+    secret = (await alice.create_meeting("Secret", e2ee=True)).meeting.id
+    plain = (await carol.create_meeting("Plain")).meeting.id
+    first.stop()  # the meetings stay open in the store, waiting for their people
+    await alice.close()
+    await carol.close()
+    second = server_factory(data_dir=data)
+    bob = Client(second.url, "bob")
+    await bob.connect()
+    try:
+        listed = {m.id: m.e2ee for m in await bob.list_meetings()}
+        assert listed == {secret: True, plain: False}
+        assert (await bob.join(secret)).meeting.e2ee
+    finally:
+        await bob.close()
