@@ -320,3 +320,39 @@ def test_e2ee_holds_on_the_peer_to_peer_path_too(
         assert status["verified"] and status["state"] == "decrypting"
         seen = done[name]["video"][other]
         assert seen["stamps"] == {"match": seen["frames"]}
+
+
+def test_a_leave_rotates_keys_without_a_lost_frame_for_those_who_stay(
+    server: ServerProcess, bots: list[BotProcess]
+) -> None:
+    alice = start_bot(bots, server.url, "alice", "--create", "Rotate", "--e2ee",
+                      "--passphrase", PASSPHRASE, "--audio", "sine:440")
+    meeting = alice.expect("joined")["meeting_id"]
+    bob = start_bot(bots, server.url, "bob", "--join", meeting, "--passphrase", PASSPHRASE,
+                    "--audio", "sine:660")
+    carol = start_bot(bots, server.url, "carol", "--join", meeting,
+                      "--passphrase", PASSPHRASE, "--audio", "sine:880")
+    stayers = {alice: "carol", carol: "alice"}
+    before = {}
+    for bot, other in stayers.items():
+        before[bot.name] = seen_or_expect(bot, "stats", lambda e, o=other: all(  # type: ignore[misc]
+            e["e2ee"].get(n, {}).get("decrypted", 0) >= 100 for n in (o, "bob")))["e2ee"]
+    epochs = {b.name: max(e["epoch"] for e in b.history if e["event"] == "e2ee_key")
+              for b in stayers}
+    bob.send("leave")
+    bob.finish()
+    after = {}
+    for bot, other in stayers.items():
+        # a fresh key (not a ratchet of one bob knew) is in use ...
+        seen_or_expect(bot, "e2ee_key", lambda e, n=bot.name: e["epoch"] > epochs[n])
+        # ... and a further 3 s of the other's audio and video decrypted
+        target = before[bot.name][other]["decrypted"] + 250
+        after[bot.name] = bot.expect("stats", lambda e, o=other, t=target: (
+            e["e2ee"].get(o, {}).get("decrypted", 0) >= t), timeout=60)["e2ee"]
+    for bot, other in stayers.items():
+        # not one frame of the other was undecryptable across the rotation
+        assert (after[bot.name][other]["undecryptable"]
+                == before[bot.name][other]["undecryptable"]), (bot.name, before, after)
+    for bot in stayers:
+        bot.send("leave")
+    finish_all(list(stayers))

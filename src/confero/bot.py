@@ -34,7 +34,7 @@ from confero.media.devices import (
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
 from confero.protocol import signaling as sig
-from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified
+from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.stdin import stdin_lines
 
 
@@ -198,6 +198,9 @@ class Bot:
     def _on_e2ee(self, notice: E2eeNotice) -> None:
         if isinstance(notice, NoPassphrase):
             emit("e2ee", state="cannot decrypt", reason="no passphrase")
+            return
+        if isinstance(notice, SendKeyChanged):  # a join ratchet or a rotation after a leave
+            emit("e2ee_key", epoch=kid_epoch(notice.kid))
             return
         known = self.client.participants.get(notice.pid)
         name = known.name if known is not None else notice.pid

@@ -37,7 +37,7 @@ from confero.media.devices import (
     has_default_device,
 )
 from confero.media.video import SyntheticCamera
-from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified
+from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ class Engine(QObject):
     recording = Signal(bool, str)
     #: E2EE meetings: a dict, either {"peer": participant id, "state": "verified" |
     #: "cannot verify" | "blob_rejected", "safety_code" or "reason"}, {"state": "cannot
-    #: decrypt", "reason": "no passphrase"}, or once a second {"status": {name: {verified,
+    #: decrypt", "reason": "no passphrase"}, {"state": "key_changed", "epoch": n} (our
+    #: sender key was ratcheted or rotated), or once a second {"status": {name: {verified,
     #: safety_code, decrypted, undecryptable, audio_undecryptable, video_undecryptable,
     #: state: "decrypting" | "cannot decrypt" | "waiting"}}}.
     e2ee_state = Signal(object)
@@ -266,6 +267,8 @@ class Engine(QObject):
     def _on_e2ee(self, notice: Any) -> None:
         if isinstance(notice, NoPassphrase):
             self.e2ee_state.emit({"state": "cannot decrypt", "reason": "no passphrase"})
+        elif isinstance(notice, SendKeyChanged):
+            self.e2ee_state.emit({"state": "key_changed", "epoch": kid_epoch(notice.kid)})
         elif isinstance(notice, PeerVerified):
             self.e2ee_state.emit({"peer": notice.pid, "state": "verified",
                                   "safety_code": notice.safety_code})

@@ -339,6 +339,7 @@ class Call:
             decrypted = sum(c.get("decrypted", 0) for c in counts)
             undecryptable = sum(c.get("undecryptable", 0) for c in counts)
             out[participant.name] = {
+                "participant_id": participant.id,
                 **state,
                 "decrypted": decrypted,
                 "undecryptable": undecryptable,

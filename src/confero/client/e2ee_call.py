@@ -49,7 +49,8 @@ class NoPassphrase:
     """We are in an E2EE meeting without a passphrase: nothing can be decrypted."""
 
 
-E2eeNotice = keys.PeerVerified | keys.PeerUnverified | keys.BlobRejected | NoPassphrase
+E2eeNotice = (keys.PeerVerified | keys.PeerUnverified | keys.BlobRejected | NoPassphrase
+              | keys.SendKeyChanged)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ class E2eeCall:
         if outcome.receive_keys is not None:
             cipher.set_receive_keys(outcome.receive_keys)
         for event in outcome.events:
-            if isinstance(event, keys.PeerVerified | keys.PeerUnverified | keys.BlobRejected):
+            if isinstance(event, keys.PeerVerified | keys.PeerUnverified | keys.BlobRejected
+                          | keys.SendKeyChanged):
                 self._notify(event)
         outbox = self._outbox
         for pid, blob in outcome.outgoing:
