@@ -307,17 +307,17 @@ def test_e2ee_holds_on_the_peer_to_peer_path_too(
     alice = launch("alice", "--create", "Direct", "--e2ee")
     meeting = alice.expect("joined")["meeting_id"]
     bob = launch("bob", "--join", meeting)
+    status = {}
     for bot, other in ((alice, "bob"), (bob, "alice")):
         seen_or_expect(bot, "mode", lambda e: e["mode"] == "p2p")
-        seen_or_expect(bot, "stats", lambda e, o=other: (  # type: ignore[misc]
+        status[bot.name] = seen_or_expect(bot, "stats", lambda e, o=other: (  # type: ignore[misc]
             e["mode"] == "p2p" and e["e2ee"].get(o, {}).get("decrypted", 0) >= 150
-            and e["video"].get(o, {}).get("frames_decoded", 0) >= 30))
+            and e["video"].get(o, {}).get("frames_decoded", 0) >= 30))["e2ee"][other]
     for bot in bots:
         bot.send("leave")
     done = finish_all(bots)
     for name, other in (("alice", "bob"), ("bob", "alice")):
-        status = done[name]["e2ee"][other]
-        assert status["verified"] and status["state"] == "decrypting"
+        assert status[name]["verified"] and status[name]["state"] == "decrypting"
         seen = done[name]["video"][other]
         assert seen["stamps"] == {"match": seen["frames"]}
 
