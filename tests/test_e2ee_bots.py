@@ -337,8 +337,11 @@ def test_a_leave_rotates_keys_without_a_lost_frame_for_those_who_stay(
     for bot, other in stayers.items():
         before[bot.name] = seen_or_expect(bot, "stats", lambda e, o=other: all(  # type: ignore[misc]
             e["e2ee"].get(n, {}).get("decrypted", 0) >= 100 for n in (o, "bob")))["e2ee"]
-    epochs = {b.name: max(e["epoch"] for e in b.history if e["event"] == "e2ee_key")
-              for b in stayers}
+    for bot in stayers:  # everything printed so far, read: the epoch in use now
+        while not bot.events.empty():
+            bot.history.append(bot.events.get_nowait())
+    epochs = {b.name: max((e["epoch"] for e in b.history if e["event"] == "e2ee_key"),
+                          default=0) for b in stayers}
     bob.send("leave")
     bob.finish()
     after = {}
