@@ -346,6 +346,8 @@ class Bot:
         try:
             media = await self.client.meeting_media()
         except (api.RequestError, api.ConnectionLost, TimeoutError) as exc:
+            if self.stop.is_set() or self.client.meeting is None:
+                return  # leaving: the meeting's counters are no longer ours to ask for
             emit("error", code="meeting_media", message=str(exc))
             return
         emit(event, mode=media.mode, received_bytes=media.received_bytes,
