@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -32,10 +33,10 @@ from confero.client import Client
 from confero.media.audio import OpusEncoder, SineSource
 from confero.media.video import SyntheticCamera, Vp8Encoder
 from confero.netutil import enlarge_socket_buffers
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.rtp import RtpPacket, is_rtcp
 from confero.protocol.signaling import MediaGrant
-from confero.protocol.srtp import SrtpContext, decode_key
+from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
 from confero.protocol.vp8 import packetize
 
 FPS = 30
@@ -96,7 +97,14 @@ class Participant(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # SRTP leaves the RTP header in the clear: to stay cheap (so that the server, not
         # this generator, is what runs out), read only the header: frames end at a marker.
-        if is_rtcp(data) or len(data) < 12:
+        if is_rtcp(data):  # the server's consent challenge: echo it, as clients do
+            with contextlib.suppress(SrtpError, rtcp.RtcpError):
+                for packet in rtcp.parse_compound(self.srtp.unprotect_rtcp(data)):
+                    echo = consent.answer(packet, self.grant.video_ssrc)
+                    if echo is not None:
+                        self.transport.sendto(self.srtp.protect_rtcp(echo))
+            return
+        if len(data) < 12:
             return
         payload_type, seq, ssrc = data[1] & 0x7F, int.from_bytes(data[2:4], "big"), \
             int.from_bytes(data[8:12], "big")

@@ -34,7 +34,7 @@ import numpy as np
 from confero.client import Client
 from confero.client.media import MediaSession
 from confero.media.audio import FRAME_SAMPLES, OpusEncoder, Samples, SineSource
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.rtp import RtpPacket
 from confero.protocol.srtp import SrtpContext, decode_key
 from confero.protocol.vp8 import packetize
@@ -169,6 +169,13 @@ async def bench_forward_async(seconds: float, subscribers: int, rate: int) -> di
             udp.bind(("127.0.0.1", 0))
             ctx = SrtpContext(tx_key=decode_key(grant.key_up), rx_key=decode_key(grant.key_down))
             udp.sendto(ctx.protect_rtcp(rtcp.ReceiverReport(grant.video_ssrc).pack()), target)
+            # the server's consent challenge: echo it, as clients do (these sockets are not
+            # read again, so they miss the refreshes: fine for runs shorter than 30 s)
+            udp.settimeout(10)
+            [challenge] = rtcp.parse_compound(ctx.unprotect_rtcp(udp.recv(2048)))
+            echo = consent.answer(challenge, grant.video_ssrc)
+            assert echo is not None
+            udp.sendto(ctx.protect_rtcp(echo), target)
             sockets.append(udp)
             contexts.append(ctx)
         publisher, pub_ctx, pub_grant = sockets[0], contexts[0], grants[0]

@@ -22,6 +22,10 @@ from tests.sound import pulse
 
 __all__ = ["bots", "pulse"]  # fixtures defined beside their helpers, shared by all tests
 
+from tests.netlab_fixtures import netlab
+
+__all__ += ["netlab"]
+
 
 @dataclass
 class ServerProcess:

@@ -14,13 +14,25 @@ on Ctrl-C) removes them, which also removes their veths, rules and qdiscs. Labs 
 killed process are swept by the next lab. Needs root, ``ip``, ``nft`` and ``tc``; the
 delayer needs the ``netfilterqueue`` package (apt ``libnetfilter-queue-dev`` to build it).
 
-Only the standard library is imported here, so any script can use it.
+Only the standard library is imported here, so any script can use it::
+
+    with Lab() as lab:                                  # tests: the ``netlab`` fixture
+        net = star(lab, ["alice", "victim"])            # a server namespace, one per client
+        net.downlink("victim").impair(Impairment(loss_pct=5, delay_ms=50, jitter_ms=10))
+        net.uplink("victim").impair(Impairment(rate_kbit=500))
+        server = net.server.popen([..., "--host", "0.0.0.0", ...])   # ended on close
+        url = f"ws://{net.links['victim'].a.ip}:{port}/ws"  # as the victim reaches it
+        BotProcess(url, "victim", ..., prefix=net.clients["victim"].argv([]))
+
+For peer-to-peer behind NAT, :func:`nat_topology` gives clients behind masquerading
+routers and a public namespace that routes between them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import importlib.util
 import os
 import random
 import re
@@ -31,7 +43,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +74,9 @@ def require_tools() -> None:
                if shutil.which(tool) is None]
     if missing:
         raise LabError(f"missing tools {missing}: apt-get install iproute2 nftables iptables")
+    if importlib.util.find_spec("netfilterqueue") is None:
+        raise LabError("the delayer needs netfilterqueue: apt-get install "
+                       "libnetfilter-queue-dev, then pip install -e '.[test]'")
 
 
 @dataclass(frozen=True)
@@ -329,6 +344,12 @@ class Link:
     def ends(self) -> tuple[Endpoint, Endpoint]:
         return self.a, self.b
 
+    def set_mtu(self, mtu: int) -> None:
+        """Both ends' MTU (a veth's is 1500, loopback's 65536: a sender that never saw
+        a 1500-byte path may send datagrams that only fragmented arrive)."""
+        for end in self.ends():
+            end.ns.ip("link", "set", end.dev, "mtu", str(mtu))
+
 
 def start_delayer(ns: Namespace, queue: int, delay_ms: float,
                   jitter_ms: float) -> subprocess.Popen[str]:
@@ -438,7 +459,7 @@ class Lab:
 
 
 def sweep_stale() -> None:
-    """Remove namespaces (and root-namespace tables) of labs whose process is gone."""
+    """Remove the namespaces of labs whose process is gone (killed before closing)."""
     listing = _run(["ip", "netns", "list"], check=False).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
@@ -567,12 +588,6 @@ def delayer(queue: int, delay_ms: float, jitter_ms: float) -> None:
             with contextlib.suppress(Exception):
                 packet.accept()
         nfq.unbind()
-
-
-@contextlib.contextmanager
-def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        yield built
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -121,7 +121,11 @@ def test_two_terminals_create_list_join_chat_leave_and_cancel(
     assert bob.quit() == 0
 
 
-def test_meetings_commands_for_scripts(server: ServerProcess) -> None:
+def test_meetings_commands_for_scripts(server_factory: Callable[..., ServerProcess]) -> None:
+    # Three CLI runs must see the creator's meeting: on a busy box they take longer than
+    # the fixture's 3 s grace, so this server waits longer for the first participant.
+    server = server_factory("--empty-grace", "120")
+
     def confero(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "confero.cli", "meetings", *args, "--server", server.url],

@@ -175,6 +175,8 @@ def test_reordering_within_the_measured_jitter_costs_no_nack() -> None:
 
 def test_an_oversized_keyframe_is_dropped_before_any_decoder() -> None:
     net = MemoryNetwork()
+    net.router.max_video_size = (20000, 20000)  # the server drops it too (harden-media):
+    # let it through here, so that this tests the receiver's own check
     alice, bob = net.join("alice"), net.join("bob")
     net.run(0.2)
     bomb = fake_frame(True, size=40, width=12000, height=12000)
@@ -265,3 +267,46 @@ def test_sender_reports_map_rtp_time_to_wall_time() -> None:
     seconds = srs[0].ntp_timestamp / (1 << 32) - 2_208_988_800
     assert abs(seconds - (wall + 2.0)) < 1.0
     assert srs[0].packet_count > 50
+
+
+def test_the_picture_steps_down_with_the_rate_and_back_up_with_a_margin() -> None:
+    from confero.client.adaptation import ResolutionLadder, video_share
+
+    ladder = ResolutionLadder(640, 480)
+    assert ladder.choose(1_000_000) == (640, 480)
+    assert ladder.choose(300_000) == (480, 360)
+    assert ladder.choose(100_000) == (320, 240)
+    assert ladder.choose(250_000) == (320, 240)  # 220k * 1.3 not reached: no flapping
+    assert ladder.choose(300_000) == (480, 360)
+    assert ladder.choose(500_000) == (480, 360)
+    assert ladder.choose(600_000) == (640, 480)
+    small = ResolutionLadder(320, 240)  # already the smallest size we send
+    assert small.choose(50_000) == (320, 240)  # never below a legible height
+    assert video_share(600_000, audio_on=True) < video_share(600_000, audio_on=False)
+    assert video_share(10_000, audio_on=True) > 0
+
+
+def test_arrival_time_is_the_kernels_not_when_the_loop_got_round_to_it() -> None:
+    import socket
+    import time
+
+    from confero.netutil import arrival_time, enable_receive_timestamps
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM
+    ) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        enable_receive_timestamps(receiver)
+        ages = []
+        for _ in range(3):
+            sender.sendto(b"x", receiver.getsockname())
+            sent = time.monotonic()
+            receiver.settimeout(5)
+            receiver.recvfrom(16)
+            # a loop that was busy: it reads the datagram well after it arrived
+            busy_until = sent + 0.15
+            while time.monotonic() < busy_until:
+                pass
+            ages.append(time.monotonic() - arrival_time(receiver))
+        # the first datagram may predate stamping; the later ones carry the kernel's time
+        assert max(ages[1:]) >= 0.1, ages

@@ -50,6 +50,12 @@ VALID: dict[str, dict[str, Any]] = {
     "chat": {"text": "hi"},
     "ping": {},
     "set_media": {"camera": True, "microphone": False},
+    "raise_hand": {"raised": True},
+    "p2p_signal": {"session": 1, "ufrag": "abcd", "pwd": "secretsecret",
+                   "key": "A" * 40, "candidates": ["1 1 UDP 1 10.0.0.1 5000 typ host"],
+                   "end_of_candidates": True},
+    "p2p_state": {"session": 1, "state": "connected"},
+    "meeting_media": {},
 }
 assert set(VALID) == set(REQUEST_TYPES)
 

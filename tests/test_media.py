@@ -49,8 +49,10 @@ def test_two_meetings_each_hear_and_see_only_their_others(
         return start_bot(bots, server.url, name, *target, "--audio", f"sine:{tone:g}",
                          "--record", str(tmp_path / name), "--check-stamps")
 
-    first_a = launch("a440", 440, ["--create", "A"])
-    first_b = launch("b550", 550, ["--create", "B"])
+    # --mode server: these tests are about the server's media path (two people would
+    # otherwise talk peer-to-peer, tests/test_p2p.py)
+    first_a = launch("a440", 440, ["--create", "A", "--mode", "server"])
+    first_b = launch("b550", 550, ["--create", "B", "--mode", "server"])
     meeting_a = first_a.expect("joined")["meeting_id"]
     meeting_b = first_b.expect("joined")["meeting_id"]
     launch("a660", 660, ["--join", meeting_a])
@@ -94,7 +96,8 @@ def test_two_meetings_each_hear_and_see_only_their_others(
 def test_camera_and_microphone_off_and_on_mid_call(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server.url, "alice", "--create", "toggles", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "toggles", "--mode", "server",
+                      "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
     bob = start_bot(bots, server.url, "bob", "--join", meeting, "--video", "none")
     wait_until_receiving(bob, ["alice"], frames=10, audio_packets=20)
@@ -131,7 +134,8 @@ def test_camera_and_microphone_off_and_on_mid_call(
 def test_late_joiner_gets_a_keyframe_and_a_killed_bot_disturbs_nobody(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server.url, "alice", "--create", "late", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "late", "--mode", "server",
+                      "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
     bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "sine:660")
     wait_until_receiving(alice, ["bob"])
@@ -173,7 +177,8 @@ async def media_metrics(server: ServerProcess) -> dict[str, float]:
 async def test_garbage_foreign_and_replayed_packets_are_dropped_and_counted(
     server: ServerProcess, bots: list[BotProcess]
 ) -> None:
-    alice = start_bot(bots, server.url, "alice", "--create", "attacked", "--audio", "sine:440")
+    alice = start_bot(bots, server.url, "alice", "--create", "attacked", "--mode", "server",
+                      "--audio", "sine:440")
     meeting = alice.expect("joined")["meeting_id"]
     bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "sine:660")
     wait_until_receiving(bob, ["alice"])

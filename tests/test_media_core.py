@@ -13,7 +13,7 @@ from confero.media.audio import (
     level_dbov,
     soft_limit,
 )
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.rtp import RtpPacket
 from confero.protocol.srtp import SrtpContext, decode_key, new_master_key
@@ -47,16 +47,39 @@ class Peer:
     def read(self, data: bytes) -> RtpPacket:
         return RtpPacket.parse(self.srtp.unprotect_rtp(data))
 
+    def answer_consent(self, router: MediaRouter, out: list[tuple[bytes, tuple[str, int]]],
+                       now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        """Echo the consent challenge among ``out`` sent to this peer's address, as a client
+        does; the rest of ``out`` is returned."""
+        rest = []
+        for data, address in out:
+            echo = None
+            if address == self.address and data[1] == consent.APP:
+                [challenge] = rtcp.parse_compound(self.srtp.unprotect_rtcp(data))
+                echo = consent.answer(challenge, self.grant.video_ssrc)
+            if echo is None:
+                rest.append((data, address))
+            else:
+                assert router.handle_datagram(self.srtp.protect_rtcp(echo), address, now) == []
+        return rest
+
 
 @pytest.fixture
 def router() -> MediaRouter:
     return MediaRouter(5000, pli_interval=0.5)
 
 
-def bind(router: MediaRouter, *peers: Peer) -> None:
+def bind(router: MediaRouter, *peers: Peer, now: float = 0.0) -> None:
+    """Each peer's keepalive, then its answer to the consent challenge: its address bound."""
     for peer in peers:
-        router.handle_datagram(peer.rtcp(rtcp.ReceiverReport(peer.grant.video_ssrc)),
-                               peer.address, 0.0)
+        out = router.handle_datagram(peer.rtcp(rtcp.ReceiverReport(peer.grant.video_ssrc)),
+                                     peer.address, now)
+        assert peer.answer_consent(router, out, now) == []
+        assert router._peers[peer_id(router, peer)].address == peer.address
+
+
+def peer_id(router: MediaRouter, peer: Peer) -> str:
+    return next(pid for pid, p in router._peers.items() if p.video_ssrc == peer.grant.video_ssrc)
 
 
 def test_video_goes_to_everyone_else_in_the_meeting_and_nowhere_else(
@@ -101,9 +124,12 @@ def test_an_authenticated_packet_from_a_new_address_moves_the_binding(
     alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
     bind(router, alice, bob)
     bob.address = ("127.0.0.1", 9999)  # bob's NAT rebinds
-    router.handle_datagram(bob.rtcp(rtcp.ReceiverReport(bob.grant.video_ssrc)), bob.address,
-                           2.0)
+    challenge = router.handle_datagram(bob.rtcp(rtcp.ReceiverReport(bob.grant.video_ssrc)),
+                                       bob.address, 2.0)
     [(_, address)] = router.handle_datagram(alice.video(), alice.address, 2.0)
+    assert address == ("127.0.0.1", 2)  # not before the new address answered
+    assert bob.answer_consent(router, challenge, 2.0) == []
+    [(_, address)] = router.handle_datagram(alice.video(), alice.address, 2.1)
     assert address == ("127.0.0.1", 9999)
     assert router.counters["address_moved"] == 1
 
@@ -117,14 +143,16 @@ def test_nack_is_answered_from_the_servers_own_history(router: MediaRouter) -> N
     out = router.handle_datagram(bob.rtcp(nack), bob.address, 1.1)
     assert [bob.read(data).sequence_number for data, _ in out] == [2, 3]
     assert {address for _, address in out} == {bob.address}
-    # a sequence the server never saw is asked of the publisher
+    # a sequence the server never got (a hole in what it holds) is asked of the publisher
+    alice.seq += 1
+    router.handle_datagram(alice.video(), alice.address, 1.15)  # 4 lost, 5 arrives
     out = router.handle_datagram(bob.rtcp(rtcp.Nack(bob.grant.video_ssrc,
-                                                    alice.grant.video_ssrc, [500])),
+                                                    alice.grant.video_ssrc, [4])),
                                  bob.address, 1.2)
     [(data, address)] = out
     assert address == alice.address
     [forwarded] = rtcp.parse_compound(alice.srtp.unprotect_rtcp(data))
-    assert isinstance(forwarded, rtcp.Nack) and forwarded.lost == [500]
+    assert isinstance(forwarded, rtcp.Nack) and forwarded.lost == [4]
 
 
 def test_pli_reaches_the_publisher_throttled(router: MediaRouter) -> None:
@@ -261,11 +289,15 @@ def test_audio_buffer_goes_idle_when_the_stream_stops_and_restarts_cleanly() -> 
 
 def test_audio_buffer_keeps_latency_bounded() -> None:
     buffer = AudioJitterBuffer(target=2, adaptive=False, capacity=50)
-    for i in range(20):  # a burst after a stall
+    for i in range(20):  # a burst after a stall: 400 ms queued at once
         buffer.push(i * 960, bytes([i]), 0.0)
-    played = [buffer.pop() for _ in range(20)]
-    assert buffer.dropped_for_latency >= 3
-    assert played[-1] is None or buffer.depth <= 3
+    played = []
+    for tick in range(60):  # then one frame arrives and one is played per 20 ms
+        buffer.push((20 + tick) * 960, bytes([(20 + tick) % 256]), tick * 0.02)
+        played.append(buffer.pop())
+    assert buffer.dropped_for_latency >= 10  # the backlog was shed, not played late
+    assert buffer.depth <= 3  # back near the target: latency bounded
+    assert all(isinstance(item, bytes) for item in played[-10:])  # still playing
 
 
 def simulate(buffer: AudioJitterBuffer, jitter: float, seconds: float) -> tuple[int, int]:

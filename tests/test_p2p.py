@@ -213,3 +213,4 @@ def test_blocked_direct_path_falls_back_to_the_server_by_itself(
             bot.cleanup()
         server.terminate()
         server.wait(10)
+

@@ -164,3 +164,27 @@ def test_core_server_mode_meeting_and_old_clients_stay_on_the_server() -> None:
 def error_code_of(reply: dict[str, Any]) -> str:
     assert reply["type"] == "error"
     return str(reply["code"])
+
+
+def test_core_hands_out_coturn_rest_credentials_per_session() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from confero.client.p2p import parse_turn_url
+
+    h = Harness(turn_url="turn:203.0.113.1:3478", turn_secret="s3cret", turn_ttl=600.0)
+    a, b = _hello(h, "alice"), _hello(h, "bob")
+    meeting_id = h.request(a, "create_meeting", title="t")["result"]["meeting"]["id"]
+    h.request(b, "join_meeting", meeting_id=meeting_id)
+    (start,) = h.events(a, "p2p_start")
+    assert start["turn_url"] == "turn:203.0.113.1:3478"
+    expiry, _, who = start["turn_username"].partition(":")
+    assert int(expiry) == int(h.now + 600) and who  # coturn checks the expiry itself
+    expected = base64.b64encode(hmac.new(b"s3cret", start["turn_username"].encode(),
+                                         hashlib.sha1).digest()).decode()
+    assert start["turn_password"] == expected
+    assert h.events(b, "p2p_start")[0]["turn_username"] != start["turn_username"]
+    assert parse_turn_url("turn:203.0.113.1:3478") == ("203.0.113.1", 3478)
+    assert parse_turn_url("turn:relay.example") == ("relay.example", 3478)
+    assert parse_turn_url("turns:x:5349") is None and parse_turn_url("turn:x:y") is None

@@ -70,18 +70,43 @@ def make_audio_source(spec: str) -> AudioSource | None:
     return FileAudioSource(spec)
 
 
+FREEZE_GAP = 0.2  # seconds between two decoded frames of one sender that count as a freeze
+
+
 @dataclass
 class _Seen:
     """What this bot has seen of one remote video stream."""
 
     name: str
     first_frame_at: float | None = None
+    last_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
-    #: decoded-frame gaps (a freeze shows as one long gap), monotonic seconds
-    last_frame_at: float | None = None
+    #: the longest gap between decoded frames, and gaps over 100 ms (P2P switch bench)
     max_gap: float = 0.0
     gaps_over_100ms: int = 0
+    # for benches, in wall-clock time like every event's "t": first and last decoded frame,
+    # and each gap longer than FREEZE_GAP as (ended at, seconds)
+    first_frame_wall: float | None = None
+    last_frame_wall: float | None = None
+    freezes: list[tuple[float, float]] = field(default_factory=list)
+
+
+class _CountedSource:
+    """A video source that counts the frames taken from it: the frames this bot sent."""
+
+    def __init__(self, source: VideoSource) -> None:
+        self.source, self.width, self.height = source, source.width, source.height
+        self.frames = 0
+
+    def frame(self, capture_us: int) -> Any:
+        self.frames += 1
+        return self.source.frame(capture_us)
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
 
 
 class Bot:
@@ -98,7 +123,8 @@ class Bot:
                          on_mode_changed=self._mode_changed)
         self.client.p2p = not getattr(args, "no_p2p", False)
         self.speaker: Speaker | None = None
-        self.video_source = make_video_source(args.video, args.name, args.width, args.height)
+        source = make_video_source(args.video, args.name, args.width, args.height)
+        self.video_source = _CountedSource(source) if source is not None else None
         self.audio_source = make_audio_source(args.audio)
         self.call.video_source = self.video_source
         self.call.audio_source = self.audio_source
@@ -172,13 +198,13 @@ class Bot:
         summary = self._summary()
         if self.speaker is not None:
             self.speaker.close()
+        recorder = self.call.recorder
+        self.call.recorder = None  # the files are closed below, after the media stops
+        await self.call.leave()  # stops the encoder thread before its sources close
         for source in (self.audio_source, self.video_source):
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-        recorder = self.call.recorder
-        self.call.recorder = None  # the files are closed below, after the media stops
-        await self.call.leave()
         await self.client.close()
         if recorder is not None:
             recorder.close()
@@ -217,11 +243,15 @@ class Bot:
         if seen is None:
             seen = self.seen[video.ssrc] = _Seen(call_video.name)
         seen.frames += 1
-        if seen.last_frame_at is not None:
-            gap = video.received_at - seen.last_frame_at
-            seen.max_gap = max(seen.max_gap, gap)
-            seen.gaps_over_100ms += gap > 0.1
-        seen.last_frame_at = video.received_at
+        wall = time.time()
+        gap = video.received_at - (seen.last_frame_at or video.received_at)
+        if gap > FREEZE_GAP and len(seen.freezes) < 10_000:
+            seen.freezes.append((round(wall, 3), round(gap, 3)))
+        seen.max_gap = max(seen.max_gap, gap)
+        seen.gaps_over_100ms += gap > 0.1
+        seen.last_frame_at, seen.last_frame_wall = video.received_at, wall
+        if seen.first_frame_wall is None:
+            seen.first_frame_wall = wall
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
             joined_at = self.call.joined_at or video.received_at
@@ -248,6 +278,9 @@ class Bot:
                 if known is not None and not camera:
                     self.seen.pop(known.video_ssrc, None)
                 emit("media_changed", name=name, camera=camera, microphone=microphone)
+            case api.HandChanged(participant_id=pid, raised=raised):
+                known = self.client.participants.get(pid)
+                emit("hand_changed", name=known.name if known else pid, raised=raised)
             case api.ChatEvent(message=message):
                 emit("chat", sender=message.sender, text=message.text, seq=message.seq,
                      ts=message.ts)
@@ -289,6 +322,8 @@ class Bot:
             emit("microphone", on=self.call.microphone_on)
         elif word == "chat" and rest:
             await self.client.send_chat(rest)
+        elif word == "hand" and rest in ("up", "down"):
+            await self.client.raise_hand(rest == "up")
         elif word == "stats":
             self._emit_stats()
         elif word == "server":  # ask the server to take the meeting back from P2P
@@ -312,21 +347,28 @@ class Bot:
             return
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
-             audio_buffer=stats["audio_buffer"], sent=stats["sent"], mode=self.call.mode,
+             audio_buffer=stats["audio_buffer"], sent=stats["sent"],
+             uplink=stats.get("uplink"), frames_sent=self._frames_sent(), mode=self.call.mode,
              e2ee=self.call.e2ee_status(),
              gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
                                "over_100ms": seen.gaps_over_100ms}
                    for seen in self.seen.values()},
              paths=self.call.session.path_counters())
 
+    def _frames_sent(self) -> int:
+        return self.video_source.frames if self.video_source is not None else 0
+
     def _summary(self) -> dict[str, Any]:
         return {
             "video": {
                 seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
                             "max_gap_ms": round(seen.max_gap * 1000, 1),
-                            "gaps_over_100ms": seen.gaps_over_100ms}
+                            "gaps_over_100ms": seen.gaps_over_100ms,
+                            "first_frame_t": seen.first_frame_wall,
+                            "last_frame_t": seen.last_frame_wall, "freezes": seen.freezes}
                 for seen in self.seen.values()
             },
+            "frames_sent": self._frames_sent(),
             "stats": self.call.session.stats() if self.call.session is not None else None,
             "e2ee": self.call.e2ee_status(),
             "mode": self.call.mode,
@@ -337,7 +379,7 @@ class Bot:
     # ------------------------------------------------------------------ peer-to-peer
 
     def _mode_changed(self, mode: str, reason: str) -> None:
-        emit("mode", mode=mode, reason=reason)
+        emit("mode", mode=mode, reason=reason, path=self.call.peer_path if mode == "p2p" else "")
         task = asyncio.get_running_loop().create_task(self._emit_server_media("server_media"))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 

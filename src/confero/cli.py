@@ -115,11 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="burst size of --rate-limit")
     server.add_argument("--max-connections-per-address", type=int, default=256,
                         help="open WebSocket connections allowed from one address")
+    server.add_argument("--max-outbox-bytes", type=int, default=4 * 1024 * 1024,
+                        help="bytes queued for one connection before it counts as too slow "
+                        "and is closed (4008)")
+    server.add_argument("--idle-timeout", type=float, default=15.0,
+                        help="seconds a TCP connection may stay open without an HTTP "
+                        "request (before the first one too)")
+    server.add_argument("--max-sockets-per-address", type=int, default=300,
+                        help="raw TCP connections (HTTP or WebSocket) one address may hold")
+    server.add_argument("--max-participants", type=int, default=50,
+                        help="participants allowed in one meeting")
+    server.add_argument("--chat-retention-days", type=float, default=30.0,
+                        help="days the chat of an ended meeting is kept (0: deleted soon "
+                        "after it ends)")
+    server.add_argument("--max-chat-per-meeting", type=int, default=10_000,
+                        help="chat messages one meeting may hold")
+    server.add_argument("--max-chat-per-sender", type=int, default=2_000,
+                        help="chat messages one participant may send in one meeting")
     server.add_argument("--media-port", type=int, default=8751,
                         help="UDP port for all RTP/RTCP media (0 picks a free one)")
     server.add_argument("--media-host", default="",
                         help="address clients should send media to (default: the host "
                         "they reached the server by)")
+    server.add_argument("--turn-url", default="",
+                        help="a TURN server (coturn with use-auth-secret) peers may relay "
+                        "peer-to-peer media through, e.g. turn:203.0.113.1:3478")
+    server.add_argument("--turn-secret", default=os.environ.get("CONFERO_TURN_SECRET", ""),
+                        help="coturn's static-auth-secret (env CONFERO_TURN_SECRET); "
+                        "credentials handed out per P2P session live 10 minutes")
+    server.add_argument("--max-video-size", type=_video_size, default=(1920, 1080),
+                        metavar="WxH", help="largest picture a VP8 keyframe may declare, "
+                        "either way round; larger ones are dropped (default 1920x1080)")
 
     meetings = commands.add_parser("meetings", help="list or create meetings (for scripts)")
     meeting_commands = meetings.add_subparsers(dest="meetings_command", required=True)
@@ -189,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _video_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not int(width) or not int(height):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+    return int(width), int(height)
+
+
 def _server(args: argparse.Namespace) -> int:
     from confero.server.app import ServerConfig, serve
 
@@ -197,9 +230,21 @@ def _server(args: argparse.Namespace) -> int:
         tls_key=args.tls_key, heartbeat=args.heartbeat, empty_grace=args.empty_grace,
         media_port=args.media_port, media_host=args.media_host, rate=args.rate_limit,
         burst=args.rate_burst, max_connections_per_address=args.max_connections_per_address,
+        turn_url=args.turn_url, turn_secret=args.turn_secret,
+        max_video_size=args.max_video_size,
+        outbox_bytes=args.max_outbox_bytes, idle_timeout=args.idle_timeout,
+        max_sockets_per_address=args.max_sockets_per_address,
+        max_participants=args.max_participants, chat_retention_days=args.chat_retention_days,
+        max_chat_per_meeting=args.max_chat_per_meeting,
+        max_chat_per_sender=args.max_chat_per_sender,
     )
+    from confero.server.store import StoreError
+
     try:
         asyncio.run(serve(config))
+    except StoreError as exc:
+        print(f"error: cannot use the database: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot start the server: {exc}", file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ from confero.media.devices import (
 )
 from confero.media.video import SyntheticCamera
 from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
+from confero.protocol.signaling import HandChanged
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,14 @@ class Engine(QObject):
     e2ee_state = Signal(object)
     #: the meeting's media path: "p2p" (direct) or "server", and the server's reason
     mode_changed = Signal(str, str)
+    # --- added for the app UI (branch app-ui); small and separate from the call logic ---
+    resume_token = Signal(str)  # the server's resume token after each connect (remembered)
+    hand_changed = Signal(str, bool)  # participant id, hand raised
+    # STUB HOOK FOR THE LEAD: the microphone's level (RFC 6464 -dBov, 0 loud..127 silent)
+    # of every 20 ms frame captured while muted (capturing, sending nothing). Nothing emits
+    # it yet: the media side (keep capturing while muted) is the lead's; the UI's speech
+    # detector and "You are muted" banner listen to it already.
+    muted_level = Signal(int)
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,6 +160,7 @@ class Engine(QObject):
         self._speaker: Speaker | None = None
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
         self._ticker: asyncio.Task[None] | None = None
+        self._muted = False  # the microphone captures, but nothing is sent
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
                                         daemon=True)
@@ -186,21 +196,28 @@ class Engine(QObject):
 
     # ------------------------------------------------------------------ connection
 
-    def connect_to(self, url: str, name: str, cafile: str | None = None) -> None:
-        self.submit(self._connect(url, name, cafile))
+    def connect_to(self, url: str, name: str, cafile: str | None = None,
+                   resume_token: str | None = None) -> None:
+        self.submit(self._connect(url, name, cafile, resume_token))
 
-    async def _connect(self, url: str, name: str, cafile: str | None) -> None:
+    async def _connect(self, url: str, name: str, cafile: str | None,
+                       resume_token: str | None = None) -> None:
         await self._disconnect()
-        client = api.Client(url, name, cafile=cafile or None)
+        client = api.Client(url, name, cafile=cafile or None, resume_token=resume_token)
         client.add_listener(self._on_event)
+        client.add_listener(self._on_ui_event)
         self.client = client
         self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started, on_e2ee=self._on_e2ee,
+                         on_muted_level=self.muted_level.emit,
                          on_mode_changed=self.mode_changed.emit)
         client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
+        self.call.microphone_muted = self._muted
         await client.connect()
+        if client.resume_token:
+            self.resume_token.emit(client.resume_token)
         self.meetings_changed.emit(await client.list_meetings())
 
     @property
@@ -295,6 +312,32 @@ class Engine(QObject):
 
         self.submit(cancel())
 
+    # --- added for the app UI (branch app-ui) ---
+
+    def end_meeting(self, meeting_id: str) -> None:
+        """End a meeting we created, from the lobby (we need not be in it)."""
+
+        async def cancel() -> None:
+            await self._require_client().cancel(meeting_id)
+            self.notice.emit("The meeting was ended for everyone.")
+            self.meetings_changed.emit(await self._require_client().list_meetings())
+
+        self.submit(cancel())
+
+    def set_hand(self, raised: bool) -> None:
+        async def hand() -> None:
+            client = self._require_client()
+            if client.meeting is not None:
+                await client.raise_hand(raised)
+
+        self.submit(hand())
+
+    def _on_ui_event(self, event: api.ClientEvent) -> None:
+        if isinstance(event, HandChanged):
+            self.hand_changed.emit(event.participant_id, event.raised)
+
+    # --- end of the app UI additions ---
+
     def send_chat(self, text: str) -> None:
         self.submit(self._require_client_call("send_chat", text))
 
@@ -315,7 +358,7 @@ class Engine(QObject):
         self._open_speaker()
         if self._ticker is None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        self.local_media.emit(self._video is not None, self._audio is not None)
+        self.local_media.emit(self._video is not None, self._microphone_live())
 
     async def _stop_media(self, *, keep_recording: bool = False) -> None:
         if self._ticker is not None:
@@ -340,7 +383,7 @@ class Engine(QObject):
             self._audio = None
         self.error.emit(f"The {'camera' if kind == 'video' else 'microphone'} stopped: "
                         f"{message}")
-        self.local_media.emit(self._video is not None, self._audio is not None)
+        self.local_media.emit(self._video is not None, self._microphone_live())
 
     def _open_speaker(self) -> None:
         call = self.call
@@ -385,7 +428,23 @@ class Engine(QObject):
             else:
                 self.frames.drop(SELF)
             await self._set_call_video(self._video)
-            self.local_media.emit(self._video is not None, self._audio is not None)
+            self.local_media.emit(self._video is not None, self._microphone_live())
+
+        self.submit(switch())
+
+    def _microphone_live(self) -> bool:
+        return self._audio is not None and not self._muted
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute without closing the microphone: it keeps capturing, so ``muted_level``
+        can tell the window that someone talks into a muted microphone, and unmuting is
+        instant; no audio packet leaves while muted."""
+
+        async def switch() -> None:
+            self._muted = muted
+            if self.call is not None:
+                await self.call.set_microphone_muted(muted)
+            self.local_media.emit(self._video is not None, self._microphone_live())
 
         self.submit(switch())
 
@@ -399,7 +458,7 @@ class Engine(QObject):
             if choice is not None:
                 self._audio = await asyncio.to_thread(self._open_audio, choice)
             await self._set_call_audio(self._audio)
-            self.local_media.emit(self._video is not None, self._audio is not None)
+            self.local_media.emit(self._video is not None, self._microphone_live())
 
         self.submit(switch())
 

@@ -159,6 +159,8 @@ class Client:
         self._events: asyncio.Queue[ClientEvent] = asyncio.Queue(event_queue_size)
         self._listeners: list[Callable[[ClientEvent], object]] = []
         self._closing = False
+        #: The lobby as the server last described it: ``meetings_delta`` events apply to it.
+        self._lobby: dict[str, sig.MeetingInfo] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -200,7 +202,8 @@ class Client:
     # ------------------------------------------------------------------ requests
 
     async def list_meetings(self) -> list[sig.MeetingInfo]:
-        result = await self._request(sig.ListMeetings, sig.MeetingsResult)
+        result = await self._request(sig.ListMeetings, sig.MeetingsResult,
+                                     hook=lambda r: self._set_lobby(r.meetings))
         return result.meetings
 
     async def create_meeting(self, title: str, password: str | None = None,
@@ -246,6 +249,9 @@ class Client:
         """Have the server pass an opaque E2EE key-exchange blob to one participant."""
         await self._request(sig.RelayE2eeBlob, sig.Empty, to=to,
                             blob=base64.b64encode(blob).decode("ascii"))
+    async def raise_hand(self, raised: bool) -> None:
+        """Raise or lower our hand in the current meeting."""
+        await self._request(sig.RaiseHand, sig.Empty, raised=raised)
 
     async def ping(self) -> None:
         await self._request(sig.Ping, sig.Empty)
@@ -322,6 +328,7 @@ class Client:
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
+        self._lobby = None  # a new connection starts without a list on the server's side
         self._reader = asyncio.create_task(self._read_loop(self._ws))
         try:
             hello = await self._request(
@@ -396,7 +403,7 @@ class Client:
                 continue
             try:
                 message = sig.decode_server_message(msg.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 log.warning("ignoring a malformed server message: %s", exc)
                 continue
             self._dispatch(message)
@@ -432,6 +439,19 @@ class Client:
                 except (msgspec.ValidationError, TypeError) as exc:
                     future.set_exception(exc)
             return
+        if isinstance(message, sig.MeetingsDelta):
+            # Listeners always get the whole list: the delta is applied to ours first.
+            if self._lobby is None:
+                log.warning("ignoring a lobby delta without a lobby list to apply it to")
+                return
+            for mid in message.removed:
+                self._lobby.pop(mid, None)
+            for meeting in message.changed:
+                self._lobby[meeting.id] = meeting
+            self._emit(sig.MeetingsChanged(meetings=list(self._lobby.values())))
+            return
+        if isinstance(message, sig.MeetingsChanged):
+            self._set_lobby(message.meetings)
         self._track(message)
         if isinstance(message, sig.ChatEvent):
             if message.message.seq <= self._last_seq:
@@ -504,15 +524,31 @@ class Client:
             for chat in missed:
                 self._emit(sig.ChatEvent(message=chat))
 
-        try:
-            await self._request(
-                sig.JoinMeeting, sig.JoinResult, hook=back_in, internal=True,
-                meeting_id=meeting.id, password=password,
-            )
-        except RequestError as exc:  # the server said no: the meeting is over for us
-            self._left()
-            self._emit(RejoinFailed(meeting.id, exc.code, exc.message))
-        # ConnectionLost / TimeoutError propagate: the reconnect loop tries again
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.5
+        while True:
+            try:
+                await self._request(
+                    sig.JoinMeeting, sig.JoinResult, hook=back_in, internal=True,
+                    meeting_id=meeting.id, password=password,
+                )
+                return
+            except RequestError as exc:
+                # rate_limited is someone's guessing (or our own haste), not a verdict on
+                # us: wait and ask again, on this same socket, until the deadline.
+                if exc.code == sig.ErrorCode.RATE_LIMITED and loop.time() + delay < deadline:
+                    log.info("rejoin rate limited; retrying in %gs: %s", delay, exc.message)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                self._left()  # the server said no: the meeting is over for us
+                self._emit(RejoinFailed(meeting.id, exc.code, exc.message))
+                return
+            # ConnectionLost / TimeoutError propagate: the reconnect loop tries again
+
+    def _set_lobby(self, meetings: list[sig.MeetingInfo]) -> None:
+        self._lobby = {m.id: m for m in meetings}
 
     def _entered(self, result: sig.JoinResult, password: str | None) -> None:
         self.meeting = result.meeting

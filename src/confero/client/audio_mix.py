@@ -1,7 +1,7 @@
 """Local mixing of per-sender audio streams, and the crossfade between two sources.
 
 :class:`LocalMixer` decodes each sender's Opus frame (its own decoder, its own loss
-concealment) and sums them: what the server's mixer does, done at the receiver when the
+concealment: Opus PLC) and sums them: what the server's mixer does, done at the receiver when the
 server cannot (peer-to-peer; end-to-end encrypted audio). :class:`Crossfade` moves the
 playout between the server's mix and the direct streams at a mode switch with a short
 linear ramp instead of a click. Both run on the playout thread, one 20 ms frame a call.
@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from confero.media.audio import FRAME_SAMPLES, SILENCE, OpusDecoder, Samples, conceal, soft_limit
-from confero.protocol.audio_jitter import LOST
-
-
-class _Decoder:
-    def __init__(self) -> None:
-        self.codec = OpusDecoder()
-        self.last: Samples | None = None
-        self.concealed_in_a_row = 0
+from confero.media.audio import FRAME_SAMPLES, SILENCE, Samples, soft_limit
+from confero.media.opus import Decoder, OpusError
 
 
 class LocalMixer:
     def __init__(self) -> None:
-        self._decoders: dict[int, _Decoder] = {}
+        self._decoders: dict[int, Decoder] = {}
         self.decoded = 0
         self.concealed = 0
 
@@ -36,16 +29,17 @@ class LocalMixer:
         for ssrc, item in frames.items():
             decoder = self._decoders.get(ssrc)
             if decoder is None:
-                decoder = self._decoders[ssrc] = _Decoder()
-            if item is LOST or not isinstance(item, bytes):
-                decoder.concealed_in_a_row += 1
-                samples = conceal(decoder.last, decoder.concealed_in_a_row)
+                decoder = self._decoders[ssrc] = Decoder()
+            samples: Samples | None = None
+            if isinstance(item, bytes):
+                try:
+                    samples = decoder.decode(item)
+                    self.decoded += 1
+                except OpusError:
+                    samples = None
+            if samples is None:  # LOST (or undecodable): Opus' own concealment
+                samples = decoder.conceal()
                 self.concealed += 1
-            else:
-                samples = decoder.codec.decode(item)
-                decoder.last = samples
-                decoder.concealed_in_a_row = 0
-                self.decoded += 1
             total += samples.astype(np.int32)
         return soft_limit(total)
 

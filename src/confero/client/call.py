@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import av
@@ -27,10 +27,12 @@ import av
 from confero.client import api
 from confero.client.e2ee_call import E2eeCall, E2eeNotice
 from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
-from confero.client.p2p import PeerLink
 from confero.media.audio import SILENCE, Samples
 from confero.media.recorder import MeetingRecorder
 from confero.protocol import signaling as sig
+
+if TYPE_CHECKING:  # imported when a P2P session starts (aioice costs ~0.3 s to import)
+    from confero.client.p2p import PeerLink
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Call:
         on_source_error: Callable[[str, str], None] | None = None,
         on_media_started: Callable[[], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        on_muted_level: Callable[[int], None] | None = None,
         fps: int = 30,
         device_playout: bool = False,
         receive_video: bool = True,
@@ -74,6 +77,7 @@ class Call:
         self._on_source_error = on_source_error
         self._on_media_started = on_media_started
         self._prepare_video = prepare_video
+        self._on_muted_level = on_muted_level
         self._fps = fps
         self._device_playout = device_playout
         self._receive_video = receive_video
@@ -138,7 +142,8 @@ class Call:
                 grant, host, on_video=self._video_decoded, on_audio=self._audio_played,
                 fps=self._fps, device_playout=self._device_playout,
                 receive_video=self._receive_video, on_source_error=self._source_failed,
-                prepare_video=self._prepare_video, cipher=self.e2ee.cipher,
+                prepare_video=self._prepare_video, on_level=self._level,
+                cipher=self.e2ee.cipher,
             )
             await session.open()
             self.session = session
@@ -184,9 +189,12 @@ class Call:
     # ------------------------------------------------------------------ our media
 
     async def set_video_source(self, source: VideoSource | None) -> None:
+        """Switch the camera (None: off). When this returns, the previous source is no
+        longer read by the encoder thread and may be closed."""
         self.video_source = source
         if self.session is not None:
             self.session.set_video_source(source)
+            await self.session.encoder_idle()
         await self.announce()
 
     async def set_audio_source(self, source: AudioSource | None) -> None:
@@ -202,6 +210,12 @@ class Call:
         if self.session is not None:
             self.session.audio_muted = muted
         await self.announce()
+
+    def _level(self, level: int) -> None:
+        """Each captured microphone frame: while muted, a front end may want to know that
+        someone is talking into a muted microphone."""
+        if self.microphone_muted and self._on_muted_level is not None:
+            self._on_muted_level(level)
 
     @property
     def camera_on(self) -> bool:
@@ -365,8 +379,12 @@ class Call:
         if old is not None:
             self._spawn(old.close())
         self._keys_set = False
+        from confero.client.p2p import PeerLink  # lazily: see the import above
+
         link = PeerLink(
             start.session, start.controlling, stun_server=session.address,
+            turn=(start.turn_url, start.turn_username, start.turn_password)
+            if start.turn_url else None,
             send_signal=self._send_signal, on_datagram=session.peer_datagram_received,
             on_state=self._link_state,
         )
@@ -460,6 +478,11 @@ class Call:
             since = self._p2p_since or 0.0
             link.poll_liveness(max(heard or since, since), time.monotonic(),
                                self.peer_silence_timeout)
+
+    @property
+    def peer_path(self) -> str:
+        """The direct path's candidate types (``srflx->srflx``, ``relay->relay``...)."""
+        return self._link.selected if self._link is not None else ""
 
     async def request_server_mode(self) -> None:
         """Ask the server to take the meeting back (this side wants no direct path)."""

@@ -26,10 +26,12 @@ from typing import Final
 
 from confero.client.frame_cipher import FrameCipher, SFrameError
 from confero.client.stats import StreamStats
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.audio_streams import AudioStreams
+from confero.protocol.congestion import CongestionSender
 from confero.protocol.nack import NackGenerator, RetransmitBuffer
+from confero.protocol.pacer import PacketKind
 from confero.protocol.profile import (
     AUDIO_CLOCK,
     AUDIO_FRAME_TICKS,
@@ -43,6 +45,7 @@ from confero.protocol.profile import (
 from confero.protocol.rtp import RtpError, RtpPacket, is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
+from confero.protocol.twcc import TwccRecorder, read_transport_seq
 from confero.protocol.video_jitter import Frame, FrameAssembler
 from confero.protocol.vp8 import packetize
 
@@ -58,6 +61,13 @@ MAX_RETRANSMIT_PER_NACK: Final = 64
 #: Bound on queued events; a shell that stops draining loses the oldest video frames.
 MAX_EVENTS: Final = 256
 _NTP_EPOCH_OFFSET: Final = 2_208_988_800  # seconds from 1900 to 1970
+#: Where the uplink estimate starts and what it may reach: a call starts at a rate most
+#: links carry and climbs within seconds (see docs/architecture.md, congestion control).
+START_BPS: Final = 600_000
+MIN_BPS: Final = 60_000
+MAX_BPS: Final = 2_500_000
+#: A new target is reported to the encoder when it moved by this fraction.
+TARGET_STEP: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,14 @@ class KeyframeNeeded:
     """Someone asked (PLI) for a keyframe of our video: encode the next frame as one."""
 
 
-Event = VideoFrameReady | KeyframeNeeded
+@dataclass(frozen=True)
+class TargetBitrate:
+    """The uplink estimate moved: the encoders together should now produce ``bps``."""
+
+    bps: int
+
+
+Event = VideoFrameReady | KeyframeNeeded | TargetBitrate
 
 
 # ---------------------------------------------------------------------------- internals
@@ -102,7 +119,7 @@ Event = VideoFrameReady | KeyframeNeeded
 
 def keyframe_size(data: bytes) -> tuple[int, int] | None:
     """Width and height a VP8 keyframe declares (RFC 6386 9.1), or None for a delta frame
-    or a frame too short to say."""
+    or a frame too short to say. ``data`` is the frame (after the payload descriptor)."""
     if len(data) < 10 or data[0] & 1 or data[3:6] != b"\x9d\x01\x2a":
         return None
     return (int.from_bytes(data[6:8], "little") & 0x3FFF,
@@ -193,6 +210,13 @@ class MediaEndpoint:
         self._video = _Sender(config.video_ssrc)
         self._audio = _Sender(config.audio_ssrc)
         self._video_ts_offset = secrets.randbelow(1 << 32)
+        self._tl0picidx = secrets.randbelow(256)
+        # congestion control of the uplink: pacing, transport-wide sequence numbers, the
+        # delay+loss estimate; and the receive side of the downlink's (the server's) one
+        self.congestion = CongestionSender(start_bps=START_BPS, min_bps=MIN_BPS,
+                                           max_bps=MAX_BPS)
+        self._reported_target = 0
+        self._twcc = TwccRecorder()
         self._audio_ts = secrets.randbelow(1 << 32)
         self._audio_marker = True
         self._picture_id = secrets.randbelow(1 << 15)
@@ -201,7 +225,8 @@ class MediaEndpoint:
         self._retransmit_budget = _Budget(rate=75_000, burst=64_000, tokens=64_000,
                                           updated=now)
         self._remote: dict[int, _RemoteVideo] = {}
-        self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10)
+        self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10,
+                                         hold_on_underrun=True)
         self.audio_stats = StreamStats("audio", config.mix_ssrc, _window_start=now)
         #: audio SSRC -> (level in -dBov, when heard), from the mix's CSRCs (RFC 6465)
         self._speaker_levels: dict[int, tuple[int, float]] = {}
@@ -210,11 +235,13 @@ class MediaEndpoint:
         self.cipher = cipher
         #: SSRC -> [frames decrypted, frames that failed to decrypt (dropped)]
         self.e2ee_frames: dict[int, list[int]] = {}
+        self._last_now = now
         self.counters: dict[str, int] = {
             "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
             "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
             "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
             "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
+            "feedback_received": 0,
         }
         # ---- the peer-to-peer path (issue 10): a second hop with its own SRTP keys.
         # Which hops our media goes to; RTCP keepalives always go to the server.
@@ -245,7 +272,10 @@ class MediaEndpoint:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float:
-        deadlines = [self._next_keepalive]
+        deadlines = [self._next_keepalive, self.congestion.next_wakeup()]
+        feedback = self._twcc.next_feedback_time()
+        if feedback is not None:
+            deadlines.append(feedback)
         for remote in self._remote.values():
             for deadline in (remote.nack.next_deadline(), remote.assembler.next_deadline()):
                 if deadline is not None:
@@ -253,6 +283,12 @@ class MediaEndpoint:
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
+        self._advance(now)
+        self._drain(now)
+        if self._twcc.feedback_due(now):
+            for feedback in self._twcc.build_feedback(now, self.config.video_ssrc,
+                                                       self.config.mix_ssrc):
+                self._send_rtcp(feedback)
         for ssrc, remote in self._remote.items():
             for frame in remote.assembler.poll(now):
                 self._frame_ready(ssrc, remote, frame)
@@ -273,10 +309,12 @@ class MediaEndpoint:
     # ------------------------------------------------------------------ sending
 
     def send_video_frame(self, data: bytes, *, keyframe: bool, capture_us: int,
-                         captured_at: float) -> None:
+                         captured_at: float, temporal_id: int | None = None,
+                         layer_sync: bool = False, now: float | None = None) -> None:
         """One encoded VP8 frame. ``captured_at`` is the capture moment on the monotonic
         clock (it sets the RTP timestamp); ``capture_us`` the same moment on the wall
         clock, carried in the header extension for receivers' delay figures."""
+        self._advance(captured_at if now is None else now)
         if self.cipher is not None:
             try:
                 data = self.cipher.protect_video(data)
@@ -286,7 +324,14 @@ class MediaEndpoint:
                 return
         self._picture_id = (self._picture_id + 1) & 0x7FFF
         rtp_ts = (int(captured_at * VIDEO_CLOCK) + self._video_ts_offset) & 0xFFFFFFFF
-        payloads = packetize(data, self._picture_id)
+        temporal = None
+        if temporal_id is not None:
+            # TL0PICIDX counts base-layer frames, so a receiver of only some layers can
+            # tell a missing base frame from a dropped upper-layer one (RFC 7741)
+            if temporal_id == 0:
+                self._tl0picidx = (self._tl0picidx + 1) & 0xFF
+            temporal = (temporal_id, layer_sync, self._tl0picidx)
+        payloads = packetize(data, self._picture_id, temporal=temporal)
         if keyframe:
             self.counters["keyframes_sent"] += 1
         for index, payload in enumerate(payloads):
@@ -303,13 +348,15 @@ class MediaEndpoint:
             )
             plain = packet.serialize()
             self._history.store(seq, plain)
-            self._send_rtp(plain, self._video)
+            self._send_rtp(plain, self._video, PacketKind.VIDEO)
+        self._drain(captured_at if now is None else now)
         self._video.last_rtp_ts = rtp_ts
         self._video.last_ntp = captured_at + self._wall_offset
 
     def send_audio_frame(self, payload: bytes, *, level: int, capture_us: int,
                          now: float) -> None:
         """One 20 ms Opus frame with its RFC 6464 level (-dBov, 127 = silence)."""
+        self._advance(now)
         if self.cipher is not None:
             try:
                 payload = self.cipher.protect_audio(payload)
@@ -331,7 +378,8 @@ class MediaEndpoint:
             },
         )
         self._audio_marker = False
-        self._send_rtp(packet.serialize(), self._audio)
+        self._send_rtp(packet.serialize(), self._audio, PacketKind.AUDIO)
+        self._drain(now)
         self._audio.last_rtp_ts, self._audio.last_ntp = self._audio_ts, now + self._wall_offset
 
     def audio_paused(self) -> None:
@@ -342,20 +390,36 @@ class MediaEndpoint:
         """Say goodbye (RTCP BYE) for our streams; the datagram is in the output."""
         self._send_rtcp(rtcp.Bye([self.config.audio_ssrc, self.config.video_ssrc]).pack())
 
-    def _send_rtp(self, plain: bytes, sender: _Sender | None) -> None:
-        if self.send_to_peer and self._peer_srtp is not None:
-            peer_protected = self._peer_srtp.protect_rtp(plain)
-            self._peer_out.append(peer_protected)
-            self.peer_counters["sent_packets"] += 1
-            self.peer_counters["sent_bytes"] += len(peer_protected)
-        if self.send_to_server:
+    def _send_rtp(self, plain: bytes, sender: _Sender | None, kind: PacketKind) -> None:
+        """Into the pacer; :meth:`_drain` takes out what may leave now."""
+        self.congestion.enqueue(plain, kind, self._last_now)
+        if sender is not None:
+            sender.packets += 1
+            sender.octets += len(plain) - 12
+
+    def _advance(self, now: float) -> None:
+        """``now`` never goes backwards inside the core (a capture time may be older than
+        the last datagram's arrival)."""
+        self._last_now = max(self._last_now, now)
+
+    def _drain(self, now: float) -> None:
+        self._advance(now)
+        for plain in self.congestion.poll(self._last_now):
+            if self.send_to_peer and self._peer_srtp is not None:  # P2P (issue 10)
+                peer_protected = self._peer_srtp.protect_rtp(plain)
+                self._peer_out.append(peer_protected)
+                self.peer_counters["sent_packets"] += 1
+                self.peer_counters["sent_bytes"] += len(peer_protected)
+            if not self.send_to_server:
+                continue
             protected = self._srtp.protect_rtp(plain)
             self._out.append(protected)
             self.counters["sent_packets"] += 1
             self.counters["sent_bytes"] += len(protected)
-        if sender is not None:
-            sender.packets += 1
-            sender.octets += len(plain) - 12
+        target = self.congestion.target_bps
+        if abs(target - self._reported_target) > TARGET_STEP * max(1, self._reported_target):
+            self._reported_target = target
+            self._push_event(TargetBitrate(target))
 
     def _send_rtcp(self, plain: bytes, *, keepalive: bool = False) -> None:
         if self.send_to_peer and self._peer_srtp is not None:
@@ -382,6 +446,7 @@ class MediaEndpoint:
     # ------------------------------------------------------------------ receiving
 
     def receive_datagram(self, data: bytes, now: float) -> None:
+        self._advance(now)
         try:
             if is_rtcp(data):
                 self._on_rtcp(self._srtp.unprotect_rtcp(data), now)
@@ -416,6 +481,14 @@ class MediaEndpoint:
             elif isinstance(packet, rtcp.Pli) and packet.media_ssrc == self.config.video_ssrc:
                 self.counters["plis_received"] += 1
                 self._push_event(KeyframeNeeded())
+            elif isinstance(packet, rtcp.TransportFeedback):
+                self.counters["feedback_received"] += 1
+                self.congestion.on_feedback(packet, now)
+                self._drain(now)
+            # consent check: echo the server's nonce so it sends our media to the address
+            # we receive at (a forged source address gets no echo, so no media)
+            elif (echo := consent.answer(packet, self.config.video_ssrc)) is not None:
+                self._send_rtcp(echo)
 
     def _retransmit(self, sequence_numbers: list[int], now: float) -> None:
         for seq in sequence_numbers:
@@ -425,11 +498,15 @@ class MediaEndpoint:
             if not self._retransmit_budget.take(len(stored), now):
                 self.counters["retransmit_over_budget"] += 1
                 continue
-            self._send_rtp(stored, None)
+            self._send_rtp(stored, None, PacketKind.RETRANSMISSION)
             self.counters["retransmitted"] += 1
+        self._drain(now)
 
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            self._twcc.on_packet(transport_seq, now)
         if packet.payload_type == AUDIO_PAYLOAD_TYPE and packet.ssrc != self.config.mix_ssrc:
             self._on_sender_audio(packet, now)  # a sender's own stream (P2P, E2EE)
             return
@@ -553,6 +630,7 @@ class MediaEndpoint:
 
     def receive_peer_datagram(self, data: bytes, now: float) -> None:
         """A datagram from the peer's ICE path (STUN is aioice's, never seen here)."""
+        self._advance(now)
         srtp = self._peer_srtp
         if srtp is None:
             self.peer_counters["dropped_auth"] += 1
@@ -679,6 +757,17 @@ class MediaEndpoint:
             "sender_audio": self.peer_audio.stats(),
             "e2ee": {ssrc: {"decrypted": ok, "undecryptable": bad}
                      for ssrc, (ok, bad) in self.e2ee_frames.items()},
+            "uplink": {
+                "target_bps": self.congestion.target_bps,
+                "delay_based_bps": round(self.congestion.bwe.rate.bitrate_bps),
+                "loss_based_bps": round(self.congestion.bwe.loss.bitrate_bps),
+                "loss_fraction": round(self.congestion.bwe.loss.loss_fraction, 4),
+                "usage": self.congestion.bwe.usage.name,
+                "rtt_ms": None if self.congestion.bwe.rtt is None
+                else round(self.congestion.bwe.rtt * 1000, 1),
+                "pacer_queue_ms": round(self.congestion.pacer.queue_delay() * 1000, 1),
+                "pacer_dropped_video": self.congestion.pacer.dropped_video,
+            },
         }
 
 
@@ -688,6 +777,7 @@ __all__ = [
     "Event",
     "KeyframeNeeded",
     "MediaEndpoint",
+    "TargetBitrate",
     "VideoFrameReady",
     "keyframe_size",
 ]

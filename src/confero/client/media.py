@@ -15,44 +15,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 
+from confero.client.adaptation import ResolutionLadder, video_share
 from confero.client.audio_mix import Crossfade, LocalMixer
 from confero.client.endpoint import (
     LOST,
+    START_BPS,
     EndpointConfig,
     KeyframeNeeded,
     MediaEndpoint,
+    TargetBitrate,
     VideoFrameReady,
 )
 from confero.client.frame_cipher import FrameCipher
-from confero.client.p2p import PeerLink
 from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
-from confero.media.audio import (
-    FRAME_SECONDS,
-    SILENCE,
-    OpusDecoder,
-    OpusEncoder,
-    Samples,
-    conceal,
-    level_dbov,
-)
-from confero.media.video import Vp8Decoder, Vp8Encoder
-from confero.netutil import enlarge_socket_buffers
+from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
+from confero.media.opus import Decoder as OpusDecoder
+from confero.media.opus import Encoder as OpusEncoder
+from confero.media.opus import OpusError
+from confero.media.video import Vp8Decoder, make_video_encoder
+from confero.media.vpx import EncodedFrame
+from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
 
+if TYPE_CHECKING:  # aioice (and dnspython) cost ~0.3 s to import: only when P2P starts
+    from confero.client.p2p import PeerLink
+
 log = logging.getLogger(__name__)
 
+#: A keyframe costs 5-10 times a delta frame: however many receivers ask (PLI), at most
+#: one per this interval, so a lossy link cannot start a keyframe storm that fills it.
+KEYFRAME_MIN_INTERVAL = 0.5
 #: Frames of one stream waiting for the decoder thread before we stop feeding it and ask
 #: for a keyframe instead: a bounded queue, about a quarter of a second at 30 fps.
 MAX_PENDING_DECODES = 8
@@ -86,8 +91,8 @@ class DecodedVideo:
     prepared: Any = None
 
 
-def _is_keyframe(data: bytes) -> bool:
-    return bool(data) and not data[0] & 1  # RFC 6386 frame tag: P bit 0 = keyframe
+def _nothing() -> None:
+    pass
 
 
 class MediaSession(asyncio.DatagramProtocol):
@@ -104,6 +109,7 @@ class MediaSession(asyncio.DatagramProtocol):
         on_source_error: Callable[[str, str], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
         cipher: FrameCipher | None = None,
+        on_level: Callable[[int], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
@@ -121,15 +127,19 @@ class MediaSession(asyncio.DatagramProtocol):
         self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._prepare_video = prepare_video
         self._cipher = cipher  # end-to-end frame encryption (E2EE meetings only)
+        self._on_level = on_level  # each captured frame's level (-dBov), muted or not
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._sock: socket.socket | None = None
         self._video_task: asyncio.Task[None] | None = None
         self._audio_task: asyncio.Task[None] | None = None
         self._playout_task: asyncio.Task[None] | None = None
         self._device_playout = device_playout
         self._keyframe_wanted = True
+        #: the uplink estimate (bit/s), from the endpoint's congestion control
+        self.target_bps = START_BPS
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-encode")
         self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-decode")
         self._decoders: dict[int, Vp8Decoder] = {}  # touched on the decoder thread only
@@ -139,8 +149,6 @@ class MediaSession(asyncio.DatagramProtocol):
         self._generations: dict[int, int] = {}
         self._audio_decoder = OpusDecoder()
         self._audio_decode_lock = threading.Lock()
-        self._last_audio: Samples | None = None
-        self._concealed_in_a_row = 0
         self._closed = False
         #: While muted the microphone keeps capturing (its level stays known, so the app
         #: can say "you are talking while muted") but nothing is sent.
@@ -174,6 +182,8 @@ class MediaSession(asyncio.DatagramProtocol):
                                        cipher=self._cipher)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
+        self._sock = transport.get_extra_info("socket")
+        enable_receive_timestamps(self._sock)
         enlarge_socket_buffers(transport, 1024 * 1024)
         self._service()
         self.set_device_playout(self._device_playout)
@@ -224,7 +234,7 @@ class MediaSession(asyncio.DatagramProtocol):
         if endpoint is None or self._closed:
             return
         with self._lock:
-            endpoint.receive_datagram(data, time.monotonic())
+            endpoint.receive_datagram(data, arrival_time(self._sock))
         self._service()
 
     def _on_timer(self) -> None:
@@ -255,6 +265,8 @@ class MediaSession(asyncio.DatagramProtocol):
                 self._decode_later(event)
             elif isinstance(event, KeyframeNeeded):
                 self._keyframe_wanted = True
+            elif isinstance(event, TargetBitrate):
+                self.target_bps = event.bps
         self._flush()
         with self._lock:
             deadline = endpoint.get_timer()
@@ -296,6 +308,12 @@ class MediaSession(asyncio.DatagramProtocol):
         if source is not None:
             self._audio_task = asyncio.create_task(self._send_audio(source))
 
+    async def encoder_idle(self) -> None:
+        """Returns once the encoder thread finished what it had started (so a source that
+        was just replaced can be closed without racing a capture)."""
+        with contextlib.suppress(RuntimeError):  # the pool is gone: nothing runs there
+            await asyncio.get_running_loop().run_in_executor(self._encode_pool, _nothing)
+
     @property
     def sending_video(self) -> bool:
         return self._video_task is not None
@@ -328,38 +346,77 @@ class MediaSession(asyncio.DatagramProtocol):
 
     async def _video_loop(self, source: VideoSource) -> None:
         loop = asyncio.get_running_loop()
-        encoder = Vp8Encoder(source.width, source.height, self.fps)
+        ladder = ResolutionLadder(source.width, source.height)
+        # three temporal layers: the server forwards each subscriber the layers its
+        # downlink carries (30, 15 or 7.5 fps) without touching the encoder
+        encoder = make_video_encoder(source.width, source.height, self.fps,
+                                     video_share(self.target_bps, self.sending_audio),
+                                     temporal_layers=3)
         pacer = Pacer(1 / self.fps, resync_after=1)  # behind a frame: drop, keep pace
 
-        def capture_and_encode(capture_us: int, pts: int, keyframe: bool) -> list[bytes]:
-            return encoder.encode(source.frame(capture_us), pts, keyframe)
+        def capture_and_encode(capture_us: int, pts: int, keyframe: bool,
+                               bitrate: int) -> list[EncodedFrame]:
+            """On the encoder thread: follow the estimate, then capture and encode."""
+            width, height = ladder.choose(bitrate)
+            if (width, height) != (encoder.width, encoder.height):
+                encoder.reconfigure(width, height, self.fps)  # its next frame is a keyframe
+            if bitrate != encoder.bitrate:
+                encoder.set_bitrate(bitrate)  # live, no keyframe (libvpx)
+            frame = source.frame(capture_us)
+            if (frame.width, frame.height) != (width, height):
+                frame = frame.reformat(width=width, height=height)
+            return encoder.encode(frame, pts, keyframe)
 
-        while True:
-            captured_at = time.monotonic()
-            capture_us = int(time.time() * 1e6)
-            keyframe, self._keyframe_wanted = self._keyframe_wanted, False
-            pts = int(captured_at * 90_000)
-            encoded = await loop.run_in_executor(
-                self._encode_pool, capture_and_encode, capture_us, pts, keyframe)
-            endpoint = self._endpoint
-            if endpoint is not None and not self._closed:
-                with self._lock:
-                    for data in encoded:
-                        endpoint.send_video_frame(data, keyframe=_is_keyframe(data),
-                                                  capture_us=capture_us,
-                                                  captured_at=captured_at)
-                self._service()
-            await pacer.wait()
+        last_keyframe = float("-inf")
+        try:
+            while True:
+                captured_at = time.monotonic()
+                capture_us = int(time.time() * 1e6)
+                keyframe = self._keyframe_wanted and (
+                    captured_at >= last_keyframe + KEYFRAME_MIN_INTERVAL)
+                if keyframe:  # else the request waits for the interval to pass
+                    self._keyframe_wanted = False
+                    last_keyframe = captured_at
+                pts = int(captured_at * 90_000)
+                bitrate = video_share(self.target_bps, self.sending_audio)
+                encoded = await loop.run_in_executor(
+                    self._encode_pool, capture_and_encode, capture_us, pts, keyframe, bitrate)
+                endpoint = self._endpoint
+                if endpoint is not None and not self._closed:
+                    layered = encoder.temporal_layers > 1
+                    with self._lock:
+                        for frame in encoded:
+                            endpoint.send_video_frame(
+                                frame.data, keyframe=frame.keyframe, capture_us=capture_us,
+                                captured_at=captured_at, now=time.monotonic(),
+                                temporal_id=frame.temporal_id if layered else None,
+                                layer_sync=frame.layer_sync)
+                    self._service()
+                await pacer.wait()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the pool is gone: the session closed
+                self._encode_pool.submit(encoder.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
-        encoder = OpusEncoder()
+        # in-band FEC: each packet carries a coarse copy of the previous one, so a single
+        # loss is rebuilt by the receiver (the server's mixer) instead of concealed
+        encoder = OpusEncoder(bitrate=32_000, packet_loss_perc=10)
         pacer = Pacer(FRAME_SECONDS)
         was_muted = False
         while True:
+            endpoint = self._endpoint
+            if endpoint is not None:
+                # protect as much as the uplink actually loses (at least a little)
+                loss = endpoint.congestion.bwe.loss.loss_fraction
+                percent = max(5, min(30, round(loss * 100 * 1.5)))
+                if percent != encoder.packet_loss_perc:
+                    encoder.set_packet_loss_perc(percent)
             samples = source.next_frame()
             now = time.monotonic()
             level = level_dbov(samples)
             self.own_level = (level, now)
+            if self._on_level is not None:
+                self._on_level(level)
             endpoint = self._endpoint
             if self.audio_muted:
                 if not was_muted and endpoint is not None:
@@ -372,7 +429,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 with self._lock:
                     endpoint.send_audio_frame(payload, level=level,
                                               capture_us=int(time.time() * 1e6), now=now)
-                self._flush()
+                self._service()  # the pacer may hold it: the timer must know
             await pacer.wait()
 
     # ------------------------------------------------------------------ receiving video
@@ -462,19 +519,21 @@ class MediaSession(asyncio.DatagramProtocol):
         now = time.monotonic()
         with self._lock:
             item = endpoint.pop_audio()
-            direct_items = endpoint.pop_peer_audio(now)
+            upcoming = endpoint.peek_next_audio() if item is LOST else None
+            direct_items = endpoint.pop_peer_audio(now)  # P2P: each sender's own stream
         with self._audio_decode_lock:
-            if item is None:
-                samples = SILENCE
-                self._last_audio = None
-            elif item is LOST:
-                self._concealed_in_a_row += 1
-                samples = conceal(self._last_audio, self._concealed_in_a_row)
-            else:
-                assert isinstance(item, bytes)
-                samples = self._audio_decoder.decode(item)
-                self._last_audio = samples
-                self._concealed_in_a_row = 0
+            # one decoder for the whole stream, across silences: its state continues
+            try:
+                if item is None:
+                    samples = SILENCE
+                elif item is LOST:  # Opus' own repair: the next packet's FEC, else PLC
+                    decoder = self._audio_decoder
+                    samples = decoder.decode_fec(upcoming) if upcoming else decoder.conceal()
+                else:
+                    assert isinstance(item, bytes)
+                    samples = self._audio_decoder.decode(item)
+            except OpusError:
+                samples = self._audio_decoder.conceal()
             if direct_items or self._crossfade.weight_b > 0.0:
                 samples = self._blend(item, samples, direct_items)
             elif item is not None:

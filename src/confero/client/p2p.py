@@ -37,6 +37,21 @@ CHECK_RTO = 0.15
 stun.RETRY_RTO = CHECK_RTO
 
 
+def parse_turn_url(url: str) -> tuple[str, int] | None:
+    """``turn:host[:port]`` (RFC 7065, UDP only here) -> (host, port); None if unusable."""
+    scheme, _, rest = url.partition(":")
+    if scheme != "turn" or not rest:
+        return None
+    rest = rest.split("?", 1)[0]
+    host, _, port = rest.rpartition(":")
+    if not host:
+        return rest, 3478
+    try:
+        return host, int(port)
+    except ValueError:
+        return None
+
+
 class PeerLink:
     def __init__(
         self,
@@ -44,6 +59,7 @@ class PeerLink:
         controlling: bool,
         *,
         stun_server: tuple[str, int] | None,
+        turn: tuple[str, str, str] | None = None,
         send_signal: Callable[..., Awaitable[None]],
         on_datagram: Callable[[bytes], None],
         on_state: Callable[[PeerLink, str], None],
@@ -57,8 +73,13 @@ class PeerLink:
         self._send_signal = send_signal
         self._on_datagram = on_datagram
         self._on_state = on_state
-        self._ice = Connection(ice_controlling=controlling, stun_server=stun_server,
-                               use_ipv6=False)
+        turn_server = parse_turn_url(turn[0]) if turn is not None else None
+        self._ice = Connection(
+            ice_controlling=controlling, stun_server=stun_server, use_ipv6=False,
+            turn_server=turn_server,
+            turn_username=turn[1] if turn is not None and turn_server else None,
+            turn_password=turn[2] if turn is not None and turn_server else None,
+        )
         self._remote_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.started_at = asyncio.get_running_loop().time()
@@ -158,6 +179,16 @@ class PeerLink:
             return
         transport.sendto(data, pair.remote_addr)
         self.sent += 1
+
+    @property
+    def selected(self) -> str:
+        """The nominated pair's candidate types, e.g. ``srflx->srflx`` or ``relay->host``."""
+        pair = self._ice._nominated.get(1)
+        if pair is None:
+            return ""
+        local = getattr(getattr(pair, "local_candidate", None), "type", "?")
+        remote = getattr(getattr(pair, "remote_candidate", None), "type", "?")
+        return f"{local}->{remote}"
 
     def poll_liveness(self, heard_at: float | None, now: float, silence_timeout: float
                       ) -> None:

@@ -12,6 +12,9 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from confero.media.opus import Decoder as PlcDecoder
+from confero.media.opus import OpusError
+from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.profile import AUDIO_PAYLOAD_TYPE
 
 SAMPLE_RATE = 48_000
@@ -104,11 +107,26 @@ def soft_limit(mix: Mix) -> Samples:
     return as_float.astype(np.int16)
 
 
-def conceal(previous: Samples | None, repeats: int) -> Samples:
-    """Loss concealment: the last good frame, fading out by half each time, then silence."""
-    if previous is None or repeats > 3:
-        return SILENCE
-    return (previous.astype(np.float32) * (0.5 ** repeats)).astype(np.int16)
+def play_next(buffer: AudioJitterBuffer, decoder: PlcDecoder) -> tuple[Samples | None, str]:
+    """The frame due now from a jitter buffer, with Opus' own concealment: the packet
+    decoded; a missing one rebuilt from the next packet's in-band FEC when that one is
+    already queued, else by Opus PLC; ``None`` when the stream is idle (play silence, and
+    keep the decoder: the stream's next packet continues its state). Also says which it
+    was: "decoded", "fec", "plc", "error" (a bad packet, concealed) or "idle".
+    One decoder per stream, fed every packet in order; never raises on bad packets."""
+    item = buffer.pop()
+    if item is None:
+        return None, "idle"
+    try:
+        if item is LOST:
+            upcoming = buffer.peek()
+            if upcoming is not None:
+                return decoder.decode_fec(upcoming), "fec"
+            return decoder.conceal(), "plc"
+        assert isinstance(item, bytes)
+        return decoder.decode(item), "decoded"
+    except OpusError:
+        return decoder.conceal(), "error"
 
 
 class SineSource:

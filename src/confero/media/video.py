@@ -1,10 +1,10 @@
 """VP8 over PyAV, the synthetic camera, and the machine-readable frame stamp.
 
-The synthetic camera paints each participant in its own colour with a moving bar (so the
-encoder has motion to code) and a stripe of black/white blocks at the top that carries the
-capture time (64 bits, microseconds since the Unix epoch) and an identity (CRC-32 of the
-display name). A receiver reads the stripe back from the *decoded* frame: proof of whose
-video it shows and how old it is, through the real codec.
+The synthetic camera paints each participant in its own colours with their initials and
+a moving dot (so the encoder has motion to code), and a stripe of black/white blocks at
+the top that carries the capture time (64 bits, microseconds since the Unix epoch) and
+an identity (CRC-32 of the display name). A receiver reads the stripe back from the
+*decoded* frame: proof of whose video it shows and how old it is, through the real codec.
 """
 
 from __future__ import annotations
@@ -72,12 +72,21 @@ def read_stamp(luma: Plane) -> tuple[int, int]:
     return value >> 32, value & 0xFFFFFFFF
 
 
-class SyntheticCamera:
-    """Frames in the participant's colour with their name, a moving bar and the stamp.
+def _initials(name: str) -> str:
+    parts = [p for p in name.replace("_", " ").replace("-", " ").split() if p]
+    if not parts:
+        return "?"
+    return (parts[0][0] + parts[-1][0]) if len(parts) > 1 else parts[0][:2]
 
-    Below the stamp, a textured band scrolls every frame, so the encoder spends about what
-    a real camera costs it (several packets per frame at 640x480) instead of coding a flat
-    picture in one small packet.
+
+class SyntheticCamera:
+    """A pleasant test picture: a soft gradient in the participant's colours, their
+    initials in a disc, the name below, a dot circling the disc, and the stamp strip.
+
+    A fine grain scrolls over the picture every frame, so the encoder spends about what a
+    real camera costs it (several packets per frame at 640x480) instead of coding a flat
+    picture in one small packet; its amplitude is small, so the picture stays soft. Each
+    frame is slices and copies of planes computed once: cheap for the bots.
     """
 
     def __init__(self, name: str, width: int = 640, height: int = 480) -> None:
@@ -86,40 +95,69 @@ class SyntheticCamera:
         self.width, self.height = width, height
         self.identity = identity_code(name)
         hue = self.identity
-        self._y = 60 + hue % 120
-        self._u = 64 + (hue >> 8) % 128
-        self._v = 64 + (hue >> 16) % 128
+        self._y = 70 + hue % 60
         self._count = 0
         rng = np.random.default_rng(hue)
-        top = stamp_height(width) + 8
-        self._band = slice(top, top + (height - top) // 2)
-        # the name, large and light, in the lower part of the picture
-        scale = max(2, min(width // (6 * max(8, len(name)) + 6), height // 40))
-        mask = render_text(name[:24], scale)[:, : width - 2 * scale]
-        self._name_mask = mask
-        self._name_at = (height - mask.shape[0] - 3 * scale,
-                         max(scale, (width - mask.shape[1]) // 2))
-        band_height = self._band.stop - self._band.start
-        noise = rng.integers(0, 256, (band_height // 4 + 1, width // 4 + 1), dtype=np.uint8)
-        # 4x4 blocks of noise: texture the encoder must code, not just film grain
-        self._texture = np.repeat(np.repeat(noise, 4, axis=0), 4, axis=1)[:band_height, :width]
+        w, h = width, height
+        rows = np.linspace(1.0, -1.0, h, dtype=np.float32)[:, None]
+        gradient = self._y + 28 * rows  # lighter at the top, darker at the bottom
+        grain = rng.integers(-6, 7, (h // 4 + 1, w // 2 + 1), dtype=np.int16)
+        grain = np.repeat(np.repeat(grain, 4, axis=0), 4, axis=1)[:h, : 2 * w]
+        self._wide = np.clip(gradient + grain, 0, 255).astype(np.uint8)  # (h, 2w)
+        # the disc with the initials, and the name, painted once over a plain gradient
+        plain = np.broadcast_to(gradient, (h, w)).astype(np.float32)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        top = stamp_height(w)
+        self._centre = (top + (h - top) * 0.42, w / 2)
+        self._radius = min(w, h - top) * 0.24
+        distance = np.hypot(yy - self._centre[0], xx - self._centre[1])
+        disc = np.clip((self._radius - distance) / 3.0, 0.0, 1.0)  # anti-aliased edge
+        picture = plain + disc * 70
+        letters = render_text(_initials(name), max(2, int(self._radius / 8)))
+        self._stamp_mask(picture, letters, self._centre, 250)
+        scale = max(2, min(w // (6 * max(8, len(name)) + 6), h // 96))
+        label = render_text(name[:24], scale)[:, : w - 2 * scale]
+        below = self._centre[0] + self._radius + 6 * scale
+        self._stamp_mask(picture, label, (min(below, h - label.shape[0]), w / 2), 235)
+        self._fixed = np.clip(picture, 0, 255).astype(np.uint8)
+        band = slice(int(self._centre[0] - self._radius - 24),
+                     int(min(h, below + label.shape[0] + 8)))
+        self._fixed_rows = band  # rows with the disc and the name: not scrolled
+        # chroma: the participant's hue, drifting gently across the picture
+        u0, v0 = 96 + (hue >> 8) % 64, 96 + (hue >> 16) % 64
+        ramp = np.linspace(-14, 14, w // 2, dtype=np.float32)[None, :]
+        self._u = np.clip(u0 + ramp + np.zeros((h // 2, 1)), 0, 255).astype(np.uint8)
+        self._v = np.clip(v0 - ramp + np.zeros((h // 2, 1)), 0, 255).astype(np.uint8)
+        dot = np.hypot(*np.mgrid[-8:9, -8:9].astype(np.float32))
+        self._dot = np.clip((8 - dot) / 2, 0, 1) * 90
+
+    @staticmethod
+    def _stamp_mask(picture: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_],
+                    centre: tuple[float, float], value: int) -> None:
+        mh, mw = mask.shape
+        top = int(max(0, min(picture.shape[0] - mh, centre[0] - mh / 2)))
+        left = int(max(0, min(picture.shape[1] - mw, centre[1] - mw / 2)))
+        picture[top : top + mh, left : left + mw][mask] = value
 
     def frame(self, capture_us: int) -> av.VideoFrame:
         w, h = self.width, self.height
         image = np.empty((h * 3 // 2, w), dtype=np.uint8)
         luma = image[:h]
-        luma.fill(self._y)
-        luma[self._band] = np.roll(self._texture, self._count * 4, axis=1)
-        top, left = self._name_at
-        bar = (self._count * 8) % w
-        luma[h // 3 : max(h // 3, top - 8), bar : bar + w // 16] = 250
-        mask_h, mask_w = self._name_mask.shape
-        luma[top : top + mask_h, left : left + mask_w][self._name_mask] = 235
+        offset = (self._count * 4) % w
+        luma[:] = self._wide[:, offset : offset + w]
+        rows = self._fixed_rows
+        luma[rows] = self._fixed[rows]
+        angle = self._count * 0.08
+        cy = int(self._centre[0] + (self._radius + 14) * np.sin(angle))
+        cx = int(self._centre[1] + (self._radius + 14) * np.cos(angle))
+        if 8 <= cy < h - 9 and 8 <= cx < w - 9:
+            patch = luma[cy - 8 : cy + 9, cx - 8 : cx + 9]
+            patch[:] = np.minimum(255, patch + self._dot).astype(np.uint8)
         write_stamp(luma, capture_us, self.identity)
         chroma = image[h:].reshape(-1)
         quarter = (w // 2) * (h // 2)
-        chroma[:quarter] = self._u
-        chroma[quarter:] = self._v
+        chroma[:quarter] = self._u.reshape(-1)
+        chroma[quarter:] = self._v.reshape(-1)
         self._count += 1
         return av.VideoFrame.from_ndarray(image, format="yuv420p")
 

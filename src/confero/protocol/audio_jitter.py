@@ -6,6 +6,12 @@ ones are here (conceal it), or ``None`` when the stream is idle (muted, silent, 
 started). The buffer starts playing once ``target`` frames are queued, keeps its depth
 near ``target`` by dropping a frame when it grows (latency stays bounded), and, when
 adaptive, sets ``target`` from the measured inter-arrival jitter (RFC 3550 estimator).
+
+With ``hold_on_underrun``, a frame that is due but missing while nothing later has arrived
+either is waited for rather than skipped: this tick is concealed and the frame plays on
+the next one, so the buffer grows one frame deeper exactly when the link's timing needs
+it (a late frame is then played, not thrown away as late). ``peek`` shows the payload due
+after the one just popped, for Opus in-band FEC (the next packet rebuilds a lost one).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class AudioJitterBuffer:
         adaptive: bool = True,
         idle_after: int = 3,
         capacity: int = 50,
+        hold_on_underrun: bool = False,
     ) -> None:
         self.frame_ticks = frame_ticks
         self.clock_rate = clock_rate
@@ -45,6 +52,7 @@ class AudioJitterBuffer:
         self.adaptive = adaptive
         self.idle_after = idle_after
         self.capacity = capacity
+        self.hold_on_underrun = hold_on_underrun
         self._frames: dict[int, bytes] = {}
         self._unwrap = Unwrapper(32)  # RTP timestamps
         self._next: int | None = None  # timestamp due at the next pop, None when idle
@@ -86,11 +94,16 @@ class AudioJitterBuffer:
             self._next = min(self._frames)
         if len(self._frames) > self.target + 1:
             self._over_target_pops += 1
-            if self._over_target_pops >= 5:  # persistently too deep: skip one frame
+            if self._over_target_pops >= 5:
+                # Persistently too deep (a burst after a stall): shed the excess in one
+                # jump, oldest first. One discontinuity is one click; skipping a frame
+                # every 100 ms until caught up would be a click every 100 ms.
                 self._over_target_pops = 0
-                self._frames.pop(self._next, None)
-                self.dropped_for_latency += 1
-                self._next += self.frame_ticks
+                while len(self._frames) > self.target + 1:
+                    oldest = min(self._frames)
+                    del self._frames[oldest]
+                    self.dropped_for_latency += 1
+                    self._next = max(self._next, oldest + self.frame_ticks)
         else:
             self._over_target_pops = 0
         due = self._next
@@ -109,6 +122,8 @@ class AudioJitterBuffer:
             self._empty_pops = 0
             self._grow_target()
             return None
+        if self.hold_on_underrun and self._empty_pops == 1:
+            self._next = due  # late rather than lost (as far as we know): wait for it
         self.concealed += 1
         self._grow_target()
         return LOST

@@ -323,6 +323,11 @@ class LayerForwarder:
         sub = self._sub_top + delta
         slot = sub % self._history
         if self._ring_sub[slot] != sub:
+            # a hole we kept a place for: the publisher never got that packet to us either,
+            # so the NACK must go on to the publisher under its own number
+            for ext, offset in self._reserved.items():
+                if ext - offset == sub:
+                    return ext & 0xFFFF
             return None
         return self._ring_pub[slot] & 0xFFFF
 

@@ -1,4 +1,5 @@
-"""The RTCP packets confero uses: SR and RR (RFC 3550), generic NACK and PLI (RFC 4585).
+"""The RTCP packets confero uses: SR and RR (RFC 3550), generic NACK and PLI (RFC 4585),
+transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01).
 
 A compound datagram is split into its packets; types we do not use (SDES, APP, XR, ...)
 are returned as :class:`UnknownRtcp` so that a receiver can skip them without failing.
@@ -11,6 +12,13 @@ from dataclasses import dataclass, field
 
 SR, RR, SDES, BYE, RTPFB, PSFB = 200, 201, 202, 203, 205, 206
 FMT_NACK, FMT_PLI = 1, 1
+FMT_TWCC = 15
+#: Transport feedback units: receive deltas in 250 us ticks, the reference time in 64 ms.
+TWCC_DELTA_TICK = 0.00025
+TWCC_REFERENCE_TICKS = 256  # delta ticks per reference-time unit (64 ms)
+#: Most packet statuses one feedback may carry; a feedback is a few hundred bytes at most
+#: for this many, and a peer claiming 65 535 lost packets must not make us build a huge list.
+MAX_TWCC_STATUS = 4096
 
 
 class RtcpError(ValueError):
@@ -118,7 +126,42 @@ class UnknownRtcp:
     body: bytes
 
 
-RtcpPacket = SenderReport | ReceiverReport | Nack | Pli | Bye | UnknownRtcp
+@dataclass(frozen=True, slots=True)
+class TransportFeedback:
+    """Transport-wide CC feedback: which transport sequence numbers arrived, and when.
+
+    ``deltas`` has one entry per packet from ``base_seq`` on: ``None`` when not received,
+    else the receive time in 250 us ticks after the previous received packet (the first one
+    after ``reference_time`` x 64 ms). Ticks stay integers so sender and receiver agree
+    exactly; :mod:`confero.protocol.twcc` turns them into seconds.
+    """
+
+    sender_ssrc: int
+    media_ssrc: int
+    base_seq: int
+    reference_time: int  # 24 bits, 64 ms units, on the feedback sender's clock
+    fb_count: int  # 8 bits, wraps
+    deltas: list[int | None]
+
+    def pack(self) -> bytes:
+        if not 1 <= len(self.deltas) <= MAX_TWCC_STATUS:
+            raise ValueError(f"transport feedback needs 1..{MAX_TWCC_STATUS} statuses")
+        symbols = [_twcc_symbol(d) for d in self.deltas]
+        body = struct.pack(
+            "!IIHHI", self.sender_ssrc, self.media_ssrc, self.base_seq & 0xFFFF, len(symbols),
+            ((self.reference_time & 0xFFFFFF) << 8) | (self.fb_count & 0xFF),
+        )
+        body += b"".join(struct.pack("!H", chunk) for chunk in _twcc_chunks(symbols))
+        for delta, symbol in zip(self.deltas, symbols, strict=True):
+            if symbol == 1:
+                body += struct.pack("!B", delta)
+            elif symbol == 2:
+                body += struct.pack("!h", delta)
+        body += b"\x00" * (-len(body) % 4)
+        return _header(FMT_TWCC, RTPFB, body) + body
+
+
+RtcpPacket = SenderReport | ReceiverReport | Nack | Pli | Bye | TransportFeedback | UnknownRtcp
 
 
 def _header(count: int, packet_type: int, body: bytes) -> bytes:
@@ -142,6 +185,79 @@ def _nack_pairs(lost: list[int]) -> list[tuple[int, int]]:
                 continue
         pairs.append((seq, 0))
     return pairs
+
+
+def _twcc_symbol(delta: int | None) -> int:
+    """0: not received, 1: small delta (1 byte, 0..63.75 ms), 2: large or negative (2 bytes)."""
+    if delta is None:
+        return 0
+    if 0 <= delta <= 0xFF:
+        return 1
+    if -0x8000 <= delta <= 0x7FFF:
+        return 2
+    raise ValueError(f"receive delta of {delta} ticks does not fit in 16 bits")
+
+
+def _twcc_chunks(symbols: list[int]) -> list[int]:
+    """Greedy chunking: a run-length chunk for runs of 7 or more (what a two-bit vector
+    holds), else the densest status vector that fits; the last vector may reach past the
+    status count, whose spare slots the receiver ignores."""
+    chunks: list[int] = []
+    i, n = 0, len(symbols)
+    while i < n:
+        run = 1
+        while i + run < n and run < 0x1FFF and symbols[i + run] == symbols[i]:
+            run += 1
+        if run >= 7 or i + run == n:
+            chunks.append((symbols[i] << 13) | run)
+            i += run
+        elif all(s <= 1 for s in symbols[i : i + 14]):
+            chunk = 0x8000
+            for bit, symbol in enumerate(symbols[i : i + 14]):
+                chunk |= symbol << (13 - bit)
+            chunks.append(chunk)
+            i += 14
+        else:
+            chunk = 0xC000
+            for slot, symbol in enumerate(symbols[i : i + 7]):
+                chunk |= symbol << (12 - 2 * slot)
+            chunks.append(chunk)
+            i += 7
+    return chunks
+
+
+def _parse_twcc(body: bytes) -> TransportFeedback:
+    sender, media, base_seq, status_count, ref_word = struct.unpack_from("!IIHHI", body)
+    if not 1 <= status_count <= MAX_TWCC_STATUS:
+        raise RtcpError(f"transport feedback with {status_count} statuses")
+    symbols: list[int] = []
+    offset = 16
+    while len(symbols) < status_count:
+        (chunk,) = struct.unpack_from("!H", body, offset)
+        offset += 2
+        if not chunk & 0x8000:  # run length
+            symbol, run = chunk >> 13 & 0x3, chunk & 0x1FFF
+            if symbol == 3:
+                raise RtcpError("reserved status symbol in transport feedback")
+            symbols += [symbol] * min(run, status_count - len(symbols))
+        elif not chunk & 0x4000:  # 14 one-bit symbols
+            symbols += [chunk >> (13 - bit) & 1 for bit in range(14)]
+        else:  # 7 two-bit symbols
+            vector = [chunk >> (12 - 2 * slot) & 0x3 for slot in range(7)]
+            if 3 in vector[: status_count - len(symbols)]:
+                raise RtcpError("reserved status symbol in transport feedback")
+            symbols += vector
+    deltas: list[int | None] = []
+    for symbol in symbols[:status_count]:
+        if symbol == 0:
+            deltas.append(None)
+        elif symbol == 1:
+            deltas.append(body[offset])  # IndexError -> truncated, caught by the caller
+            offset += 1
+        else:
+            deltas.append(struct.unpack_from("!h", body, offset)[0])
+            offset += 2
+    return TransportFeedback(sender, media, base_seq, ref_word >> 8, ref_word & 0xFF, deltas)
 
 
 def parse_compound(data: bytes) -> list[RtcpPacket]:
@@ -183,12 +299,14 @@ def _parse_one(packet_type: int, count: int, body: bytes) -> RtcpPacket:
                 lost.append(pid)
                 lost += [(pid + bit + 1) & 0xFFFF for bit in range(16) if blp >> bit & 1]
             return Nack(sender, media, lost)
+        if packet_type == RTPFB and count == FMT_TWCC:
+            return _parse_twcc(body)
         if packet_type == PSFB and count == FMT_PLI:
             sender, media = struct.unpack_from("!II", body)
             return Pli(sender, media)
         if packet_type == BYE:
             return Bye([int.from_bytes(body[4 * i : 4 * i + 4], "big") for i in range(count)
                         if 4 * i + 4 <= len(body)])
-    except struct.error as exc:
+    except (struct.error, IndexError) as exc:
         raise RtcpError(f"truncated RTCP packet of type {packet_type}") from exc
     return UnknownRtcp(packet_type, count, body)

@@ -127,11 +127,6 @@ def _parse_one_byte(block: bytes) -> dict[int, bytes]:
     return extensions
 
 
-def seq_newer(a: int, b: int) -> bool:
-    """True when 16-bit sequence number ``a`` comes after ``b`` (wrap-around aware)."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000
-
-
 def seq_distance(a: int, b: int) -> int:
     """Signed distance a - b in 16-bit sequence space, in [-32768, 32767]."""
     d = (a - b) & 0xFFFF

@@ -79,6 +79,9 @@ class ErrorCode(enum.StrEnum):
     NAME_TAKEN = "name_taken"
     NOT_E2EE = "not_e2ee"
     INTERNAL = "internal"
+    MEETING_FULL = "meeting_full"
+    CHAT_QUOTA = "chat_quota"
+    STORE_FAILED = "store_failed"
 
 
 # --------------------------------------------------------------------------- requests
@@ -170,18 +173,22 @@ class P2pState(Request, tag="p2p_state", frozen=True):
 
 class MeetingMedia(Request, tag="meeting_media", frozen=True):
     """The server's media counters for the meeting we are in (the proof of P2P)."""
+class RaiseHand(Request, tag="raise_hand", frozen=True):
+    """Raise or lower this participant's hand (the others see a badge)."""
+
+    raised: bool
 
 
 ClientRequest = (
     Hello | ListMeetings | CreateMeeting | JoinMeeting | LeaveMeeting | CancelMeeting | SendChat
-    | Ping | SetMedia | P2pSignal | P2pState | MeetingMedia
+    | Ping | SetMedia | RaiseHand | P2pSignal | P2pState | MeetingMedia
 )
 
 REQUEST_TYPES: Final[dict[str, type[Request]]] = {
     str(cls.__struct_config__.tag): cls
     for cls in (
         Hello, ListMeetings, CreateMeeting, JoinMeeting, LeaveMeeting, CancelMeeting, SendChat,
-        Ping, SetMedia, P2pSignal, P2pState, MeetingMedia,
+        Ping, SetMedia, RaiseHand, P2pSignal, P2pState, MeetingMedia,
     )
 }
 REQUEST_TYPES["e2ee_blob"] = RelayE2eeBlob
@@ -338,6 +345,14 @@ class MeetingsChanged(ServerMessage, tag="meetings_changed", frozen=True):
     meetings: list[MeetingInfo]
 
 
+class MeetingsDelta(ServerMessage, tag="meetings_delta", frozen=True):
+    """What changed in the lobby since the previous lobby event: ``changed`` are whole
+    records to insert or replace (new ones go last), ``removed`` ids to drop."""
+
+    changed: list[MeetingInfo]
+    removed: list[str]
+
+
 class ChatEvent(ServerMessage, tag="chat", frozen=True):
     message: ChatMessage
 
@@ -365,6 +380,10 @@ class P2pStart(ServerMessage, tag="p2p_start", frozen=True):
     session: int
     peer_id: str
     controlling: bool
+    #: a TURN relay this peer may use (``turn:host:port``) and its short-lived credentials
+    turn_url: str = ""
+    turn_username: str = ""
+    turn_password: str = ""
 
 
 class P2pSignalEvent(ServerMessage, tag="p2p_signal", frozen=True):
@@ -398,11 +417,16 @@ class ModeChanged(ServerMessage, tag="mode_changed", frozen=True):
     #: SSRCs). An SRTP receiver that missed more than 32768 packets of a stream (about six
     #: minutes of P2P video) would refuse it under the old keys.
     media: MediaGrant | None = None
+class HandChanged(ServerMessage, tag="hand_changed", frozen=True):
+    meeting_id: str
+    participant_id: str
+    raised: bool
 
 
 ServerEvent = (
     ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
-    | MediaChanged | E2eeBlobReceived | P2pStart | P2pSignalEvent | P2pStop | ModeChanged
+    | MediaChanged | MeetingsDelta | HandChanged | E2eeBlobReceived | P2pStart
+    | P2pSignalEvent | P2pStop | ModeChanged
 )
 AnyServerMessage = Ok | Error | ServerEvent
 
@@ -446,6 +470,8 @@ def decode_request(data: bytes | str) -> Request:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"invalid JSON: {exc}") from None
+    except RecursionError:  # msgspec's own depth limit: a few hundred levels, never valid here
+        raise ProtocolError(ErrorCode.BAD_JSON, "invalid JSON: nested too deeply") from None
     request_id = envelope.id if _is_request_id(envelope.id) else None
     if not isinstance(envelope.type, str):
         raise ProtocolError(
@@ -463,6 +489,9 @@ def decode_request(data: bytes | str) -> Request:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise ProtocolError(ErrorCode.INVALID_FIELD, str(exc), request_id) from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "invalid JSON: nested too deeply",
+                            request_id) from None
 
 
 def _is_request_id(value: object) -> bool:

@@ -177,20 +177,33 @@ def is_keyframe(payload: bytes, descriptor: Vp8Descriptor) -> bool:
 
 
 def keyframe_dimensions(payload: bytes) -> tuple[int, int] | None:
-    """(width, height) from the keyframe header (RFC 6386 section 9.1) in a frame's first
-    packet, or None when the packet is not the start of a well-formed keyframe.
+    """(width, height) a keyframe declares, read from the first RTP packet of the frame.
 
-    Lets a receiver refuse absurd sizes before handing data to a decoder.
+    The header is in the clear (it precedes any E2EE of the frame body), so a server or a
+    receiver can refuse a "decoder bomb" (a tiny keyframe declaring a huge picture) before
+    any decoder allocates for it. ``None`` for anything that is not the start of a keyframe
+    with a valid start code: interframes, continuation packets, truncated or malformed
+    payloads. The 2-bit scaling fields are ignored: they do not change the coded size.
     """
-    try:
-        descriptor = parse_descriptor(payload)
-    except Vp8Error:
+    # On the server's path for every video packet: a lean walk of the RFC 7741 descriptor
+    # (the same rules as parse_descriptor) instead of building a Vp8Descriptor.
+    if not payload or payload[0] & 0x17 != 0x10:  # S=1 and partition 0 start a frame
         return None
-    data = payload[descriptor.header_size :]
-    if not descriptor.starts_frame or len(data) < 10 or data[0] & 0x01:
+    offset = 1
+    if payload[0] & 0x80:  # X
+        if len(payload) < 3:
+            return None
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: a 7- or 15-bit PictureID
+            offset += 2 if payload[2] & 0x80 else 1
+        if ext & 0x40:  # L
+            offset += 1
+        if ext & 0x30:  # T or K
+            offset += 1
+    header = payload[offset : offset + 10]
+    if len(header) < 10 or header[0] & 0x01 or header[3:6] != _KEYFRAME_START_CODE:
         return None
-    if data[3:6] != _KEYFRAME_START_CODE:
-        return None
-    width = int.from_bytes(data[6:8], "little") & 0x3FFF  # top 2 bits: horizontal scale
-    height = int.from_bytes(data[8:10], "little") & 0x3FFF
+    width = int.from_bytes(header[6:8], "little") & 0x3FFF
+    height = int.from_bytes(header[8:10], "little") & 0x3FFF
     return width, height

@@ -1,8 +1,9 @@
 """The aiohttp shell around :class:`SignalingCore`: sockets, the clock, HTTP endpoints.
 
 Each WebSocket gets a bounded outbox drained by its own writer task, so one slow reader
-never delays the others: when its outbox is full it is disconnected (counted as a slow
-consumer) instead of making the server buffer without limit.
+never delays the others: when its outbox holds more than its byte budget (or frame count)
+it is disconnected with close code 4008 (counted as a slow consumer), its queued frames are
+dropped at once, and the socket is aborted if the close cannot get through in a few seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from confero import __version__
 from confero.protocol import signaling as sig
 from confero.server.core import Action, Close, CoreSettings, Send, SignalingCore
+from confero.server.guard import (
+    ConnectionGuard,
+    GuardedSite,
+    address_key,
+    connection_budget,
+    install_accept_error_handler,
+    raise_fd_limit,
+)
 from confero.server.media_app import MediaServer
 from confero.server.media_router import MediaRouter
 from confero.server.metrics import make_registry
@@ -40,6 +49,10 @@ log = logging.getLogger(__name__)
 #: between MAX_MESSAGE_BYTES and this get a ``too_large`` error and the connection lives on.
 HARD_FRAME_LIMIT = 256 * 1024
 OUTBOX_LIMIT = 1024
+#: Bytes a connection may have queued and unsent before it counts as a slow consumer.
+OUTBOX_BYTES = 4 * 1024 * 1024
+#: WebSocket close code for a client that does not read fast enough (see docs/protocol.md).
+CLOSE_TOO_SLOW = 4008
 TICK_INTERVAL = 0.2
 
 
@@ -58,6 +71,20 @@ class ServerConfig:
     media_port: int = 8751
     #: Address clients should send media to; empty: the host they used for signaling.
     media_host: str = ""
+    #: TURN relay for peer-to-peer media (coturn, use-auth-secret); empty: none
+    turn_url: str = ""
+    turn_secret: str = ""
+    #: Largest picture a VP8 keyframe may declare (either way round); larger are dropped.
+    max_video_size: tuple[int, int] = (1920, 1080)
+    outbox_bytes: int = OUTBOX_BYTES
+    #: Seconds a TCP connection may sit idle without an HTTP request (also before the first).
+    idle_timeout: float = 15.0
+    #: Raw TCP connections (HTTP or WebSocket) one address may hold open at once.
+    max_sockets_per_address: int = 300
+    max_participants: int = 50
+    chat_retention_days: float = 30.0
+    max_chat_per_meeting: int = 10_000
+    max_chat_per_sender: int = 2_000
 
 
 CLOSE_TIMEOUT = 2.0  # a close handshake that takes longer is cut by aborting the socket
@@ -72,6 +99,22 @@ class _Peer:
     close_reason: str = ""
     #: Being torn down: no more frames are queued for it.
     closing: bool = False
+    #: Bytes in ``outbox`` not yet handed to the socket.
+    queued_bytes: int = 0
+
+    def enqueue(self, data: bytes, budget: int) -> bool:
+        """Queue a frame; False when the peer is over its budget (it has stopped reading)."""
+        if self.queued_bytes + len(data) > budget or self.outbox.full():
+            return False
+        self.queued_bytes += len(data)
+        self.outbox.put_nowait(data)
+        return True
+
+    def discard_queued(self) -> None:
+        """Drop what is queued so its memory is returned now, not when the socket dies."""
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.queued_bytes = 0
 
     async def close(self, code: int, reason: str) -> None:
         """Close politely, but never wait on a peer that stopped reading."""
@@ -94,6 +137,7 @@ class SignalingServer:
         heartbeat: float,
         media: MediaRouter | None = None,
         max_per_address: int = 256,
+        outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.core = core
         self.media = media
@@ -101,12 +145,15 @@ class SignalingServer:
         #: Open WebSockets per remote address: the per-connection rate limit means little
         #: if one host may open connections without end.
         self.max_per_address = max_per_address
+        self.outbox_bytes = outbox_bytes
         self._per_address: Counter[str] = Counter()
         self._peers: dict[int, _Peer] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.shell_counters = {"slow_consumers_total": 0, "binary_frames_total": 0,
                                "refused_connections_total": 0}
-        self.metrics = make_registry(core, lambda: dict(self.shell_counters), media)
+        #: Set by ``serve`` when raw connections pass a guard (its refusals are exported).
+        self.guard: ConnectionGuard | None = None
+        self.metrics = make_registry(core, self._counters, media)
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -120,10 +167,17 @@ class SignalingServer:
         self.app.on_startup.append(self._start_ticker)
         self.app.on_shutdown.append(self._close_all)
 
+    def _counters(self) -> dict[str, int]:
+        counters = dict(self.shell_counters)
+        if self.guard is not None:
+            counters["refused_sockets_per_address_total"] = self.guard.refused_per_address
+            counters["refused_sockets_low_fds_total"] = self.guard.refused_low_fds
+        return counters
+
     # ------------------------------------------------------------------ WebSocket
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        address = request.remote or "?"
+        address = address_key(request.remote or "?")
         if self._per_address[address] >= self.max_per_address:
             self.shell_counters["refused_connections_total"] += 1
             raise web.HTTPTooManyRequests(
@@ -138,7 +192,7 @@ class SignalingServer:
     async def _serve(self, ws: web.WebSocketResponse, request: web.Request, address: str
                      ) -> web.StreamResponse:
         self._per_address[address] += 1
-        conn_id = self.core.open_connection(time.time())
+        conn_id = self.core.open_connection(time.time(), address)
         peer = _Peer(ws, request.transport, asyncio.Queue(OUTBOX_LIMIT))
         self._peers[conn_id] = peer
         writer = asyncio.create_task(self._write(peer))
@@ -168,6 +222,8 @@ class SignalingServer:
     async def _write(self, peer: _Peer) -> None:
         while True:
             data = await peer.outbox.get()
+            if data is not None:
+                peer.queued_bytes -= len(data)
             if data is None:
                 await peer.close(peer.close_code, peer.close_reason)
                 return
@@ -183,17 +239,24 @@ class SignalingServer:
                     peer = self._peers.get(conn_id)
                     if peer is None or peer.closing:
                         continue
-                    try:
-                        peer.outbox.put_nowait(action.data)
-                    except asyncio.QueueFull:
-                        # It stopped reading: a polite close would wait on it forever.
-                        self.shell_counters["slow_consumers_total"] += 1
-                        log.info("connection %d is too slow to read; dropping it", conn_id)
-                        peer.abort()
+                    if not peer.enqueue(action.data, self.outbox_bytes):
+                        self._drop_slow(conn_id, peer)
             elif isinstance(action, Close):
                 peer = self._peers.get(action.conn_id)
                 if peer is not None:
                     self._close_soon(peer, action.code, action.reason)
+
+    def _drop_slow(self, conn_id: int, peer: _Peer) -> None:
+        """It stopped reading: free its queue now, say why if it can still hear it, and
+        abort the socket if the close cannot get through (a polite close could wait
+        forever)."""
+        self.shell_counters["slow_consumers_total"] += 1
+        log.info("connection %d is too slow to read (over %d queued bytes); dropping it",
+                 conn_id, self.outbox_bytes)
+        peer.discard_queued()
+        self._close_soon(peer, CLOSE_TOO_SLOW, "too slow: not reading what the server sends")
+        peer.closing = True
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, peer.abort)
 
     def _close_soon(self, peer: _Peer, code: int, reason: str) -> None:
         """Close after what is already queued has been sent."""
@@ -234,13 +297,16 @@ class SignalingServer:
         )
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        problem = self.core.store_problem()
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if problem is None else "failing",
+                "store": "ok" if problem is None else problem,
                 "version": __version__,
                 "meetings": len(self.core.registry.open_meetings()),
                 "connections": self.core.connection_count(),
-            }
+            },
+            status=200 if problem is None else 503,
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -303,17 +369,23 @@ def build_server(
     config: ServerConfig, store: Store | None = None, media: MediaRouter | None = None
 ) -> SignalingServer:
     store = store or Store.in_directory(config.data_dir)
-    registry = MeetingRegistry(empty_grace=config.empty_grace)
+    registry = MeetingRegistry(empty_grace=config.empty_grace,
+                               max_participants=config.max_participants)
     settings = CoreSettings(
-        rate=config.rate, burst=config.burst, heartbeat_interval=config.heartbeat
+        rate=config.rate, burst=config.burst, heartbeat_interval=config.heartbeat,
+        chat_retention=config.chat_retention_days * 86400.0,
+        max_chat_per_meeting=config.max_chat_per_meeting,
+        max_chat_per_sender=config.max_chat_per_sender,
     )
+    settings.turn_url, settings.turn_secret = config.turn_url, config.turn_secret
     core = SignalingCore(registry, store, settings, media=media)
     restored = core.restore(time.time())
     if restored:
         log.info("restored %d open meeting(s); they end in %gs unless someone joins",
                  restored, config.empty_grace)
     server = SignalingServer(core, config.heartbeat, media,
-                             max_per_address=config.max_connections_per_address)
+                             max_per_address=config.max_connections_per_address,
+                             outbox_bytes=config.outbox_bytes)
 
     async def close_store(app: web.Application) -> None:
         store.close()
@@ -341,13 +413,23 @@ def _is_loopback(host: str) -> bool:
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGINT/SIGTERM. Prints one JSON line with the bound URLs once listening."""
-    router = MediaRouter(config.media_port, host=config.media_host)
+    store = Store.in_directory(config.data_dir)  # a bad database stops us before anything
+    router = MediaRouter(config.media_port, host=config.media_host,
+                         max_video_size=config.max_video_size,
+                         wall_offset=time.time() - time.monotonic())
     media = await MediaServer.start(router, config.host, config.media_port)
-    server = build_server(config, media=router)
+    server = build_server(config, store=store, media=router)
     context = _ssl_context(config)
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(server.app, access_log=None, handle_signals=False,
+                           keepalive_timeout=config.idle_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("raised the file descriptor limit from %d to %d", before, after)
+    guard = ConnectionGuard(config.max_sockets_per_address, connection_budget())
+    install_accept_error_handler(asyncio.get_running_loop(), guard)
+    server.guard = guard
+    site = GuardedSite(runner, config.host, config.port, guard, ssl_context=context)
     await site.start()
     host, port = runner.addresses[0][:2]
     scheme = "https" if context else "http"

@@ -7,30 +7,33 @@ fan-out of events and of the lobby list. Tests drive it directly with a fake clo
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import secrets
-import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from confero import __version__
 from confero.protocol import signaling as sig
-from confero.protocol.signaling import ErrorCode, ProtocolError
+from confero.protocol.signaling import EndReason, ErrorCode, ProtocolError
+from confero.server.names import InvalidName, clean_name
 from confero.server.p2p_mode import Action as ModeAction
 from confero.server.p2p_mode import ModeChange, ModeMachine, Setting, Start, Stop
 from confero.server.passwords import hash_password
-from confero.server.ratelimit import TokenBucket
+from confero.server.ratelimit import GuessLimiter, TokenBucket
 from confero.server.registry import (
+    MAX_ADMITTED,
+    Meeting,
     MeetingRegistry,
-    MeetingState,
     Notice,
     Participant,
     RegistryError,
 )
-from confero.server.store import Store
+from confero.server.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +71,27 @@ class MediaPlane(Protocol):
         the meeting's media is end-to-end encrypted, so audio is forwarded, not mixed)."""
 
     def release(self, participant_id: str) -> None:
-        """The participant left its meeting: stop routing its media, free its SSRCs."""
+        """The participant left its meeting (or its connection is gone): stop routing its
+        media, free its keys and SSRCs."""
 
-    def forget(self, participant_id: str) -> None:
-        """The connection is gone: free its SSRCs too."""
 
-    def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None: ...
+class MeetingStore(Protocol):
+    """What the signaling core needs of its store (``server.store.Store`` is SQLite);
+    a networked store for several server nodes would implement the same."""
+
+    failure: str | None
+
+    def recently_ended(self, limit: int) -> list[tuple[str, EndReason]]: ...
+    def open_meetings(self) -> Iterator[Meeting]: ...
+    def admitted(self, meeting_id: str, limit: int) -> list[bytes]: ...
+    def check_file(self) -> str | None: ...
+    def end_meeting(self, meeting_id: str, reason: EndReason, now: float) -> None: ...
+    def purge_ended(self, ended_before: float) -> int: ...
+    def flush(self) -> None: ...
+    def add_admitted(self, meeting_id: str, token_hash: bytes) -> None: ...
+    def add_meeting(self, meeting: Meeting) -> None: ...
+    def add_chat(self, message: sig.ChatMessage) -> None: ...
+    def history(self, meeting_id: str, limit: int) -> tuple[list[sig.ChatMessage], bool]: ...
 
 
 @dataclass(slots=True)
@@ -83,6 +101,12 @@ class Connection:
     password_bucket: TokenBucket
     opened_at: float
     participant: Participant | None = None
+    #: The peer's IP address (empty when unknown): password guesses and chat are budgeted
+    #: per address, since opening another socket is free.
+    address: str = ""
+    #: It has a lobby list that lobby deltas apply to (from ``list_meetings`` or a full
+    #: ``meetings_changed``); False after hello and while in a meeting.
+    lobby_synced: bool = False
 
 
 @dataclass(slots=True)
@@ -99,6 +123,26 @@ class CoreSettings:
     password_rate: float = 1.0
     password_burst: float = 3.0
     password_rate_server: float = 20.0
+    #: TURN relay for P2P (coturn ``use-auth-secret``): credentials per P2P session
+    turn_url: str = ""
+    turn_secret: str = ""
+    turn_ttl: float = 600.0
+    #: Wrong passwords: free ones, then exponential backoff (base, cap seconds); per source
+    #: address and per meeting. Members coming back (known resume token) are never counted.
+    guesses_free_per_address: int = 5
+    guesses_cap_per_address: float = 300.0
+    guesses_free_per_meeting: int = 20
+    guesses_cap_per_meeting: float = 60.0
+    #: History in a join result is also cut to this many bytes of text (newest kept).
+    history_bytes: int = 1024 * 1024
+    #: Chat lines a meeting may hold, and that one sender (resume token) may send in one.
+    max_chat_per_meeting: int = 10_000
+    max_chat_per_sender: int = 2_000
+    #: Chat (and the record) of an ended meeting is deleted after this many seconds.
+    chat_retention: float = 30 * 86400.0
+    #: How often the store is checked (file still there), flushed to disk (the window a
+    #: power cut can lose) and old chat purged.
+    housekeeping_interval: float = 5.0
 
 
 @dataclass
@@ -119,21 +163,24 @@ def _token_hash(token: str) -> bytes:
 
 
 def _clean_name(name: str) -> str:
-    """Display names are shown everywhere: no control characters, no blank names."""
-    name = name.strip()
-    if not name or any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ProtocolError(
-            ErrorCode.INVALID_FIELD,
-            "a display name needs visible characters and no control characters - at `$.name`",
-        )
-    return name
+    """Display names are shown everywhere: normalised, visible, no control characters."""
+    try:
+        return clean_name(name)
+    except InvalidName as exc:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{exc} - at `$.name`") from None
+
+
+_STORE_MESSAGE = (
+    "the server cannot save this right now (its disk is full or its database failed); "
+    "nothing was changed - try again later"
+)
 
 
 class SignalingCore:
     def __init__(
         self,
         registry: MeetingRegistry,
-        store: Store,
+        store: MeetingStore,
         settings: CoreSettings | None = None,
         new_participant_id: Callable[[], str] = lambda: secrets.token_urlsafe(6),
         media: MediaPlane | None = None,
@@ -157,6 +204,19 @@ class SignalingCore:
         self._p2p_capable: set[str] = set()
         self._modes: dict[str, ModeMachine] = {}
         self._mode_settings: dict[str, Setting] = {}
+        #: The lobby as of the last lobby event, and meetings ended since: the next delta.
+        self._lobby_snapshot: dict[str, sig.MeetingInfo] = {}
+        self._lobby_removed: set[str] = set()
+        settings = self.settings
+        self._guesses_by_address = GuessLimiter(
+            settings.guesses_free_per_address, 1.0, settings.guesses_cap_per_address)
+        self._guesses_by_meeting = GuessLimiter(
+            settings.guesses_free_per_meeting, 1.0, settings.guesses_cap_per_meeting)
+        #: meeting id -> chat lines sent per sender (resume token) for ``max_chat_per_sender``.
+        self._chat_by_sender: dict[str, Counter[str]] = {}
+        #: Meeting ends that could not be stored yet: retried by ``tick``.
+        self._unsaved_ends: list[tuple[str, sig.EndReason, float]] = []
+        self._housekeeping_at = float("-inf")
 
     # ------------------------------------------------------------------ restore
 
@@ -166,12 +226,14 @@ class SignalingCore:
         self.registry.restore_ended(self.store.recently_ended(10_000))
         for meeting in self.store.open_meetings():
             self.registry.restore(meeting, now)
+            for token_hash in self.store.admitted(meeting.id, MAX_ADMITTED):
+                meeting.admit(token_hash)
             count += 1
         return count
 
     # ------------------------------------------------------------------ connections
 
-    def open_connection(self, now: float) -> int:
+    def open_connection(self, now: float, address: str = "") -> int:
         conn_id = self._next_conn_id
         self._next_conn_id += 1
         settings = self.settings
@@ -180,6 +242,7 @@ class SignalingCore:
             TokenBucket(settings.rate, settings.burst, now),
             TokenBucket(settings.password_rate, settings.password_burst, now),
             now,
+            address=address,
         )
         self.counters.connections_opened += 1
         return conn_id
@@ -233,7 +296,33 @@ class SignalingCore:
             if conn.participant is None and now - conn.opened_at > self.settings.hello_timeout:
                 self._connections.pop(conn.id)
                 actions.append(Close(conn.id, 1008, "no hello in time"))
+        if now - self._housekeeping_at >= self.settings.housekeeping_interval:
+            self._housekeeping_at = now
+            self._housekeeping(now)
         return actions + self._lobby_update(lobby_before, now)
+
+    def _housekeeping(self, now: float) -> None:
+        """Retry unsaved meeting ends, notice a vanished database, purge old chat."""
+        problem = self.store.check_file()
+        if problem is not None:
+            log.error("%s", problem)
+            return
+        try:
+            while self._unsaved_ends:
+                self.store.end_meeting(*self._unsaved_ends[0])
+                self._unsaved_ends.pop(0)
+            purged = self.store.purge_ended(now - self.settings.chat_retention)
+            self.store.flush()
+        except StoreError as exc:
+            log.error("store: %s", exc)
+            return
+        if purged:
+            log.info("deleted %d ended meeting(s) and their chat (retention %gs)",
+                     purged, self.settings.chat_retention)
+
+    def store_problem(self) -> str | None:
+        """Why the store is failing, or None: for /healthz."""
+        return self.store.check_file() or self.store.failure
 
     def _rate_message(self) -> str:
         return (
@@ -241,15 +330,46 @@ class SignalingCore:
             f"(bursts of {self.settings.burst:g}); this one was dropped"
         )
 
-    def _check_password_budget(self, conn: Connection, meeting_id: str, password: str | None,
-                               now: float) -> None:
+    def _check_password_budget(self, conn: Connection, participant: Participant,
+                               meeting_id: str, password: str | None, now: float) -> bool:
+        """Refuse a guess over budget; True when a password check will run."""
         meeting = self.registry.meeting(meeting_id)
         if meeting is None or meeting.password_hash is None or not password:
-            return  # no expensive check will run
+            return False  # no expensive check will run
+        if self.registry.is_admitted(meeting_id, participant.token_hash):
+            return False  # a member coming back: no check, no budget
+        wait = max(self._guesses_by_address.wait(conn.address, now),
+                   self._guesses_by_meeting.wait(meeting_id, now))
+        if wait > 0:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"too many wrong passwords for this meeting or from your address; "
+                f"try again in {wait:.0f} s",
+            )
         if not conn.password_bucket.allow(now) or not self._password_bucket.allow(now):
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED, "too many password attempts; wait a moment and retry"
             )
+        return True
+
+    def _join(self, conn: Connection, participant: Participant, meeting_id: str,
+              password: str | None, now: float) -> tuple[object, list[Notice]]:
+        checked = self._check_password_budget(conn, participant, meeting_id, password, now)
+        self._reserve_ssrcs(participant)
+        try:
+            meeting, notices = self.registry.join(participant, meeting_id, password, now)
+        except RegistryError as exc:
+            if checked and exc.code == ErrorCode.WRONG_PASSWORD:
+                self._guesses_by_address.failed(conn.address, now)
+                self._guesses_by_meeting.failed(meeting_id, now)
+            raise
+        if checked:
+            self._guesses_by_address.succeeded(conn.address)
+            try:
+                self.store.add_admitted(meeting.id, participant.token_hash)
+            except StoreError as exc:  # only costs a password check after a restart
+                log.error("cannot store an admission: %s", exc)
+        return self._join_result(meeting.id, participant), notices
 
     # ------------------------------------------------------------------ requests
 
@@ -265,6 +385,7 @@ class SignalingCore:
             case sig.Ping():
                 return sig.Empty()
             case sig.ListMeetings():
+                conn.lobby_synced = True  # deltas from here on apply to this list
                 return sig.MeetingsResult(self.registry.open_meetings())
             case sig.CreateMeeting(title=title, password=password, mode=mode, e2ee=e2ee):
                 title = title.strip()
@@ -276,20 +397,23 @@ class SignalingCore:
                 self._reserve_ssrcs(participant)
                 meeting, notices = self.registry.create(participant, title, pw_hash, now,
                                                         e2ee=e2ee)
-                self.store.add_meeting(meeting)
+                try:
+                    self.store.add_meeting(meeting)
+                except StoreError as exc:
+                    log.error("cannot store a new meeting: %s", exc)
+                    self.registry.discard(meeting.id)  # write first, or leave no trace
+                    raise ProtocolError(ErrorCode.STORE_FAILED, _STORE_MESSAGE) from None
                 self._mode_settings[meeting.id] = mode
                 out += self._deliver(notices)
                 result = self._join_result(meeting.id, participant)
                 out += self._sync_mode(meeting.id, now)
                 return result
             case sig.JoinMeeting(meeting_id=meeting_id, password=password):
-                self._check_password_budget(conn, meeting_id, password, now)
-                self._reserve_ssrcs(participant)
-                meeting, notices = self.registry.join(participant, meeting_id, password, now)
+                joined, notices = self._join(conn, participant, meeting_id, password, now)
                 out += self._deliver(notices)
-                result = self._join_result(meeting.id, participant)
-                out += self._sync_mode(meeting.id, now)
-                return result
+                if isinstance(joined, sig.JoinResult):
+                    out += self._sync_mode(joined.meeting.id, now)
+                return joined
             case sig.LeaveMeeting():
                 left = self.registry.meeting_of(participant.id)
                 out += self._deliver(
@@ -311,26 +435,34 @@ class SignalingCore:
                 if machine is not None:
                     meeting_id = self._meeting_id_of(participant)
                     out += self._mode_actions(
-                        meeting_id, machine.report(participant.id, session, state, now))
+                        meeting_id, machine.report(participant.id, session, state, now), now)
                 return sig.Empty()
             case sig.MeetingMedia():
                 return self._meeting_media(participant)
             case sig.SetMedia(camera=camera, microphone=microphone):
                 notices = self.registry.set_media(participant, camera, microphone)
-                if self.media is not None:
-                    self.media.set_media(participant.id, camera, microphone)
                 out += self._deliver(notices)
                 return sig.Empty()
             case sig.RelayE2eeBlob(to=to, blob=blob):
                 out += self._relay_e2ee_blob(participant, to, blob)
+                return sig.Empty()
+            case sig.RaiseHand(raised=raised):
+                out += self._deliver(self.registry.raise_hand(participant, raised))
                 return sig.Empty()
             case sig.SendChat(text=text):
                 if not text.strip():
                     raise ProtocolError(
                         ErrorCode.INVALID_FIELD, "a chat message cannot be blank - at `$.text`"
                     )
+                sent = self._check_chat_quota(conn, participant)
                 message, notices = self.registry.chat(participant.id, participant.name, text, now)
-                self.store.add_chat(message)
+                try:
+                    self.store.add_chat(message)
+                except StoreError as exc:
+                    log.error("cannot store a chat message: %s", exc)
+                    self.registry.retract_chat(message)
+                    raise ProtocolError(ErrorCode.STORE_FAILED, _STORE_MESSAGE) from None
+                sent[participant.token_hash.hex()] += 1
                 self.counters.chat_messages += 1
                 out += self._deliver(notices)
                 return sig.ChatResult(seq=message.seq, ts=message.ts)
@@ -354,6 +486,24 @@ class SignalingCore:
         self.counters.received["e2ee_blob_relayed"] += 1
         event = sig.E2eeBlobReceived(meeting_id=meeting.id, from_=sender.id, blob=blob)
         return [Send((conn_id,), sig.encode(event))]
+    def _check_chat_quota(self, conn: Connection, participant: Participant) -> Counter[str]:
+        meeting = self.registry.meeting_of(participant.id)
+        if meeting is None:
+            return Counter()  # the registry refuses it with not_in_meeting
+        settings = self.settings
+        if meeting.last_seq >= settings.max_chat_per_meeting:
+            raise ProtocolError(
+                ErrorCode.CHAT_QUOTA,
+                f"this meeting's chat is full ({settings.max_chat_per_meeting} messages)",
+            )
+        sent = self._chat_by_sender.setdefault(meeting.id, Counter())
+        if sent[participant.token_hash.hex()] >= settings.max_chat_per_sender:
+            raise ProtocolError(
+                ErrorCode.CHAT_QUOTA,
+                f"you sent the most chat messages one sender may send in a meeting "
+                f"({settings.max_chat_per_sender})",
+            )
+        return sent
 
     def _hello(self, conn: Connection, hello: sig.Hello, now: float, out: list[Action]) -> object:
         if conn.participant is not None:
@@ -397,6 +547,12 @@ class SignalingCore:
         meeting = self.registry.meeting(meeting_id)
         assert meeting is not None
         history, complete = self.store.history(meeting_id, self.settings.history_limit)
+        budget = self.settings.history_bytes
+        for keep in range(len(history), 0, -1):  # newest first until the byte budget is spent
+            budget -= len(history[keep - 1].text.encode()) + 200  # + the record's fields
+            if budget < 0:
+                history, complete = history[keep:], False
+                break
         grant = (self.media.admit(participant.id, meeting_id, e2ee=meeting.e2ee)
                  if self.media is not None else None)
         machine = self._modes.get(meeting_id)
@@ -429,7 +585,7 @@ class SignalingCore:
             actions = self._deliver(self._side_effects(notices, now))
             actions += self._sync_mode(left.id, now)
         if self.media is not None:
-            self.media.forget(participant.id)
+            self.media.release(participant.id)
         return actions
 
     def _side_effects(self, notices: list[Notice], now: float) -> list[Notice]:
@@ -437,7 +593,14 @@ class SignalingCore:
         for notice in notices:
             event = notice.event
             if isinstance(event, sig.MeetingEnded):
-                self.store.end_meeting(event.meeting_id, event.reason, now)
+                self._lobby_removed.add(event.meeting_id)
+                self._chat_by_sender.pop(event.meeting_id, None)
+                try:
+                    self.store.end_meeting(event.meeting_id, event.reason, now)
+                except StoreError as exc:  # memory is right; the store catches up later
+                    log.error("cannot store the end of meeting %s (will retry): %s",
+                              event.meeting_id, exc)
+                    self._unsaved_ends.append((event.meeting_id, event.reason, now))
                 for pid in notice.recipients:
                     self._release_media(pid)
             elif isinstance(event, sig.ParticipantLeft):
@@ -472,11 +635,31 @@ class SignalingCore:
             return []  # nothing new, or sent very recently: a later call or tick sends it
         self._lobby_pending = False
         self._lobby_sent_at = now
-        greeted = tuple(c.id for c in self._connections.values() if c.participant is not None)
-        if not greeted:
-            return []
-        event = sig.MeetingsChanged(meetings=self.registry.open_meetings())
-        return [Send(greeted, sig.encode(event))]
+        current = {m.id: m for m in self.registry.open_meetings()}
+        changed = [m for mid, m in current.items() if self._lobby_snapshot.get(mid) != m]
+        # Ended since the last event, too: a list_meetings reply may have shown them.
+        removed = sorted((self._lobby_removed | self._lobby_snapshot.keys()) - current.keys())
+        self._lobby_snapshot, self._lobby_removed = current, set()
+        # Only those who look at the lobby: people in a meeting do not see the list. Those
+        # with a list get what changed; the others the whole list once.
+        synced: list[int] = []
+        unsynced: list[int] = []
+        for c in self._connections.values():
+            if c.participant is None:
+                continue
+            if self.registry.meeting_of(c.participant.id) is not None:
+                c.lobby_synced = False
+            else:
+                (synced if c.lobby_synced else unsynced).append(c.id)
+                c.lobby_synced = True
+        actions: list[Action] = []
+        if synced and (changed or removed):
+            delta = sig.MeetingsDelta(changed=changed, removed=removed)
+            actions.append(Send(tuple(synced), sig.encode(delta)))
+        if unsynced:
+            full = sig.MeetingsChanged(meetings=list(current.values()))
+            actions.append(Send(tuple(unsynced), sig.encode(full)))
+        return actions
 
     # ------------------------------------------------------------------ peer-to-peer mode
 
@@ -496,7 +679,7 @@ class SignalingCore:
         """Tell the meeting's mode machine who is in now (and the time); act on it."""
         meeting = self.registry.meeting(meeting_id)
         machine = self._modes.get(meeting_id)
-        if meeting is None or meeting.state != MeetingState.OPEN:
+        if meeting is None:  # ended (the registry keeps open meetings only)
             self._mode_settings.pop(meeting_id, None)
             if machine is None:
                 return []
@@ -509,9 +692,18 @@ class SignalingCore:
         actions = machine.members(members, self._p2p_capable, now)
         if tick:
             actions += machine.tick(now)
-        return self._mode_actions(meeting_id, actions)
+        return self._mode_actions(meeting_id, actions, now)
 
-    def _mode_actions(self, meeting_id: str, actions: list[ModeAction]) -> list[Action]:
+    def _turn_credentials(self, participant_id: str, now: float) -> tuple[str, str]:
+        """coturn's REST credentials (``use-auth-secret``): the username is the expiry
+        (Unix seconds) and who, the password HMAC-SHA1(secret, username) in base64."""
+        username = f"{int(now + self.settings.turn_ttl)}:{participant_id}"
+        digest = hmac.new(self.settings.turn_secret.encode(), username.encode(),
+                          hashlib.sha1).digest()
+        return username, base64.b64encode(digest).decode()
+
+    def _mode_actions(self, meeting_id: str, actions: list[ModeAction],
+                      now: float = 0.0) -> list[Action]:
         out: list[Action] = []
         for action in actions:
             if isinstance(action, Start):
@@ -519,9 +711,14 @@ class SignalingCore:
                     (action.controlling, action.controlled, True),
                     (action.controlled, action.controlling, False),
                 ):
+                    turn: dict[str, str] = {}
+                    if self.settings.turn_url and self.settings.turn_secret:
+                        username, password = self._turn_credentials(pid, now)
+                        turn = {"turn_url": self.settings.turn_url, "turn_username": username,
+                                "turn_password": password}
                     out += self._send_to(pid, sig.P2pStart(
                         meeting_id=meeting_id, session=action.session, peer_id=peer,
-                        controlling=controlling))
+                        controlling=controlling, **turn))
             elif isinstance(action, Stop):
                 for pid in action.peers:
                     out += self._send_to(pid, sig.P2pStop(session=action.session,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
-from confero.netutil import enlarge_socket_buffers
+from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.server.media_router import Datagram, MediaRouter
 from confero.server.stun import StunResponder, is_stun
@@ -29,6 +30,7 @@ class MediaServer(asyncio.DatagramProtocol):
         #: STUN binding requests share the port (RFC 7983 demux); its counters are the
         #: router's, so /metrics shows them with the other media events.
         self.stun = StunResponder(router.counters)
+        self._sock: socket.socket | None = None
 
     @classmethod
     async def start(cls, router: MediaRouter, host: str, port: int) -> MediaServer:
@@ -37,6 +39,8 @@ class MediaServer(asyncio.DatagramProtocol):
             lambda: cls(router), local_addr=(host, port)
         )
         protocol.transport = transport
+        protocol._sock = transport.get_extra_info("socket")
+        enable_receive_timestamps(protocol._sock)
         router.port = transport.get_extra_info("sockname")[1]
         enlarge_socket_buffers(transport, SOCKET_BUFFER)
         protocol._clock = asyncio.create_task(protocol._run_clock())
@@ -60,12 +64,12 @@ class MediaServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            if is_stun(data):
+            if is_stun(data):  # RFC 7983: STUN shares the port (issue 10)
                 answer = self.stun.handle(data, addr[:2])
                 if answer is not None and self.transport is not None:
                     self.transport.sendto(answer, addr)
                 return
-            self._send(self.router.handle_datagram(data, addr[:2], time.time()))
+            self._send(self.router.handle_datagram(data, addr[:2], arrival_time(self._sock)))
         except Exception:  # one bad packet must never stop the media plane
             self.router.counters["internal_errors"] += 1
             log.exception("media packet from %s failed", addr)
@@ -87,7 +91,7 @@ class MediaServer(asyncio.DatagramProtocol):
         while True:
             await self._pacer.wait()
             try:
-                self._send(self.router.tick(time.time()))
+                self._send(self.router.tick(time.monotonic()))
             except Exception:
                 self.router.counters["internal_errors"] += 1
                 log.exception("mixing tick failed")

@@ -2,16 +2,22 @@
 
 One UDP port carries everyone's RTP and RTCP. A datagram is attributed by its SSRC to
 the participant that owns it (SSRCs are handed out at join), authenticated and decrypted
-with that participant's SRTP key, and only then trusted: its source address becomes the
-participant's media address (so an authenticated packet from a new address moves the
-binding, as NAT rebinding needs). Everything else is dropped and counted by reason.
+with that participant's SRTP key, and only then trusted. Its source address becomes the
+participant's media address only after a consent check (:mod:`confero.protocol.consent`):
+the server sends a random nonce there and waits for its echo, so a packet with a forged
+source cannot aim media at someone else, while NAT rebinding still works. Everything else
+is dropped and counted by reason.
 
 Video is never decoded: each packet is re-protected for, and sent to, every other
 participant of the same meeting that has a media address. The router keeps the last
-packets of each publisher to answer receivers' NACKs itself, and forwards PLIs to the
-publisher at most every ``pli_interval``. Audio goes to the meeting's
-:class:`~confero.server.mixer.MeetingMixer`; :meth:`MediaRouter.tick` runs one 20 ms mixing
-step for every meeting.
+packets of each publisher to answer receivers' NACKs itself, within a byte budget per
+receiver that follows the stream's bitrate; what it no longer holds it either drops
+(older than its history, or never sent) or asks the publisher for, coalesced to at most
+one NACK per publisher every 50 ms. It forwards PLIs to the publisher at most every
+``pli_interval``, and drops VP8 keyframes declaring a picture larger than
+``max_video_size`` (a "decoder bomb"), with the frames that follow it. Audio goes to the
+meeting's :class:`~confero.server.mixer.MeetingMixer`; :meth:`MediaRouter.tick` runs one
+20 ms mixing step for every meeting.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confero.protocol import rtcp
+from confero.protocol import consent, rtcp
+from confero.protocol.layers import LayerForwarder, LayerRateMeter
 from confero.protocol.nack import RetransmitBuffer
 from confero.protocol.profile import (
     AUDIO_FRAME_TICKS,
@@ -32,7 +39,15 @@ from confero.protocol.profile import (
     MAX_CSRCS,
     VIDEO_PAYLOAD_TYPE,
 )
-from confero.protocol.rtp import MAX_PACKET_SIZE, RtpError, RtpPacket, is_rtcp, peek_ssrc
+from confero.protocol.rtp import (
+    MAX_PACKET_SIZE,
+    RtpError,
+    RtpPacket,
+    SequenceUnwrapper,
+    is_rtcp,
+    peek_ssrc,
+    seq_distance,
+)
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import (
     PROFILE,
@@ -41,6 +56,15 @@ from confero.protocol.srtp import (
     encode_key,
     new_master_key,
 )
+from confero.protocol.twcc import read_transport_seq
+from confero.protocol.vp8 import (
+    Vp8Descriptor,
+    Vp8Error,
+    keyframe_dimensions,
+    parse_descriptor,
+)
+from confero.server.downlink import LAYER_INTERVAL, Downlink
+from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 from confero.server.speakers import SpeakerSelector
 
@@ -48,6 +72,37 @@ Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
 
 FRAME_TICKS = AUDIO_FRAME_TICKS
+#: Packets of each publisher the server keeps to answer NACKs.
+HISTORY_PACKETS = 512
+#: At most one consent challenge per participant this often (each is 42 bytes): what a
+#: forger can aim at a victim through us is bounded by this, not by what it sends.
+CONSENT_RETRY = 0.5
+#: Consent freshness, as RFC 7675: the media address is checked again this often, and
+#: loses its media when it has not answered for ``CONSENT_EXPIRY``.
+CONSENT_REFRESH = 5.0
+CONSENT_EXPIRY = 30.0
+#: Of one NACK, the sequence numbers looked at, and the most packets answered.
+MAX_NACK_SEQS = 64
+MAX_RETRANSMIT_PER_NACK = 32
+#: A receiver's retransmissions of one stream: at most this times the stream's recent
+#: bitrate (with a floor, so a quiet stream can still be repaired), in bursts of
+#: ``RETRANSMIT_BURST`` seconds' worth.
+RETRANSMIT_RATE_FACTOR = 2.0
+MIN_RETRANSMIT_RATE = 32_000.0
+RETRANSMIT_BURST = 1.0
+#: Forwarded NACKs: at most one per publisher per interval.
+UPSTREAM_NACK_INTERVAL = 0.05
+#: Largest picture a VP8 keyframe may declare, in either orientation.
+DEFAULT_MAX_VIDEO_SIZE = (1920, 1080)
+#: Counters of the limits above, exported from the start (at 0) so that a dashboard or
+#: an alert can name them before the first attack.
+LIMIT_EVENTS = (
+    "consent_challenges", "consent_granted", "consent_refreshed", "consent_expired",
+    "consent_mismatch", "unconsented_packets",
+    "address_moved", "retransmitted", "retransmit_over_budget", "nack_seqs_ignored",
+    "nack_dropped_stale", "nack_dropped_unknown", "nack_throttled", "nack_forwarded",
+    "dropped_video_too_large",
+)
 
 
 @dataclass
@@ -58,12 +113,32 @@ class _Peer:
     meeting_id: str | None = None
     srtp: SrtpContext | None = None
     address: Address | None = None
-    camera: bool = False
-    microphone: bool = False
-    history: RetransmitBuffer = field(default_factory=lambda: RetransmitBuffer(512))
+    history: RetransmitBuffer = field(default_factory=lambda: RetransmitBuffer(HISTORY_PACKETS))
     last_pli_forwarded: float = float("-inf")
+    # consent: the address being checked, its nonce, when it was challenged
+    candidate: Address | None = None
+    nonce: bytes | None = None
+    challenged_at: float = float("-inf")
+    consented_at: float = float("-inf")
+    # video: the range of sequence numbers seen (unwrapped), its bitrate, its repair
+    video_unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    video_first: int | None = None
+    video_highest: int | None = None
+    video_rate: RateMeter = field(default_factory=RateMeter)
+    video_refused: bool = False  # since a keyframe too large, until an acceptable one
+    upstream: UpstreamNacks = field(
+        default_factory=lambda: UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
+    )
+    # publisher id -> what this receiver may still cost in retransmissions of it
+    retransmit_budget: dict[str, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
+    # congestion control: our link to this participant, and the feedback on theirs to us
+    downlink: Downlink = field(default_factory=Downlink)
+    # as a publisher: its video's bitrate per temporal layer
+    layer_rates: LayerRateMeter = field(default_factory=LayerRateMeter)
+    # as a subscriber: publisher id -> which of its layers we send here, renumbered
+    forwarders: dict[str, LayerForwarder] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,16 +168,25 @@ class MediaRouter:
         host: str = "",
         pli_interval: float = 0.5,
         mixer_factory: Callable[[], MeetingMixer] = MeetingMixer,
+        max_video_size: tuple[int, int] = DEFAULT_MAX_VIDEO_SIZE,
+        wall_offset: float = 0.0,
     ) -> None:
         self.port = port
         self.host = host
         self.pli_interval = pli_interval
+        self.max_video_size = max_video_size
+        #: Wall-clock seconds minus the monotonic ``now`` the shell passes in: only to
+        #: stamp the mix's capture-time extension, which receivers compare with their own
+        #: wall clock (see "one clock rule" in docs/architecture.md).
+        self.wall_offset = wall_offset
         self._mixer_factory = mixer_factory
         self._peers: dict[str, _Peer] = {}
         self._by_ssrc: dict[int, _Peer] = {}
         self._meetings: dict[str, _Meeting] = {}
+        self._upstream_pending: set[str] = set()  # publishers with NACKs waiting to go
+        self._next_layer_choice = 0.0
         #: Datagrams dropped, by reason; and other events worth a counter.
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(dict.fromkeys(LIMIT_EVENTS, 0))
         # what ended meetings had forwarded, so /metrics counters never go backwards
         self._ended_packets = 0
         self._ended_bytes = 0
@@ -126,8 +210,7 @@ class MediaRouter:
         key_up, key_down = new_master_key(), new_master_key()
         peer.srtp = SrtpContext(tx_key=key_down, rx_key=key_up)
         peer.meeting_id = meeting_id
-        peer.address = None
-        peer.history = RetransmitBuffer(512)
+        self._reset_media_state(peer)
         meeting = self._meetings.get(meeting_id)
         if meeting is None:
             meeting = _Meeting(set(), self._mixer_factory(), self._new_ssrc(),
@@ -174,9 +257,6 @@ class MediaRouter:
         self._by_ssrc.pop(peer.audio_ssrc, None)
         self._by_ssrc.pop(peer.video_ssrc, None)
 
-    def forget(self, participant_id: str) -> None:
-        self.release(participant_id)
-
     def _leave_meeting(self, peer: _Peer) -> None:
         if peer.meeting_id is None:
             return
@@ -193,13 +273,26 @@ class MediaRouter:
                 del self._meetings[peer.meeting_id]
         peer.meeting_id = None
         peer.srtp = None  # old keys die with the membership
-        peer.address = None
-        peer.camera = peer.microphone = False
+        self._reset_media_state(peer)
+        if meeting is not None:
+            for pid in meeting.members:
+                self._peers[pid].retransmit_budget.pop(participant_id, None)
+                self._peers[pid].forwarders.pop(participant_id, None)
 
-    def set_media(self, participant_id: str, camera: bool, microphone: bool) -> None:
-        peer = self._peers.get(participant_id)
-        if peer is not None:
-            peer.camera, peer.microphone = camera, microphone
+    @staticmethod
+    def _reset_media_state(peer: _Peer) -> None:
+        peer.address = peer.candidate = peer.nonce = None
+        peer.challenged_at = peer.consented_at = float("-inf")
+        peer.history = RetransmitBuffer(HISTORY_PACKETS)
+        peer.video_unwrap = SequenceUnwrapper()
+        peer.video_first = peer.video_highest = None
+        peer.video_rate = RateMeter()
+        peer.video_refused = False
+        peer.upstream = UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
+        peer.retransmit_budget = {}
+        peer.downlink = Downlink()
+        peer.layer_rates = LayerRateMeter()
+        peer.forwarders = {}
 
     # ------------------------------------------------------------------ statistics
 
@@ -253,13 +346,77 @@ class MediaRouter:
         except SrtpError:
             self.counters["dropped_auth"] += 1  # wrong key, tampered, or replayed
             return []
-        if peer.address != address:
-            if peer.address is not None:
-                self.counters["address_moved"] += 1
-            peer.address = address
-        if control:
-            return self._on_rtcp(peer, plain, now)
-        return self._on_rtp(peer, plain, now)
+        if not control:
+            return self._check_consent(peer, address, [], now) + self._on_rtp(peer, plain, now)
+        try:
+            packets = rtcp.parse_compound(plain)
+        except rtcp.RtcpError:
+            self.counters["dropped_malformed"] += 1
+            return []
+        return self._check_consent(peer, address, packets, now) + self._on_rtcp(
+            peer, packets, now
+        )
+
+    # ------------------------------------------------------------------ consent
+
+    def _check_consent(
+        self, peer: _Peer, address: Address, packets: list[rtcp.RtcpPacket], now: float
+    ) -> list[Datagram]:
+        """Media goes to ``peer.address`` only; another source address is challenged (at
+        most every ``CONSENT_RETRY``) and becomes the media address when its echo comes
+        back from it. The packet itself is still used (it is authenticated): only where
+        the server *sends* depends on consent."""
+        if address == peer.address and not packets:
+            return []  # the common case: media from where media goes
+        for packet in packets:
+            if not consent.is_response(packet):
+                continue
+            if peer.candidate == address and peer.nonce and consent.verify(packet, peer.nonce):
+                if peer.address is None:
+                    self.counters["consent_granted"] += 1
+                elif peer.address != address:
+                    self.counters["consent_granted"] += 1
+                    self.counters["address_moved"] += 1
+                else:
+                    self.counters["consent_refreshed"] += 1
+                peer.address, peer.candidate, peer.nonce = address, None, None
+                peer.consented_at = now
+            else:
+                self.counters["consent_mismatch"] += 1  # stale, or not from the candidate
+            return []
+        if address == peer.address:
+            return []
+        if now - peer.challenged_at < CONSENT_RETRY:
+            self.counters["unconsented_packets"] += 1
+            return []
+        return self._challenge(peer, address, now)
+
+    def _challenge(self, peer: _Peer, address: Address, now: float) -> list[Datagram]:
+        """Challenge ``address``; again the same nonce if it is already the candidate, so
+        that a client slower to answer than ``CONSENT_RETRY`` (a loaded machine, a long
+        path) still gets through: a new nonce each time would void every late echo."""
+        assert peer.srtp is not None and peer.meeting_id is not None
+        if peer.candidate != address or peer.nonce is None:
+            peer.candidate, peer.nonce = address, consent.new_nonce()
+        peer.challenged_at = now
+        challenge = consent.make_challenge(self._meetings[peer.meeting_id].mix_ssrc, peer.nonce)
+        self.counters["consent_challenges"] += 1
+        return [(peer.srtp.protect_rtcp(challenge), address)]
+
+    def _refresh_consent(self, now: float) -> list[Datagram]:
+        """Consent freshness (RFC 7675): the media address is challenged again every
+        ``CONSENT_REFRESH``; one that has not answered for ``CONSENT_EXPIRY`` gets nothing
+        more until it passes a new check (its owner's next packet starts one)."""
+        out: list[Datagram] = []
+        for peer in self._peers.values():
+            if peer.address is None or peer.srtp is None or peer.meeting_id is None:
+                continue
+            if now - peer.consented_at > CONSENT_EXPIRY:
+                peer.address = None
+                self.counters["consent_expired"] += 1
+            elif now - max(peer.consented_at, peer.challenged_at) >= CONSENT_REFRESH:
+                out += self._challenge(peer, peer.address, now)
+        return out
 
     def _on_rtp(self, peer: _Peer, plain: bytes, now: float) -> list[Datagram]:
         try:
@@ -267,12 +424,25 @@ class MediaRouter:
         except RtpError:
             self.counters["dropped_malformed"] += 1
             return []
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            peer.downlink.received.on_packet(transport_seq, now)
         meeting = self._meetings[peer.meeting_id]  # type: ignore[index]
         meeting.received_packets += 1
         meeting.received_bytes += len(plain)
         if packet.ssrc == peer.video_ssrc and packet.payload_type == VIDEO_PAYLOAD_TYPE:
+            if not self._video_acceptable(peer, packet.payload):
+                self.counters["dropped_video_too_large"] += 1
+                return []
+            try:
+                descriptor = parse_descriptor(packet.payload)
+            except Vp8Error:
+                self.counters["dropped_malformed"] += 1
+                return []
+            self._note_video(peer, packet.sequence_number, len(plain), now)
+            peer.layer_rates.on_packet(len(plain), descriptor.tid, now)
             peer.history.store(packet.sequence_number, plain)
-            return self._fan_out(meeting, peer, plain, rtcp_packet=False)
+            return self._forward_video(meeting, peer, packet, descriptor, now)
         if packet.ssrc == peer.audio_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
@@ -293,41 +463,102 @@ class MediaRouter:
             self.counters["e2ee_audio_not_selected"] += 1
             return []
         self.counters["e2ee_audio_forwarded"] += 1
-        return self._fan_out(meeting, peer, plain, rtcp_packet=False)
-
-    def _fan_out(
-        self, meeting: _Meeting, sender: _Peer, plain: bytes, *, rtcp_packet: bool
-    ) -> list[Datagram]:
         out: list[Datagram] = []
+        size = 0
+        for pid in meeting.members:
+            if pid == peer.participant_id:
+                continue
+            receiver = self._peers[pid]
+            if receiver.address is None or receiver.srtp is None:
+                continue
+            stamped = receiver.downlink.stamp(plain, now)  # its own congestion control
+            try:
+                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
+            except SrtpError:
+                self.counters["protect_failed"] += 1
+                continue
+            size += len(stamped)
+        meeting.forwarded_packets += len(out)
+        meeting.forwarded_bytes += size
+        return out
+
+    def _video_acceptable(self, peer: _Peer, payload: bytes) -> bool:
+        """False for a keyframe declaring more than ``max_video_size`` (either way round)
+        and for every packet after it up to the next acceptable keyframe: the frames in
+        between predict from the refused one, nobody could decode them."""
+        dimensions = keyframe_dimensions(payload)
+        if dimensions is not None:
+            width, height = dimensions
+            most_w, most_h = self.max_video_size
+            fits = (width <= most_w and height <= most_h) or (
+                width <= most_h and height <= most_w
+            )
+            peer.video_refused = not fits
+        return not peer.video_refused
+
+    def _note_video(self, peer: _Peer, seq: int, size: int, now: float) -> None:
+        value = peer.video_unwrap.unwrap(seq)
+        if peer.video_first is None or value < peer.video_first:
+            peer.video_first = value
+        if peer.video_highest is None or value > peer.video_highest:
+            peer.video_highest = value
+        peer.video_rate.add(size, now)
+
+    def _forward_video(self, meeting: _Meeting, sender: _Peer, packet: RtpPacket,
+                       descriptor: Vp8Descriptor, now: float) -> list[Datagram]:
+        """Each subscriber gets the temporal layers its downlink carries, renumbered so a
+        dropped layer leaves no hole, numbered for its own congestion control."""
+        out: list[Datagram] = []
+        size = 0
         for pid in meeting.members:
             if pid == sender.participant_id:
                 continue
             receiver = self._peers[pid]
             if receiver.address is None or receiver.srtp is None:
                 continue
+            forwarder = receiver.forwarders.get(sender.participant_id)
+            if forwarder is None:
+                forwarder = receiver.forwarders[sender.participant_id] = LayerForwarder()
+            renumbered = forwarder.forward(packet, descriptor)
+            if renumbered is None:
+                self.counters["video_layer_dropped"] += 1
+                continue
+            plain = receiver.downlink.stamp(renumbered.serialize(), now)
             try:
-                protected = (
-                    receiver.srtp.protect_rtcp(plain) if rtcp_packet
-                    else receiver.srtp.protect_rtp(plain)
-                )
+                out.append((receiver.srtp.protect_rtp(plain), receiver.address))
             except SrtpError:
                 self.counters["protect_failed"] += 1  # one receiver's problem, not all
                 continue
-            out.append((protected, receiver.address))
+            size += len(plain)
         meeting.forwarded_packets += len(out)
-        meeting.forwarded_bytes += len(plain) * len(out)
+        meeting.forwarded_bytes += size
         return out
 
-    def _on_rtcp(self, peer: _Peer, plain: bytes, now: float) -> list[Datagram]:
-        try:
-            packets = rtcp.parse_compound(plain)
-        except rtcp.RtcpError:
-            self.counters["dropped_malformed"] += 1
-            return []
+    def _choose_layers(self, now: float) -> None:
+        """Per subscriber: split its downlink estimate among the publishers it sees, and
+        forward of each the most temporal layers that fit (never less than the base)."""
+        for meeting in self._meetings.values():
+            for pid in meeting.members:
+                receiver = self._peers[pid]
+                if not receiver.forwarders:
+                    continue
+                share = receiver.downlink.video_share(len(receiver.forwarders))
+                for publisher_id, forwarder in receiver.forwarders.items():
+                    publisher = self._peers.get(publisher_id)
+                    if publisher is None:
+                        continue
+                    forwarder.set_target(publisher.layer_rates.choose_layer(
+                        share, now, current=forwarder.current_tid))
+
+    def _on_rtcp(
+        self, peer: _Peer, packets: list[rtcp.RtcpPacket], now: float
+    ) -> list[Datagram]:
         out: list[Datagram] = []
         for packet in packets:
-            if isinstance(packet, rtcp.Nack):
-                out += self._answer_nack(peer, packet)
+            if isinstance(packet, rtcp.TransportFeedback):
+                peer.downlink.on_feedback(packet, now)
+            elif isinstance(packet, rtcp.Nack):
+                out += self._answer_nack(peer, packet, now)
             elif isinstance(packet, rtcp.Pli):
                 out += self._forward_pli(peer, packet, now)
         return out
@@ -344,28 +575,74 @@ class MediaRouter:
             return None
         return publisher
 
-    def _answer_nack(self, receiver: _Peer, nack: rtcp.Nack) -> list[Datagram]:
+    def _answer_nack(self, receiver: _Peer, nack: rtcp.Nack, now: float) -> list[Datagram]:
+        """Answer from the history within the receiver's budget; ask the publisher only for
+        real holes (inside the history's range, never received), coalesced."""
         publisher = self._publisher_in_meeting(receiver, nack.media_ssrc)
         if publisher is None or receiver.address is None or receiver.srtp is None:
             return []
         out: list[Datagram] = []
-        unknown: list[int] = []
-        for seq in nack.lost[:64]:
+        if len(nack.lost) > MAX_NACK_SEQS:
+            self.counters["nack_seqs_ignored"] += len(nack.lost) - MAX_NACK_SEQS
+        budget = receiver.retransmit_budget.setdefault(publisher.participant_id, TokenBucket())
+        rate = max(MIN_RETRANSMIT_RATE,
+                   RETRANSMIT_RATE_FACTOR * publisher.video_rate.rate(now))
+        forwarder = receiver.forwarders.get(publisher.participant_id)
+        for asked in nack.lost[:MAX_NACK_SEQS]:
+            # the receiver numbers as we renumbered for it; the history as the publisher
+            seq = forwarder.publisher_sequence(asked) if forwarder is not None else asked
+            if seq is None:
+                self.counters["nack_dropped_unknown"] += 1
+                continue
             plain = publisher.history.get(seq)
             if plain is None:
-                unknown.append(seq)
+                self._ask_upstream(publisher, seq, now)
+                continue
+            if forwarder is not None:
+                resent = forwarder.resend(RtpPacket.parse(plain))
+                if resent is None:
+                    continue
+                plain = resent.serialize()
+            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.take(
+                len(plain), now, rate, rate * RETRANSMIT_BURST
+            ):
+                self.counters["retransmit_over_budget"] += 1
                 continue
             try:
-                out.append((receiver.srtp.protect_rtp(plain), receiver.address))
+                stamped = receiver.downlink.stamp(plain, now)
+                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
             except SrtpError:
                 self.counters["protect_failed"] += 1
         self.counters["retransmitted"] += len(out)
-        if unknown and publisher.address is not None and publisher.srtp is not None:
-            # We never got them either: ask the publisher (its answer reaches everyone).
-            request = rtcp.Nack(receiver.video_ssrc, publisher.video_ssrc, unknown).pack()
-            out.append((publisher.srtp.protect_rtcp(request), publisher.address))
-            self.counters["nack_forwarded"] += 1
-        return out
+        return out + self._flush_upstream(publisher, now)
+
+    def _ask_upstream(self, publisher: _Peer, seq: int, now: float) -> None:
+        highest, first = publisher.video_highest, publisher.video_first
+        if highest is None or first is None:
+            self.counters["nack_dropped_unknown"] += 1
+            return
+        value = highest + seq_distance(seq, highest & 0xFFFF)
+        if value > highest:
+            self.counters["nack_dropped_unknown"] += 1  # never sent (yet)
+        elif value < max(first, highest - HISTORY_PACKETS + 1):
+            self.counters["nack_dropped_stale"] += 1  # older than anything we keep
+        elif not publisher.upstream.add(seq, now):
+            self.counters["nack_throttled"] += 1
+        else:
+            self._upstream_pending.add(publisher.participant_id)
+
+    def _flush_upstream(self, publisher: _Peer, now: float) -> list[Datagram]:
+        """The publisher's coalesced NACK, if one is due (its answer reaches everyone)."""
+        seqs = publisher.upstream.due(now)
+        if not publisher.upstream.pending:
+            self._upstream_pending.discard(publisher.participant_id)
+        if not seqs or publisher.address is None or publisher.srtp is None:
+            return []
+        assert publisher.meeting_id is not None
+        sender = self._meetings[publisher.meeting_id].mix_ssrc  # on behalf of all receivers
+        request = rtcp.Nack(sender, publisher.video_ssrc, seqs).pack()
+        self.counters["nack_forwarded"] += 1
+        return [(publisher.srtp.protect_rtcp(request), publisher.address)]
 
     def _forward_pli(self, receiver: _Peer, pli: rtcp.Pli, now: float) -> list[Datagram]:
         publisher = self._publisher_in_meeting(receiver, pli.media_ssrc)
@@ -383,8 +660,15 @@ class MediaRouter:
     # ------------------------------------------------------------------ mixing clock
 
     def tick(self, now: float) -> list[Datagram]:
-        """One 20 ms mixing step for every meeting."""
-        out: list[Datagram] = []
+        """One 20 ms mixing step for every meeting, the NACKs that waited their turn, and
+        consent freshness checks."""
+        out = self._refresh_consent(now) + self._congestion_tick(now)
+        for pid in list(self._upstream_pending):
+            publisher = self._peers.get(pid)
+            if publisher is None:
+                self._upstream_pending.discard(pid)
+            else:
+                out += self._flush_upstream(publisher, now)
         for meeting in self._meetings.values():
             meeting.mix_timestamp = (meeting.mix_timestamp + FRAME_TICKS) & 0xFFFFFFFF
             mixes = meeting.mixer.mix()
@@ -403,7 +687,8 @@ class MediaRouter:
                     ((level, self._peers[speaker].audio_ssrc)
                      for speaker, level in levels.items() if speaker != pid),
                 )[:MAX_CSRCS]
-                extensions = {EXT_CAPTURE_TIME: int(now * 1e6).to_bytes(8, "big")}
+                capture_us = int((now + self.wall_offset) * 1e6)  # the mix's own capture
+                extensions = {EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")}
                 if mixed:
                     extensions[EXT_MIXER_LEVELS] = bytes(level for level, _ in mixed)
                 packet = RtpPacket(
@@ -417,11 +702,36 @@ class MediaRouter:
                     extensions=extensions,
                 )
                 listener.mix_was_silent = False
-                plain = packet.serialize()
+                plain = listener.downlink.stamp(packet.serialize(), now)
                 meeting.mixed_packets += 1
                 meeting.mixed_bytes += len(plain)
                 out.append((listener.srtp.protect_rtp(plain), listener.address))
         return out
+
+    def _congestion_tick(self, now: float) -> list[Datagram]:
+        """Feedback to each participant on what we received from it (TWCC, every 50 ms),
+        the downlink estimates' own clock, and the layer choices that follow them."""
+        out: list[Datagram] = []
+        for meeting in self._meetings.values():
+            for pid in meeting.members:
+                peer = self._peers[pid]
+                peer.downlink.tick(now)
+                if peer.address is None or peer.srtp is None:
+                    continue
+                if peer.downlink.received.feedback_due(now):
+                    for feedback in peer.downlink.received.build_feedback(
+                        now, meeting.mix_ssrc, peer.video_ssrc
+                    ):
+                        out.append((peer.srtp.protect_rtcp(feedback), peer.address))
+        if now >= self._next_layer_choice:
+            self._next_layer_choice = now + LAYER_INTERVAL
+            self._choose_layers(now)
+        return out
+
+    def downlink_estimates(self) -> dict[str, int]:
+        """Participant id -> the server's estimate of its downlink (bit/s)."""
+        return {pid: peer.downlink.target_bps for pid, peer in self._peers.items()
+                if peer.meeting_id is not None}
 
     # ------------------------------------------------------------------ helpers
 

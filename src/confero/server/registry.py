@@ -19,7 +19,6 @@ server restart. An explicit ``leave`` ends an emptied meeting at once.
 
 from __future__ import annotations
 
-import enum
 import hmac
 import secrets
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from confero.protocol.signaling import (
     ChatMessage,
     EndReason,
     ErrorCode,
+    HandChanged,
     LeaveReason,
     MediaChanged,
     MeetingEnded,
@@ -40,6 +40,7 @@ from confero.protocol.signaling import (
     ParticipantLeft,
     ServerEvent,
 )
+from confero.server.names import skeleton
 from confero.server.passwords import verify_password
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -48,11 +49,6 @@ _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 def new_meeting_id() -> str:
     """Ten characters without look-alikes (no 0/o, 1/l/i): easy to read out and paste."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
-
-
-class MeetingState(enum.Enum):
-    OPEN = "open"
-    ENDED = "ended"
 
 
 class RegistryError(Exception):
@@ -106,8 +102,6 @@ class Meeting:
     creator_token_hash: bytes
     password_hash: str | None
     created_at: float
-    state: MeetingState = MeetingState.OPEN
-    end_reason: EndReason | None = None
     participants: dict[str, Participant] = field(default_factory=dict)
     #: Highest chat sequence number handed out so far.
     last_seq: int = 0
@@ -115,6 +109,14 @@ class Meeting:
     empty_since: float | None = None
     #: End-to-end encrypted media: the server relays key blobs and forwards, never mixes.
     e2ee: bool = False
+    #: Resume-token hashes that got in (the creator's, and every password-checked join):
+    #: their rejoin skips the password, so nobody's guessing can lock a member out.
+    admitted: dict[bytes, None] = field(default_factory=dict)
+
+    def admit(self, token_hash: bytes) -> None:
+        self.admitted[token_hash] = None
+        while len(self.admitted) > MAX_ADMITTED:
+            del self.admitted[next(iter(self.admitted))]
 
     def info(self) -> MeetingInfo:
         return MeetingInfo(
@@ -131,6 +133,9 @@ class Meeting:
         return hmac.compare_digest(self.creator_token_hash, token_hash)
 
 
+#: Remembered admitted tokens per meeting (oldest forgotten first).
+MAX_ADMITTED = 1000
+
 _END_MESSAGES: dict[EndReason, str] = {
     "cancelled": "the meeting was ended for everyone by its creator",
     "empty": "the meeting ended because everyone left",
@@ -146,8 +151,10 @@ class MeetingRegistry:
         empty_grace: float = 30.0,
         remember_ended: int = 10_000,
         new_id: Callable[[], str] = new_meeting_id,
+        max_participants: int = 50,
     ) -> None:
         self.empty_grace = empty_grace
+        self.max_participants = max_participants
         self._meetings: dict[str, Meeting] = {}
         self._where: dict[str, str] = {}  # participant id -> meeting id
         # Ended meetings are kept (bounded) only to say "ended" rather than "not found".
@@ -181,6 +188,7 @@ class MeetingRegistry:
         """Take back an open meeting from the store after a restart: empty, in its grace."""
         meeting.participants.clear()
         meeting.empty_since = now
+        meeting.admit(meeting.creator_token_hash)
         self._meetings[meeting.id] = meeting
         self.lobby_version += 1
 
@@ -212,6 +220,7 @@ class MeetingRegistry:
             created_at=now,
             e2ee=e2ee,
         )
+        meeting.admit(participant.token_hash)
         self._meetings[meeting_id] = meeting
         participant.enter(now)
         meeting.participants[participant.id] = participant
@@ -219,26 +228,46 @@ class MeetingRegistry:
         self.lobby_version += 1
         return meeting, []
 
+    def discard(self, meeting_id: str) -> None:
+        """Undo a ``create`` whose meeting could not be stored: no trace is left."""
+        meeting = self._meetings.pop(meeting_id, None)
+        if meeting is None:
+            return
+        for pid in meeting.participants:
+            self._where.pop(pid, None)
+        meeting.participants.clear()
+        self.lobby_version += 1
+
+    def is_admitted(self, meeting_id: str, token_hash: bytes) -> bool:
+        meeting = self._meetings.get(meeting_id)
+        return meeting is not None and token_hash in meeting.admitted
+
     def join(
         self, participant: Participant, meeting_id: str, password: str | None, now: float
     ) -> tuple[Meeting, list[Notice]]:
         self._require_not_in_meeting(participant.id)
         meeting = self._require_open(meeting_id)
-        if meeting.password_hash is not None:
+        if len(meeting.participants) >= self.max_participants:
+            raise RegistryError(
+                ErrorCode.MEETING_FULL,
+                f"this meeting is full (at most {self.max_participants} participants)",
+            )
+        if meeting.password_hash is not None and participant.token_hash not in meeting.admitted:
             if not password:
                 raise RegistryError(
                     ErrorCode.WRONG_PASSWORD, "this meeting needs a password to join"
                 )
             if not verify_password(password, meeting.password_hash):
                 raise RegistryError(ErrorCode.WRONG_PASSWORD, "wrong password for this meeting")
-        wanted = participant.name.casefold()
+        wanted = skeleton(participant.name)
         for other in meeting.participants.values():
-            if other.name.casefold() == wanted:
+            if skeleton(other.name) == wanted:
                 raise RegistryError(
                     ErrorCode.NAME_TAKEN,
-                    f"someone called {other.name!r} is already in this meeting; "
-                    "choose another display name",
+                    f"someone called {other.name!r} is already in this meeting (or a name "
+                    "that looks the same); choose another display name",
                 )
+        meeting.admit(participant.token_hash)
         participant.enter(now)
         notice = Notice(
             tuple(meeting.participants),
@@ -308,6 +337,12 @@ class MeetingRegistry:
         )
         return message, [Notice(tuple(meeting.participants), ChatEvent(message=message))]
 
+    def retract_chat(self, message: ChatMessage) -> None:
+        """Undo a ``chat`` whose message could not be stored, so seq numbers stay dense."""
+        meeting = self._meetings.get(message.meeting_id)
+        if meeting is not None and meeting.last_seq == message.seq:
+            meeting.last_seq -= 1
+
     def set_media(self, participant: Participant, camera: bool, microphone: bool) -> list[Notice]:
         meeting = self.meeting_of(participant.id)
         if meeting is None:
@@ -322,6 +357,15 @@ class MeetingRegistry:
             meeting_id=meeting.id, participant_id=participant.id, camera=camera,
             microphone=microphone,
         )
+        return [Notice(others, event)]
+
+    def raise_hand(self, participant: Participant, raised: bool) -> list[Notice]:
+        """Tell the others; not stored (someone joining later does not see older hands)."""
+        meeting = self.meeting_of(participant.id)
+        if meeting is None:
+            raise RegistryError(ErrorCode.NOT_IN_MEETING, "join a meeting before raising a hand")
+        others = tuple(pid for pid in meeting.participants if pid != participant.id)
+        event = HandChanged(meeting_id=meeting.id, participant_id=participant.id, raised=raised)
         return [Notice(others, event)]
 
     def tick(self, now: float) -> list[Notice]:
@@ -344,8 +388,6 @@ class MeetingRegistry:
     def _end(
         self, meeting: Meeting, reason: EndReason, recipients: tuple[str, ...]
     ) -> list[Notice]:
-        meeting.state = MeetingState.ENDED
-        meeting.end_reason = reason
         del self._meetings[meeting.id]
         self._remember_end(meeting.id, reason)
         event = MeetingEnded(meeting_id=meeting.id, reason=reason, message=_END_MESSAGES[reason])

@@ -1,0 +1,246 @@
+"""One participant's tile: picture or initials, name, mic/camera state, and badges.
+
+Painted with QPainter (text drawn by the painter is never interpreted as markup). The
+connection indicator, the raised hand and "Joining..." are drawn here too, so a tile's
+state costs no extra widgets and the painting stays one pass per frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from confero.app.plain import tooltip
+from confero.app.quality import ConnectionQuality
+from confero.app.theme import COLOURS
+
+_BACKGROUND = QColor(48, 49, 52)
+_SPEAKING = QColor(COLOURS["good"])
+_OFF = QColor(COLOURS["off"])
+_HAND = QColor(COLOURS["fair"])
+
+
+def initials(name: str) -> str:
+    name = name.removesuffix(" (you)")
+    parts = [p for p in name.replace("_", " ").replace("-", " ").split() if p]
+    if not parts:
+        return "?"
+    if len(parts) == 1:
+        return parts[0][:2].upper()
+    return (parts[0][0] + parts[-1][0]).upper()
+
+
+def _colour_for(name: str) -> QColor:
+    hue = sum(ord(c) * 31 for c in name) % 360
+    return QColor.fromHsv(hue, 110, 150)
+
+
+class VideoTile(QWidget):
+    """Aspect kept, initials when the camera is off, a green frame while they talk; state is
+    always said in words or shapes too (slashed icons, a hand, a text), never colour alone."""
+
+    def __init__(self, participant_id: str, name: str, *, small: bool = False) -> None:
+        super().__init__()
+        self.participant_id = participant_id
+        self.camera = False
+        self.microphone = False
+        self.speaking = False
+        self.hand = False
+        self.pinned = False
+        self.status = ""  # "Joining...", "Reconnecting..."
+        self.quality: ConnectionQuality | None = None
+        self.quality_level = "unknown"
+        self.quality_shown = False
+        self.image: QImage | None = None
+        self.serial = -1
+        self.painted_frames = 0
+        self.on_double_click: Callable[[str], None] | None = None
+        self._small = small
+        self.name = ""
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(QSize(96, 72) if small else QSize(120, 90))
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.set_name(name)
+
+    def set_name(self, name: str) -> None:
+        self.name = name
+        self._describe()
+
+    def _describe(self) -> None:
+        words = [self.name, "microphone on" if self.microphone else "muted",
+                 "camera on" if self.camera else "camera off"]
+        if self.hand:
+            words.append("hand raised")
+        if self.pinned:
+            words.append("pinned")
+        if self.status:
+            words.append(self.status)
+        self.setAccessibleName(", ".join(words))
+        details = self.quality.details() if self.quality is not None else ""
+        self.setToolTip(tooltip(self.name + (f"\n{details}" if details else "")))
+
+    def set_image(self, image: QImage | None, serial: int) -> None:
+        if serial != self.serial:
+            self.image, self.serial = image, serial
+            self.update()
+
+    def set_state(self, *, camera: bool | None = None, microphone: bool | None = None,
+                  speaking: bool | None = None, hand: bool | None = None,
+                  pinned: bool | None = None, status: str | None = None) -> None:
+        changed = False
+        for attribute, value in (("camera", camera), ("microphone", microphone),
+                                 ("speaking", speaking), ("hand", hand), ("pinned", pinned),
+                                 ("status", status)):
+            if value is not None and getattr(self, attribute) != value:
+                setattr(self, attribute, value)
+                changed = True
+        if not self.camera and self.image is not None:
+            self.image, self.serial = None, -1
+            changed = True
+        if changed:
+            self._describe()
+            self.update()
+
+    def set_quality(self, quality: ConnectionQuality, now: float) -> None:
+        level, shown = quality.level(now), quality.visible(now)
+        self.quality = quality
+        if (level, shown) != (self.quality_level, self.quality_shown):
+            self.quality_level, self.quality_shown = level, shown
+            self.update()
+        self._describe()
+
+    def shows_video(self) -> bool:
+        return self.image is not None
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
+        if self.on_double_click is not None:
+            self.on_double_click(self.participant_id)
+
+    def paintEvent(self, event: object) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = QRectF(self.rect()).adjusted(2, 2, -2, -2)
+        path = QPainterPath()
+        path.addRoundedRect(rect, 8, 8)
+        painter.fillPath(path, _BACKGROUND)
+        painter.setClipPath(path)
+        if self.image is not None:
+            scaled = self.image.size().scaled(rect.size().toSize(),
+                                              Qt.AspectRatioMode.KeepAspectRatio)
+            target = QRectF(0, 0, scaled.width(), scaled.height())
+            target.moveCenter(rect.center())
+            painter.drawImage(target, self.image)
+            self.painted_frames += 1
+        else:
+            self._paint_initials(painter, rect)
+        painter.setClipping(False)
+        self._paint_label(painter, rect)
+        if self.hand:
+            self._paint_badge(painter, rect, "✋ hand", _HAND)
+        if self.status:
+            self._paint_status(painter, rect)
+        if self.quality_shown:
+            self._paint_quality(painter, rect)
+        if self.speaking:
+            painter.setPen(QPen(_SPEAKING, 4))
+            painter.setBrush(Qt.BrushStyle.NoBrush)  # a frame, not a fill
+            painter.drawRoundedRect(rect.adjusted(2, 2, -2, -2), 8, 8)
+        painter.end()
+
+    def _paint_initials(self, painter: QPainter, rect: QRectF) -> None:
+        diameter = min(rect.width(), rect.height()) * 0.45
+        circle = QRectF(0, 0, diameter, diameter)
+        circle.moveCenter(rect.center())
+        painter.setBrush(_colour_for(self.name))
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.drawEllipse(circle)
+        font = QFont(self.font())
+        font.setPixelSize(max(10, int(diameter * 0.38)))
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(Qt.GlobalColor.white)
+        painter.drawText(circle, Qt.AlignmentFlag.AlignCenter, initials(self.name))
+
+    def _paint_label(self, painter: QPainter, rect: QRectF) -> None:
+        font = QFont(self.font())
+        font.setPixelSize(11 if self._small else 13)
+        painter.setFont(font)
+        room = int(rect.width()) - 70
+        name = ("📌 " if self.pinned else "") + self.name
+        label = painter.fontMetrics().elidedText(name, Qt.TextElideMode.ElideRight, room)
+        width = painter.fontMetrics().horizontalAdvance(label) + 56
+        box = QRectF(rect.left() + 6, rect.bottom() - 26, width, 20)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(0, 0, 0, 150))
+        painter.drawRoundedRect(box, 4, 4)
+        self._paint_mic(painter, QPointF(box.left() + 12, box.center().y()), self.microphone)
+        self._paint_camera(painter, QPointF(box.left() + 30, box.center().y()), self.camera)
+        painter.setPen(Qt.GlobalColor.white)
+        painter.drawText(box.adjusted(44, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
+
+    def _paint_badge(self, painter: QPainter, rect: QRectF, text: str, colour: QColor) -> None:
+        font = QFont(self.font())
+        font.setPixelSize(12)
+        font.setBold(True)
+        painter.setFont(font)
+        width = painter.fontMetrics().horizontalAdvance(text) + 14
+        box = QRectF(rect.left() + 8, rect.top() + 8, width, 22)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(colour)
+        painter.drawRoundedRect(box, 11, 11)
+        painter.setPen(QColor(32, 33, 36))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+
+    def _paint_status(self, painter: QPainter, rect: QRectF) -> None:
+        font = QFont(self.font())
+        font.setPixelSize(13)
+        painter.setFont(font)
+        box = QRectF(rect.left(), rect.center().y() + min(rect.height() * 0.28, 60),
+                     rect.width(), 20)
+        painter.setPen(QColor(COLOURS["text"]))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, self.status)
+
+    def _paint_quality(self, painter: QPainter, rect: QRectF) -> None:
+        """Four bars, filled up to the score: the count of bars says it without colour."""
+        score = self.quality.score if self.quality is not None else None
+        filled = 0 if score is None else 1 + int(score >= 30) + int(score >= 70) + int(
+            score >= 100)
+        colour = QColor(COLOURS[self.quality_level])
+        base = QPointF(rect.right() - 36, rect.top() + 26)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(0, 0, 0, 150))
+        painter.drawRoundedRect(QRectF(base.x() - 6, base.y() - 20, 36, 26), 4, 4)
+        for index in range(4):
+            height = 5 + index * 4
+            painter.setBrush(colour if index < filled else QColor(255, 255, 255, 60))
+            painter.drawRect(QRectF(base.x() + index * 6, base.y() - height, 4, height))
+
+    @staticmethod
+    def _paint_mic(painter: QPainter, centre: QPointF, on: bool) -> None:
+        colour = QColor(Qt.GlobalColor.white) if on else _OFF
+        painter.setPen(QPen(colour, 1.6))
+        painter.setBrush(colour if on else Qt.BrushStyle.NoBrush)
+        painter.drawRoundedRect(QRectF(centre.x() - 2.5, centre.y() - 7, 5, 9), 2.5, 2.5)
+        painter.drawArc(QRectF(centre.x() - 5, centre.y() - 4, 10, 9), 180 * 16, 180 * 16)
+        painter.drawLine(QPointF(centre.x(), centre.y() + 5), QPointF(centre.x(), centre.y() + 7))
+        if not on:
+            painter.drawLine(QPointF(centre.x() - 6, centre.y() - 7),
+                             QPointF(centre.x() + 6, centre.y() + 7))
+
+    @staticmethod
+    def _paint_camera(painter: QPainter, centre: QPointF, on: bool) -> None:
+        colour = QColor(Qt.GlobalColor.white) if on else _OFF
+        painter.setPen(QPen(colour, 1.6))
+        painter.setBrush(colour if on else Qt.BrushStyle.NoBrush)
+        painter.drawRoundedRect(QRectF(centre.x() - 7, centre.y() - 4, 10, 8), 1.5, 1.5)
+        path = QPainterPath(QPointF(centre.x() + 3, centre.y()))
+        path.lineTo(centre.x() + 7, centre.y() - 3.5)
+        path.lineTo(centre.x() + 7, centre.y() + 3.5)
+        path.closeSubpath()
+        painter.drawPath(path)
+        if not on:
+            painter.drawLine(QPointF(centre.x() - 8, centre.y() - 6),
+                             QPointF(centre.x() + 8, centre.y() + 6))

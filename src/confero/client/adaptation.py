@@ -1,0 +1,53 @@
+"""How a sender's video follows the uplink estimate: bitrate, and picture size with it.
+
+The estimate (``TargetBitrate`` from the endpoint's congestion control) is shared by audio
+and video; video gets what audio leaves. Below what a picture size needs to look decent,
+a smaller picture at the same rate looks better than a blocky large one, so the size
+steps down; it steps back up only with a margin, so a rate hovering at a threshold does
+not flap between sizes (each change costs a keyframe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: What Opus (32 kbit/s) plus its RTP/SRTP/UDP/IP overhead at 50 packets/s costs.
+AUDIO_SHARE_BPS = 48_000
+MIN_VIDEO_BPS = 40_000
+#: (scale of the source size, the least video bitrate that scale needs), largest first.
+#: 640x480 at 30 fps looks decent from ~450 kbit/s in VP8 realtime; 480x360 from ~220.
+LADDER: tuple[tuple[float, int], ...] = ((1.0, 450_000), (0.75, 220_000), (0.5, 0))
+#: Step up only when the rate exceeds the larger size's need by this factor.
+UP_MARGIN = 1.3
+#: Never scale a picture below this height (a stamp strip and faces stay legible).
+MIN_HEIGHT = 240
+
+
+def video_share(target_bps: int, audio_on: bool) -> int:
+    return max(MIN_VIDEO_BPS, target_bps - (AUDIO_SHARE_BPS if audio_on else 0))
+
+
+@dataclass
+class ResolutionLadder:
+    width: int
+    height: int
+    step: int = 0  # index into LADDER
+
+    def size(self) -> tuple[int, int]:
+        return self._scaled(LADDER[self.step][0])
+
+    def choose(self, video_bps: int) -> tuple[int, int]:
+        """The picture size for this rate (and remember it)."""
+        while self.step + 1 < len(LADDER) and video_bps < LADDER[self.step][1]:
+            if self._scaled(LADDER[self.step + 1][0])[1] < MIN_HEIGHT:
+                break
+            self.step += 1
+        while self.step > 0 and video_bps >= LADDER[self.step - 1][1] * UP_MARGIN:
+            self.step -= 1
+        return self.size()
+
+    def _scaled(self, scale: float) -> tuple[int, int]:
+        if scale == 1.0 or self.height * scale < MIN_HEIGHT:
+            return self.width, self.height
+        return (max(2, int(self.width * scale) // 2 * 2),
+                max(2, int(self.height * scale) // 2 * 2))

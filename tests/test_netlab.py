@@ -1,0 +1,137 @@
+"""The bad-network rig (tests/netlab.py) end to end: namespaces, loss, delay, a real meeting.
+
+These need root and iproute2/nftables/iptables plus the netfilterqueue package; CI has
+them (.ci/run), and the ``netlab`` fixture fails, not skips, where they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.bots import BotProcess, tone_levels
+from tests.conftest import read_json_line
+from tests.netlab import Impairment, Lab, nat_topology, star
+
+ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40001))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2000)
+    s.sendto(data, peer)
+"""
+
+# round trips measured by the application (ping's kernel timestamps are taken before the
+# receiving side's netfilter hooks, so they would not show the delay)
+PROBE = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for _ in range(int(sys.argv[2])):
+    sent = time.monotonic()
+    s.sendto(b"probe", (sys.argv[1], 40001))
+    try:
+        s.recvfrom(100)
+        print(round((time.monotonic() - sent) * 1000, 1))
+    except OSError:
+        print("lost")
+"""
+
+
+def test_loss_and_delay_act_on_the_link(netlab: Lab) -> None:
+    topology = star(netlab, ["client"])
+    client, down = topology.clients["client"], topology.downlink("client")
+    echo = topology.server.popen([sys.executable, "-c", ECHO], stdout=subprocess.PIPE,
+                                 text=True)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+
+    def probe(count: int) -> list[str]:
+        return client.run([sys.executable, "-c", PROBE, down.ip, str(count)]).stdout.split()
+
+    assert "lost" not in probe(2)
+    down.impair(Impairment(delay_ms=60))
+    topology.uplink("client").impair(Impairment(delay_ms=20, jitter_ms=5))
+    rtts = probe(3)
+    assert "lost" not in rtts, rtts
+    assert min(float(r) for r in rtts) >= 70, rtts  # a lower bound only: held, not lost
+    assert down.counters()["queue"] >= 3
+
+    down.impair(Impairment(loss_pct=100))
+    topology.uplink("client").clear()
+    assert probe(2) == ["lost", "lost"]
+    assert down.counters()["drop"] >= 2
+
+    down.impair(Impairment(rate_kbit=500))
+    assert "lost" not in probe(2)
+
+
+def test_a_bot_behind_a_lossy_link_still_gets_video_and_audio(
+    netlab: Lab, tmp_path: Path
+) -> None:
+    topology = star(netlab, ["alice", "victim"])
+    lossy = Impairment(loss_pct=10)
+    topology.downlink("victim").impair(lossy)
+    topology.uplink("victim").impair(lossy)
+    server = topology.server.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    started: list[BotProcess] = []
+    try:
+        common = ["--video", "synthetic", "--fps", "15", "--stats-interval", "0.5",
+                  "--check-stamps"]
+        alice = BotProcess(f"ws://{topology.links['alice'].a.ip}:{port}/ws", "alice",
+                           "--create", "lossy", "--audio", "sine:437", *common,
+                           prefix=topology.clients["alice"].argv([]))
+        started.append(alice)
+        meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
+        victim = BotProcess(f"ws://{topology.links['victim'].a.ip}:{port}/ws", "victim",
+                            "--join", meeting, "--audio", "sine:691",
+                            "--record", str(tmp_path / "rec"), *common,
+                            prefix=topology.clients["victim"].argv([]))
+        started.append(victim)
+        victim.expect("joined", timeout=30)
+        victim.expect("video_started", lambda e: e["name"] == "alice", timeout=30)
+        victim.expect("stats", lambda e: e["video"].get("alice", {}).get(
+            "frames_decoded", 0) >= 30, timeout=40)
+        victim.send("leave")
+        done = victim.finish()
+        seen = done["video"]["alice"]
+        assert seen["stamps"].get("match", 0) >= 30 and not seen["stamps"].get("mismatch")
+        # the link really lost packets both ways while the meeting went on
+        assert topology.downlink("victim").counters()["drop"] > 0
+        assert topology.uplink("victim").counters()["drop"] > 0
+        levels = tone_levels(tmp_path / "rec" / "audio.wav", [437, 691])
+        assert levels[437] > -6, levels  # alice's tone is what the victim hears
+        assert levels[691] < -30, levels  # and not its own
+    finally:
+        for bot in started:
+            bot.cleanup()
+
+
+def test_nat_topology_hides_clients_behind_their_routers(netlab: Lab) -> None:
+    """What a peer-to-peer test builds on: a client's datagrams reach the public namespace
+    from its router's public address, and the other site's router is reachable."""
+    nat = nat_topology(netlab, 2)
+    echo = nat.public.popen(
+        [sys.executable, "-c",
+         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         "s.bind(('0.0.0.0', 40000)); print('ready', flush=True); "
+         "data, peer = s.recvfrom(100); print(peer[0], flush=True)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+    site = nat.sites[0]
+    site.client.run([sys.executable, "-c",
+                     "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                     f".sendto(b'hi', ('{site.wan.a.ip}', 40000))"])
+    assert echo.stdout.readline().strip() == site.wan.b.ip  # masqueraded, not 192.168.x
+    assert echo.wait(10) == 0
+    other = nat.sites[1].wan.b.ip
+    assert site.client.run(["ping", "-c", "1", "-W", "5", other], check=False).returncode == 0
