@@ -330,6 +330,8 @@ class Client:
             raise ConnectionFailed(f"cannot connect to {self.url}: {exc}") from exc
         self._lobby = None  # a new connection starts without a list on the server's side
         self._reader = asyncio.create_task(self._read_loop(self._ws))
+        # p2p only when offered: a server without P2P refuses unknown hello fields
+        offer: dict[str, Any] = {"p2p": True} if self.p2p else {}
         try:
             hello = await self._request(
                 sig.Hello,
@@ -338,7 +340,7 @@ class Client:
                 version=sig.PROTOCOL_VERSION,
                 name=self.name,
                 resume_token=self.resume_token,
-                p2p=self.p2p,
+                **offer,
             )
         except RequestError as exc:
             await self._discard_socket()

@@ -217,6 +217,7 @@ class MediaEndpoint:
                                            max_bps=MAX_BPS)
         self._reported_target = 0
         self._twcc = TwccRecorder()
+        self._peer_twcc = TwccRecorder()  # the direct path's (issue 10)
         self._audio_ts = secrets.randbelow(1 << 32)
         self._audio_marker = True
         self._picture_id = secrets.randbelow(1 << 15)
@@ -273,9 +274,10 @@ class MediaEndpoint:
 
     def get_timer(self) -> float:
         deadlines = [self._next_keepalive, self.congestion.next_wakeup()]
-        feedback = self._twcc.next_feedback_time()
-        if feedback is not None:
-            deadlines.append(feedback)
+        for recorder in (self._twcc, self._peer_twcc):
+            feedback = recorder.next_feedback_time()
+            if feedback is not None:
+                deadlines.append(feedback)
         for remote in self._remote.values():
             for deadline in (remote.nack.next_deadline(), remote.assembler.next_deadline()):
                 if deadline is not None:
@@ -288,7 +290,12 @@ class MediaEndpoint:
         if self._twcc.feedback_due(now):
             for feedback in self._twcc.build_feedback(now, self.config.video_ssrc,
                                                        self.config.mix_ssrc):
-                self._send_rtcp(feedback)
+                self._out.append(self._srtp.protect_rtcp(feedback))  # the server's path only
+        if self._peer_twcc.feedback_due(now):
+            for feedback in self._peer_twcc.build_feedback(now, self.config.video_ssrc,
+                                                            self.config.mix_ssrc):
+                if self._peer_srtp is not None and self.send_to_peer:  # our path in use
+                    self._peer_out.append(self._peer_srtp.protect_rtcp(feedback))
         for ssrc, remote in self._remote.items():
             for frame in remote.assembler.poll(now):
                 self._frame_ready(ssrc, remote, frame)
@@ -453,6 +460,10 @@ class MediaEndpoint:
             else:
                 plain = self._srtp.unprotect_rtp(data)
                 self.server_rtp_at = now
+                # transport-wide feedback is per path: the server stamps its own sequence
+                transport_seq = read_transport_seq(plain)
+                if transport_seq is not None:
+                    self._twcc.on_packet(transport_seq, now)
                 if self._peer_srtp is not None and self._duplicate(plain):
                     return
                 self._on_rtp(plain, len(data), now)
@@ -504,9 +515,6 @@ class MediaEndpoint:
 
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
-        transport_seq = read_transport_seq(plain)
-        if transport_seq is not None:
-            self._twcc.on_packet(transport_seq, now)
         if packet.payload_type == AUDIO_PAYLOAD_TYPE and packet.ssrc != self.config.mix_ssrc:
             self._on_sender_audio(packet, now)  # a sender's own stream (P2P, E2EE)
             return
@@ -600,6 +608,7 @@ class MediaEndpoint:
         send, the peer's what it sends). Nothing is sent there until ``send_to_peer``."""
         self._peer_srtp = SrtpContext(tx_key=tx_key, rx_key=rx_key)
         self._peer_out = []
+        self._peer_twcc = TwccRecorder()
         self.peer_rtp_at = self.peer_heard_at = None
 
     def stop_peer(self) -> None:
@@ -651,6 +660,9 @@ class MediaEndpoint:
         self.peer_heard_at = self.peer_rtp_at = now
         self.peer_counters["received_packets"] += 1
         self.peer_counters["received_bytes"] += len(data)
+        transport_seq = read_transport_seq(plain)  # the peer's uplink sequence: its own
+        if transport_seq is not None:                # feedback, sent back on this path
+            self._peer_twcc.on_packet(transport_seq, now)
         if self._duplicate(plain):
             return
         try:
