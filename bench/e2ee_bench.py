@@ -11,6 +11,12 @@ payload through the project's ``SrtpContext`` (libsrtp via pylibsrtp), measured 
 process, as the reference.
 "Pairing" is one SPAKE2 + X25519 key exchange between two sessions (both sides), and
 "rotation" the work of a 5-person meeting to rotate after someone leaves, in memory.
+
+    .venv/bin/python bench/e2ee_bench.py --meeting 20   # + 5-person meeting CPU, 20 s each
+
+``--meeting`` runs a real server and five ``confero bot`` processes (320x240 synthetic video
+at 30 fps, a tone each) twice, an ordinary meeting then an E2EE one, and reports each bot's
+CPU (user + system, from /proc) over the same window once everyone is up, as % of a core.
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ import argparse
 import json
 import os
 import platform
+import queue
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -137,11 +148,82 @@ def key_exchange() -> dict[str, Any]:
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[dict[str, Any]]:
+    out: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                out.put(json.loads(line))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return out
+
+
+def _wait(events: queue.Queue[dict[str, Any]], kind: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = events.get(timeout=max(0.1, deadline - time.monotonic()))
+        if event.get("event") == kind:
+            return event
+
+
+def meeting_cpu(e2ee: bool, seconds: float, people: int = 5) -> dict[str, Any]:
+    """Each bot's CPU share in one meeting of ``people``, measured over ``seconds``."""
+    cli = [sys.executable, "-m", "confero.cli"]
+    with tempfile.TemporaryDirectory() as data:
+        server = subprocess.Popen(
+            [*cli, "server", "--port", "0", "--media-port", "0", "--data-dir", data],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        bots: list[subprocess.Popen[str]] = []
+        try:
+            url = _wait(_lines(server), "listening")["url"]
+            secret = ["--passphrase", "bench passphrase"] if e2ee else []
+            meeting = ""
+            for index in range(people):
+                target = (["--create", "bench", *(["--e2ee"] if e2ee else [])] if index == 0
+                          else ["--join", meeting])
+                bot = subprocess.Popen(
+                    [*cli, "bot", "--server", url, "--name", f"p{index}", *target, *secret,
+                     "--width", "320", "--height", "240", "--audio", f"sine:{300 + 110 * index}",
+                     "--no-stdin", "--duration", str(seconds + 60)],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                bots.append(bot)
+                joined = _wait(_lines(bot), "joined")
+                meeting = meeting or joined["meeting_id"]
+            time.sleep(5)  # keys exchanged, keyframes out, buffers settled
+            before = [_cpu_seconds(b.pid) for b in bots]
+            start = time.monotonic()
+            time.sleep(seconds)
+            elapsed = time.monotonic() - start
+            shares = [100 * (_cpu_seconds(b.pid) - c) / elapsed for b, c in zip(bots, before,
+                                                                             strict=True)]
+        finally:
+            for proc in (*bots, server):
+                proc.terminate()
+            for proc in (*bots, server):
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    return {"per_bot_percent_of_a_core": [round(s, 1) for s in shares],
+            "mean_percent": round(statistics.mean(shares), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--meeting", type=float, default=0, metavar="SECONDS",
+                        help="also compare a 5-person meeting's CPU per bot, plain vs E2EE")
     args = parser.parse_args()
     iterations, rounds = (500, 3) if args.quick else (args.iterations, args.rounds)
     gcm128 = sframe_pair(CipherSuite.AES_128_GCM_SHA256_128, iterations, rounds)
@@ -162,6 +244,15 @@ def main() -> None:
         "meets_target": gcm128["median_us"] <= TARGET_US,
         **key_exchange(),
     }
+    if args.meeting:
+        plain = meeting_cpu(False, args.meeting)
+        secret = meeting_cpu(True, args.meeting)
+        result["meeting_5_people"] = {
+            "seconds": args.meeting, "ordinary": plain, "e2ee": secret,
+            "e2ee_extra_percent_of_a_core": round(secret["mean_percent"]
+                                                  - plain["mean_percent"], 1),
+            "target_extra_percent": 10,
+        }
     print(json.dumps(result, indent=2))
 
 

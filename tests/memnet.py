@@ -89,9 +89,10 @@ class MemoryNetwork:
 
     # ------------------------------------------------------------------ set-up
 
-    def join(self, name: str, meeting: str = "m1", **kwargs: object) -> Client:
+    def join(self, name: str, meeting: str = "m1", *, e2ee: bool = False,
+             **kwargs: object) -> Client:
         self.router.reserve(name)
-        grant = self.router.admit(name, meeting)
+        grant = self.router.admit(name, meeting, e2ee=e2ee)
         address = (f"10.0.0.{len(self.clients) + 2}", 40000 + len(self.clients))
         endpoint = MediaEndpoint(EndpointConfig.from_grant(grant), self.now, **kwargs)  # type: ignore[arg-type]
         client = Client(name, address, endpoint)

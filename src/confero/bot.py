@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from confero import client as api
 from confero.client.call import Call, CallVideo
+from confero.client.e2ee_call import E2eeNotice, NoPassphrase
 from confero.client.media import AudioSource, VideoSource
 from confero.media.audio import SineSource
 from confero.media.devices import (
@@ -32,6 +34,7 @@ from confero.media.devices import (
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
 from confero.protocol import signaling as sig
+from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.stdin import stdin_lines
 
 
@@ -115,6 +118,8 @@ class Bot:
                          receive_video=not args.send_only,
                          on_source_error=self._source_failed,
                          on_media_started=self._media_started,
+                         passphrase=getattr(args, "passphrase", None),
+                         on_e2ee=self._on_e2ee,
                          on_mode_changed=self._mode_changed)
         self.client.p2p = not getattr(args, "no_p2p", False)
         self.speaker: Speaker | None = None
@@ -141,7 +146,8 @@ class Bot:
             if self.args.create:
                 result = await self.client.create_meeting(
                     self.args.create, self.args.password,
-                    mode=getattr(self.args, "mode", "auto") or "auto")
+                    mode=getattr(self.args, "mode", "auto") or "auto",
+                    e2ee=bool(getattr(self.args, "e2ee", False)))
             else:
                 result = await self.client.join(self.args.join, self.args.password)
         except api.RequestError as exc:
@@ -150,8 +156,14 @@ class Bot:
             return 1
         emit("joined", meeting_id=result.meeting.id, title=result.meeting.title,
              participant_id=self.client.participant_id, created=bool(self.args.create),
-             participants=[p.name for p in result.participants],
+             participants=[p.name for p in result.participants], e2ee=result.meeting.e2ee,
              mode=result.mode, mode_setting=result.mode_setting)
+        if getattr(self.args, "passphrase", None) and not result.meeting.e2ee:
+            # Our passphrase would protect nothing: refuse rather than send in the clear.
+            emit("error", code="not_e2ee",
+                 message="this meeting is not end-to-end encrypted; not sending media")
+            await self.client.close()
+            return 1
         if self.args.record:
             self.call.start_recording(self.args.record)
         await self.call.entered(result)
@@ -165,6 +177,7 @@ class Bot:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._finish, "signal")
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # where is it stuck?
         try:
             if self.args.duration:
                 with contextlib.suppress(TimeoutError):
@@ -207,6 +220,22 @@ class Bot:
 
     def _source_failed(self, kind: str, message: str) -> None:
         emit("error", code="source_failed", message=f"{kind}: {message}")
+
+    def _on_e2ee(self, notice: E2eeNotice) -> None:
+        if isinstance(notice, NoPassphrase):
+            emit("e2ee", state="cannot decrypt", reason="no passphrase")
+            return
+        if isinstance(notice, SendKeyChanged):  # a join ratchet or a rotation after a leave
+            emit("e2ee_key", epoch=kid_epoch(notice.kid))
+            return
+        known = self.client.participants.get(notice.pid)
+        name = known.name if known is not None else notice.pid
+        if isinstance(notice, PeerVerified):
+            emit("e2ee", state="verified", name=name, safety_code=notice.safety_code)
+        elif isinstance(notice, PeerUnverified):
+            emit("e2ee", state="cannot verify", name=name, reason=notice.reason)
+        else:
+            emit("e2ee", state="blob_rejected", name=name, reason=notice.reason)
 
     def _on_video(self, call_video: CallVideo) -> None:
         video = call_video.video
@@ -320,6 +349,7 @@ class Bot:
         emit("stats", video=stats["video"], audio=stats["audio"],
              audio_buffer=stats["audio_buffer"], sent=stats["sent"],
              uplink=stats.get("uplink"), frames_sent=self._frames_sent(), mode=self.call.mode,
+             e2ee=self.call.e2ee_status(),
              gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
                                "over_100ms": seen.gaps_over_100ms}
                    for seen in self.seen.values()},
@@ -340,6 +370,7 @@ class Bot:
             },
             "frames_sent": self._frames_sent(),
             "stats": self.call.session.stats() if self.call.session is not None else None,
+            "e2ee": self.call.e2ee_status(),
             "mode": self.call.mode,
             "paths": self.call.session.path_counters() if self.call.session is not None
             else None,
@@ -357,11 +388,19 @@ class Bot:
         try:
             media = await self.client.meeting_media()
         except (api.RequestError, api.ConnectionLost, TimeoutError) as exc:
+            if self.stop.is_set() or self.client.meeting is None:
+                return  # leaving: the meeting's counters are no longer ours to ask for
             emit("error", code="meeting_media", message=str(exc))
             return
         emit(event, mode=media.mode, received_bytes=media.received_bytes,
              received_packets=media.received_packets, forwarded_bytes=media.forwarded_bytes,
              forwarded_packets=media.forwarded_packets, mixed_bytes=media.mixed_bytes)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: every asyncio task's stack on stderr (a test's clue when a bot hangs)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
 
 
 def main(args: Any) -> int:

@@ -75,6 +75,12 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
                         help="read the synthetic stamp of every decoded frame and count "
                         "frames whose identity matches the sender's name")
     parser.add_argument("--no-stdin", action="store_true", help="ignore standard input")
+    parser.add_argument("--e2ee", action="store_true",
+                        help="with --create: an end-to-end encrypted meeting (needs "
+                        "--passphrase to send anything others can decrypt)")
+    parser.add_argument("--passphrase", default=os.environ.get("CONFERO_E2EE_PASSPHRASE"),
+                        help="E2EE passphrase (never sent to the server; env "
+                        "CONFERO_E2EE_PASSPHRASE)")
     parser.add_argument("--mode", choices=("auto", "server"), default="auto",
                         help="with --create: auto (two people talk peer-to-peer, the "
                         "default) or server (media always through the server)")

@@ -25,6 +25,7 @@ from PySide6.QtGui import QImage
 
 from confero import client as api
 from confero.client.call import Call, CallVideo
+from confero.client.e2ee_call import NoPassphrase
 from confero.client.media import AudioSource, VideoSource
 from confero.media.audio import SineSource
 from confero.media.devices import (
@@ -36,6 +37,7 @@ from confero.media.devices import (
     has_default_device,
 )
 from confero.media.video import SyntheticCamera
+from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.protocol.signaling import HandChanged
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,13 @@ class Engine(QObject):
     speaking = Signal(object)  # set: participant ids (and SELF) talking now
     local_media = Signal(bool, bool)  # camera on, microphone on (what we actually send)
     recording = Signal(bool, str)
+    #: E2EE meetings: a dict, either {"peer": participant id, "state": "verified" |
+    #: "cannot verify" | "blob_rejected", "safety_code" or "reason"}, {"state": "cannot
+    #: decrypt", "reason": "no passphrase"}, {"state": "key_changed", "epoch": n} (our
+    #: sender key was ratcheted or rotated), or once a second {"status": {name: {verified,
+    #: safety_code, decrypted, undecryptable, audio_undecryptable, video_undecryptable,
+    #: state: "decrypting" | "cannot decrypt" | "waiting"}}}.
+    e2ee_state = Signal(object)
     #: the meeting's media path: "p2p" (direct) or "server", and the server's reason
     mode_changed = Signal(str, str)
     # --- added for the app UI (branch app-ui); small and separate from the call logic ---
@@ -200,7 +209,7 @@ class Engine(QObject):
         self.client = client
         self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
                          device_playout=True, on_source_error=self._source_failed,
-                         on_media_started=self._media_started,
+                         on_media_started=self._media_started, on_e2ee=self._on_e2ee,
                          on_muted_level=self.muted_level.emit,
                          on_mode_changed=self.mode_changed.emit)
         client.p2p = True  # two people talk directly when the meeting allows it
@@ -248,19 +257,44 @@ class Engine(QObject):
 
         self.submit(refresh())
 
-    def create_meeting(self, title: str, password: str | None) -> None:
+    def create_meeting(self, title: str, password: str | None, *, e2ee: bool = False,
+                       passphrase: str | None = None) -> None:
+        """``e2ee``: end-to-end encrypted; ``passphrase`` never leaves this machine."""
         async def create() -> None:
-            result = await self._require_client().create_meeting(title, password or None)
+            self._set_passphrase(passphrase)
+            result = await self._require_client().create_meeting(title, password or None,
+                                                                  e2ee=e2ee)
             await self._entered(result)
 
         self.submit(create())
 
-    def join_meeting(self, meeting_id: str, password: str | None) -> None:
+    def join_meeting(self, meeting_id: str, password: str | None,
+                     passphrase: str | None = None) -> None:
         async def join() -> None:
+            self._set_passphrase(passphrase)
             result = await self._require_client().join(meeting_id.strip(), password or None)
             await self._entered(result)
 
         self.submit(join())
+
+    def _set_passphrase(self, passphrase: str | None) -> None:
+        if self.call is not None:
+            self.call.e2ee.passphrase = passphrase or None
+
+    def _on_e2ee(self, notice: Any) -> None:
+        if isinstance(notice, NoPassphrase):
+            self.e2ee_state.emit({"state": "cannot decrypt", "reason": "no passphrase"})
+        elif isinstance(notice, SendKeyChanged):
+            self.e2ee_state.emit({"state": "key_changed", "epoch": kid_epoch(notice.kid)})
+        elif isinstance(notice, PeerVerified):
+            self.e2ee_state.emit({"peer": notice.pid, "state": "verified",
+                                  "safety_code": notice.safety_code})
+        elif isinstance(notice, PeerUnverified):
+            self.e2ee_state.emit({"peer": notice.pid, "state": "cannot verify",
+                                  "reason": notice.reason})
+        else:
+            self.e2ee_state.emit({"peer": notice.pid, "state": "blob_rejected",
+                                  "reason": notice.reason})
 
     def leave_meeting(self) -> None:
         async def leave() -> None:
@@ -525,3 +559,5 @@ class Engine(QObject):
                 stats = call.named_stats()
                 self.stats.emit({"video": stats["video"], "audio": stats["audio"],
                                  "sent": stats["sent"]})
+                if call.e2ee.active:
+                    self.e2ee_state.emit({"status": call.e2ee_status()})

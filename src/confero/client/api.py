@@ -14,6 +14,7 @@ impossible it says why: a :class:`RejoinFailed` event, or the state ``FAILED`` w
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import logging
@@ -206,13 +207,15 @@ class Client:
         return result.meetings
 
     async def create_meeting(self, title: str, password: str | None = None,
-                             mode: sig.MeetingMode = "auto") -> sig.JoinResult:
+                             mode: sig.MeetingMode = "auto", *,
+                             e2ee: bool = False) -> sig.JoinResult:
         return await self._request(
             sig.CreateMeeting,
             sig.JoinResult,
             hook=lambda result: self._entered(result, password),
             title=title,
             password=password,
+            e2ee=e2ee,
             mode=mode,
         )
 
@@ -242,6 +245,10 @@ class Client:
         """Announce camera/microphone state to the meeting (the media itself flows apart)."""
         await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone)
 
+    async def relay_e2ee_blob(self, to: str, blob: bytes) -> None:
+        """Have the server pass an opaque E2EE key-exchange blob to one participant."""
+        await self._request(sig.RelayE2eeBlob, sig.Empty, to=to,
+                            blob=base64.b64encode(blob).decode("ascii"))
     async def raise_hand(self, raised: bool) -> None:
         """Raise or lower our hand in the current meeting."""
         await self._request(sig.RaiseHand, sig.Empty, raised=raised)

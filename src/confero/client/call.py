@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import av
 
 from confero.client import api
+from confero.client.e2ee_call import E2eeCall, E2eeNotice
 from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
 from confero.media.audio import SILENCE, Samples
 from confero.media.recorder import MeetingRecorder
@@ -59,6 +60,8 @@ class Call:
         fps: int = 30,
         device_playout: bool = False,
         receive_video: bool = True,
+        passphrase: str | None = None,
+        on_e2ee: Callable[[E2eeNotice], None] | None = None,
         on_mode_changed: Callable[[str, str], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
@@ -84,6 +87,9 @@ class Call:
         self._media_lock: asyncio.Lock | None = None  # made on the loop that uses it
         self.joined_at: float | None = None  # monotonic
         self.microphone_muted = False
+        #: End-to-end encryption (E2EE meetings): keys from the passphrase, never sent.
+        self.e2ee = E2eeCall(client, passphrase, on_e2ee)
+        client.add_listener(self._e2ee_event)  # from the start: no blob may be missed
         # ---- peer-to-peer (issue 10)
         #: the media path the server says the meeting uses: "server" or "p2p", and why
         self.mode = "server"
@@ -118,6 +124,8 @@ class Call:
         """We are in (created, joined or rejoined): open the media path."""
         self.joined_at = time.monotonic()
         self._known = {p.id: p for p in result.participants}
+        if result.meeting.e2ee:
+            self.e2ee.start(result.meeting, result.participants)
         await self.start_media()
 
     async def start_media(self) -> bool:
@@ -135,6 +143,7 @@ class Call:
                 fps=self._fps, device_playout=self._device_playout,
                 receive_video=self._receive_video, on_source_error=self._source_failed,
                 prepare_video=self._prepare_video, on_level=self._level,
+                cipher=self.e2ee.cipher,
             )
             await session.open()
             self.session = session
@@ -167,6 +176,7 @@ class Call:
 
     async def leave(self) -> None:
         await self.stop_media()
+        await self.e2ee.close()
         if self.client.meeting is not None:
             with contextlib.suppress(api.RequestError, api.ConnectionLost, TimeoutError):
                 await self.client.leave()
@@ -278,6 +288,7 @@ class Call:
                 if gone is not None:
                     if self.session is not None:
                         self.session.forget_stream(gone.video_ssrc, ended=True)
+                        self.session.forget_audio_stream(gone.audio_ssrc)
                     if self.recorder is not None:
                         self.recorder.end_stream(gone.video_ssrc)
             case sig.MediaChanged(participant_id=pid, camera=camera):
@@ -307,6 +318,51 @@ class Call:
                 self._spawn(self.stop_media())
             case _:
                 pass
+
+    def _e2ee_event(self, event: api.ClientEvent) -> None:
+        """Key exchange first, before any front end sees the event: a rejoin gets a new
+        identity (and new keys) before the media restarts with them."""
+        match event:
+            case api.Rejoined(meeting=meeting, participants=participants):
+                if meeting.e2ee:
+                    self.e2ee.start(meeting, participants)
+                else:
+                    self.e2ee.stop()
+            case sig.MeetingEnded() | api.RejoinFailed():
+                self.e2ee.stop()
+            case _:
+                self.e2ee.on_event(event)
+
+    def e2ee_status(self) -> dict[str, Any]:
+        """Per participant name: verified, safety code, and frames decrypted / not."""
+        if not self.e2ee.active:
+            return {}
+        frames: dict[int, dict[str, int]] = {}
+        if self.session is not None:
+            raw = self.session.stats().get("e2ee", {})
+            assert isinstance(raw, dict)
+            frames = raw
+        out: dict[str, Any] = {}
+        states = self.e2ee.peer_states()
+        for participant in self._known.values():
+            if participant.id == self.client.participant_id:
+                continue
+            state = states.get(participant.id, {"verified": False, "safety_code": None})
+            counts = [frames.get(s, {}) for s in (participant.audio_ssrc,
+                                                   participant.video_ssrc)]
+            decrypted = sum(c.get("decrypted", 0) for c in counts)
+            undecryptable = sum(c.get("undecryptable", 0) for c in counts)
+            out[participant.name] = {
+                "participant_id": participant.id,
+                **state,
+                "decrypted": decrypted,
+                "undecryptable": undecryptable,
+                "audio_undecryptable": counts[0].get("undecryptable", 0),
+                "video_undecryptable": counts[1].get("undecryptable", 0),
+                "state": "cannot decrypt" if undecryptable and not decrypted
+                else "decrypting" if decrypted else "waiting",
+            }
+        return out
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)

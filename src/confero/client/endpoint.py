@@ -18,11 +18,13 @@ to stamp RTCP sender reports, through the ``wall_offset`` it is given.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from confero.client.frame_cipher import FrameCipher, SFrameError
 from confero.client.stats import StreamStats
 from confero.protocol import consent, rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
@@ -194,8 +196,10 @@ class MediaEndpoint:
         wall_offset: float = 0.0,
         receive_video: bool = True,
         max_video_size: tuple[int, int] = (MAX_VIDEO_WIDTH, MAX_VIDEO_HEIGHT),
+        cipher: FrameCipher | None = None,
     ) -> None:
-        """``wall_offset``: wall-clock seconds minus ``now``, to stamp sender reports."""
+        """``wall_offset``: wall-clock seconds minus ``now``, to stamp sender reports.
+        ``cipher``: end-to-end frame encryption (E2EE meetings), None for ordinary ones."""
         self.config = config
         self._srtp = SrtpContext(tx_key=config.tx_key, rx_key=config.rx_key)
         self._wall_offset = wall_offset
@@ -228,6 +232,10 @@ class MediaEndpoint:
         #: audio SSRC -> (level in -dBov, when heard), from the mix's CSRCs (RFC 6465)
         self._speaker_levels: dict[int, tuple[int, float]] = {}
         self._next_keepalive = now  # the first datagram opens the path at once
+        #: End-to-end encryption of whole frames (None: an ordinary meeting).
+        self.cipher = cipher
+        #: SSRC -> [frames decrypted, frames that failed to decrypt (dropped)]
+        self.e2ee_frames: dict[int, list[int]] = {}
         self._last_now = now
         self.counters: dict[str, int] = {
             "sent_packets": 0, "sent_bytes": 0, "dropped_auth": 0, "dropped_malformed": 0,
@@ -314,6 +322,13 @@ class MediaEndpoint:
         clock (it sets the RTP timestamp); ``capture_us`` the same moment on the wall
         clock, carried in the header extension for receivers' delay figures."""
         self._advance(captured_at if now is None else now)
+        if self.cipher is not None:
+            try:
+                data = self.cipher.protect_video(data)
+            except SFrameError:
+                self.counters["e2ee_protect_failed"] = self.counters.get(
+                    "e2ee_protect_failed", 0) + 1
+                return
         self._picture_id = (self._picture_id + 1) & 0x7FFF
         rtp_ts = (int(captured_at * VIDEO_CLOCK) + self._video_ts_offset) & 0xFFFFFFFF
         temporal = None
@@ -349,6 +364,13 @@ class MediaEndpoint:
                          now: float) -> None:
         """One 20 ms Opus frame with its RFC 6464 level (-dBov, 127 = silence)."""
         self._advance(now)
+        if self.cipher is not None:
+            try:
+                payload = self.cipher.protect_audio(payload)
+            except SFrameError:
+                self.counters["e2ee_protect_failed"] = self.counters.get(
+                    "e2ee_protect_failed", 0) + 1
+                return
         self._audio_ts = (self._audio_ts + AUDIO_FRAME_TICKS) & 0xFFFFFFFF
         packet = RtpPacket(
             payload_type=AUDIO_PAYLOAD_TYPE,
@@ -501,8 +523,7 @@ class MediaEndpoint:
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
         if packet.payload_type == AUDIO_PAYLOAD_TYPE and packet.ssrc != self.config.mix_ssrc:
-            if packet.payload:  # a sender's own stream (the peer's, in P2P)
-                self.peer_audio.push(packet.ssrc, packet.timestamp, packet.payload, now)
+            self._on_sender_audio(packet, now)  # a sender's own stream (P2P, E2EE)
             return
         if packet.ssrc == self.config.mix_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             self.audio_stats.on_packet(packet, size, now, AUDIO_CLOCK)
@@ -529,7 +550,47 @@ class MediaEndpoint:
         for frame in remote.assembler.push(packet, now):
             self._frame_ready(packet.ssrc, remote, frame)
 
+    def _on_sender_audio(self, packet: RtpPacket, now: float) -> None:
+        """A sender's own audio (forwarded, not mixed: E2EE or peer to peer); in an E2EE
+        meeting it is decrypted here, so the jitter buffer holds only authentic frames."""
+        if not packet.payload:  # an empty one is a loss, not a frame
+            return
+        payload = self._unprotect(packet.ssrc, packet.payload, video=False)
+        if payload is None:
+            return
+        level = packet.extensions.get(EXT_AUDIO_LEVEL)
+        if level:
+            self._speaker_levels[packet.ssrc] = (level[0] & 0x7F, now)
+        self.peer_audio.push(packet.ssrc, packet.timestamp, payload, now)
+
+    def _unprotect(self, ssrc: int, data: bytes, *, video: bool) -> bytes | None:
+        """The frame in clear, or None (counted) when it cannot be decrypted."""
+        cipher = self.cipher
+        if cipher is None:
+            return data
+        counts = self.e2ee_frames.get(ssrc)
+        if counts is None:
+            if len(self.e2ee_frames) >= 4 * MAX_REMOTE_STREAMS:
+                self.e2ee_frames.clear()
+            counts = self.e2ee_frames[ssrc] = [0, 0]
+        try:
+            plain = cipher.unprotect_video(data) if video else cipher.unprotect_audio(data)
+        except SFrameError:
+            counts[1] += 1
+            return None
+        counts[0] += 1
+        return plain
+
     def _frame_ready(self, ssrc: int, remote: _RemoteVideo, frame: Frame) -> None:
+        if self.cipher is not None:
+            plain = self._unprotect(ssrc, frame.data, video=True)
+            if plain is None:
+                # Not shown, not decoded. Once keys arrive, the decoder's failure on the
+                # next delta frame asks for a keyframe; asking here would let a participant
+                # without the passphrase make everyone send keyframes.
+                remote.stats.frames_dropped += 1
+                return
+            frame = dataclasses.replace(frame, data=plain)
         if frame.keyframe:
             size = keyframe_size(frame.data)
             max_width, max_height = self._max_video_size
@@ -669,6 +730,13 @@ class MediaEndpoint:
         self._remote.pop(ssrc, None)
         if ended:
             self._srtp.forget(ssrc)
+            self.e2ee_frames.pop(ssrc, None)
+
+    def forget_audio_stream(self, ssrc: int) -> None:
+        """A sender's own audio stream ended (they left)."""
+        self.peer_audio.forget(ssrc)
+        self.e2ee_frames.pop(ssrc, None)
+        self._srtp.forget(ssrc)
 
     # ------------------------------------------------------------------ audio playout
 
@@ -707,6 +775,9 @@ class MediaEndpoint:
                 "late": self.jitter.late,
             },
             "sent": dict(self.counters),
+            "sender_audio": self.peer_audio.stats(),
+            "e2ee": {ssrc: {"decrypted": ok, "undecryptable": bad}
+                     for ssrc, (ok, bad) in self.e2ee_frames.items()},
             "uplink": {
                 "target_bps": self.congestion.target_bps,
                 "delay_based_bps": round(self.congestion.bwe.rate.bitrate_bps),

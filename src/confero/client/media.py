@@ -36,6 +36,7 @@ from confero.client.endpoint import (
     TargetBitrate,
     VideoFrameReady,
 )
+from confero.client.frame_cipher import FrameCipher
 from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
@@ -107,6 +108,7 @@ class MediaSession(asyncio.DatagramProtocol):
         receive_video: bool = True,
         on_source_error: Callable[[str, str], None] | None = None,
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        cipher: FrameCipher | None = None,
         on_level: Callable[[int], None] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
@@ -124,6 +126,7 @@ class MediaSession(asyncio.DatagramProtocol):
         self._on_audio = on_audio
         self._on_source_error = on_source_error  # (kind "video"/"audio", message)
         self._prepare_video = prepare_video
+        self._cipher = cipher  # end-to-end frame encryption (E2EE meetings only)
         self._on_level = on_level  # each captured frame's level (-dBov), muted or not
         self.fps = fps
         self.transport: asyncio.DatagramTransport | None = None
@@ -175,7 +178,8 @@ class MediaSession(asyncio.DatagramProtocol):
         loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
         self._endpoint = MediaEndpoint(self._config, now, wall_offset=time.time() - now,
-                                       receive_video=self._receive_video)
+                                       receive_video=self._receive_video,
+                                       cipher=self._cipher)
         transport, _ = await loop.create_datagram_endpoint(lambda: self, remote_addr=self.address)
         self.transport = transport
         self._sock = transport.get_extra_info("socket")
@@ -704,3 +708,12 @@ class MediaSession(asyncio.DatagramProtocol):
         self._generations[ssrc] = self._generations.get(ssrc, 0) + 1
         with contextlib.suppress(RuntimeError):
             self._decode_pool.submit(self._decoders.pop, ssrc, None)
+
+    def forget_audio_stream(self, ssrc: int) -> None:
+        """A sender of its own audio stream (E2EE) left: free its buffer and decoder."""
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.forget_audio_stream(ssrc)
+        with self._audio_decode_lock:
+            self._local_mixer.forget(ssrc)

@@ -40,6 +40,13 @@ MeetingId = Annotated[str, Meta(pattern=r"^[a-z0-9]{1,32}$")]
 #: A resume token is a secret the client keeps across reconnects: the server knows it
 #: only by its hash, and uses it to recognise the creator of a meeting.
 ResumeToken = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{32,64}$")]
+#: E2EE key-exchange blobs: base64 of at most MAX_E2EE_BLOB_BYTES (the server never reads them).
+MAX_E2EE_BLOB_BYTES: Final = 256
+ParticipantId = Annotated[str, Meta(min_length=1, max_length=64)]
+E2eeBlobText = Annotated[
+    str, Meta(min_length=4, max_length=(MAX_E2EE_BLOB_BYTES + 2) // 3 * 4,
+              pattern=r"^[A-Za-z0-9+/]+={0,2}$")
+]
 MeetingMode = Literal["auto", "server"]
 #: The media path a meeting uses now.
 MediaMode = Literal["server", "p2p"]
@@ -70,6 +77,7 @@ class ErrorCode(enum.StrEnum):
     NOT_IN_MEETING = "not_in_meeting"
     ALREADY_IN_MEETING = "already_in_meeting"
     NAME_TAKEN = "name_taken"
+    NOT_E2EE = "not_e2ee"
     INTERNAL = "internal"
     MEETING_FULL = "meeting_full"
     CHAT_QUOTA = "chat_quota"
@@ -100,6 +108,8 @@ class ListMeetings(Request, tag="list_meetings", frozen=True):
 class CreateMeeting(Request, tag="create_meeting", frozen=True):
     title: Title
     password: Password | None = None
+    #: End-to-end encrypted media (SFrame); fixed for the meeting's life.
+    e2ee: bool = False
     #: ``auto``: two P2P-capable people talk directly, the server only manages; ``server``:
     #: media always goes through the server.
     mode: MeetingMode = "auto"
@@ -108,6 +118,13 @@ class CreateMeeting(Request, tag="create_meeting", frozen=True):
 class JoinMeeting(Request, tag="join_meeting", frozen=True):
     meeting_id: MeetingId
     password: Password | None = None
+
+
+class RelayE2eeBlob(Request, tag="e2ee_blob", frozen=True):
+    """Relay an opaque key-exchange blob to one participant of our (E2EE) meeting."""
+
+    to: ParticipantId
+    blob: E2eeBlobText
 
 
 class LeaveMeeting(Request, tag="leave_meeting", frozen=True):
@@ -174,6 +191,7 @@ REQUEST_TYPES: Final[dict[str, type[Request]]] = {
         Ping, SetMedia, RaiseHand, P2pSignal, P2pState, MeetingMedia,
     )
 }
+REQUEST_TYPES["e2ee_blob"] = RelayE2eeBlob
 
 
 # --------------------------------------------------------------------------- shared records
@@ -188,6 +206,8 @@ class MeetingInfo(Struct, frozen=True):
     participant_count: int
     has_password: bool
     created_at: float
+    #: End-to-end encrypted: the lobby shows a lock; joining needs the E2EE passphrase.
+    e2ee: bool = False
 
 
 class ParticipantInfo(Struct, frozen=True):
@@ -337,6 +357,14 @@ class ChatEvent(ServerMessage, tag="chat", frozen=True):
     message: ChatMessage
 
 
+class E2eeBlobReceived(ServerMessage, tag="e2ee_blob", frozen=True):
+    """A key-exchange blob another participant of the meeting sent us (opaque, base64)."""
+
+    meeting_id: str
+    from_: str = msgspec.field(name="from")
+    blob: str = ""
+
+
 class MediaChanged(ServerMessage, tag="media_changed", frozen=True):
     meeting_id: str
     participant_id: str
@@ -397,8 +425,8 @@ class HandChanged(ServerMessage, tag="hand_changed", frozen=True):
 
 ServerEvent = (
     ParticipantJoined | ParticipantLeft | MeetingEnded | MeetingsChanged | ChatEvent
-    | MediaChanged | MeetingsDelta | HandChanged | P2pStart | P2pSignalEvent | P2pStop
-    | ModeChanged
+    | MediaChanged | MeetingsDelta | HandChanged | E2eeBlobReceived | P2pStart
+    | P2pSignalEvent | P2pStop | ModeChanged
 )
 AnyServerMessage = Ok | Error | ServerEvent
 

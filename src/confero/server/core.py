@@ -65,8 +65,10 @@ class MediaPlane(Protocol):
     def reserve(self, participant_id: str) -> tuple[int, int]:
         """Server-unique (audio, video) SSRCs for this participant's connection."""
 
-    def admit(self, participant_id: str, meeting_id: str) -> sig.MediaGrant:
-        """Open the media path for a participant who just entered a meeting."""
+    def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
+              ) -> sig.MediaGrant:
+        """Open the media path for a participant who just entered a meeting (``e2ee``:
+        the meeting's media is end-to-end encrypted, so audio is forwarded, not mixed)."""
 
     def release(self, participant_id: str) -> None:
         """The participant left its meeting (or its connection is gone): stop routing its
@@ -385,7 +387,7 @@ class SignalingCore:
             case sig.ListMeetings():
                 conn.lobby_synced = True  # deltas from here on apply to this list
                 return sig.MeetingsResult(self.registry.open_meetings())
-            case sig.CreateMeeting(title=title, password=password, mode=mode):
+            case sig.CreateMeeting(title=title, password=password, mode=mode, e2ee=e2ee):
                 title = title.strip()
                 if not title:
                     raise ProtocolError(
@@ -393,7 +395,8 @@ class SignalingCore:
                     )
                 pw_hash = hash_password(password) if password else None
                 self._reserve_ssrcs(participant)
-                meeting, notices = self.registry.create(participant, title, pw_hash, now)
+                meeting, notices = self.registry.create(participant, title, pw_hash, now,
+                                                        e2ee=e2ee)
                 try:
                     self.store.add_meeting(meeting)
                 except StoreError as exc:
@@ -440,6 +443,9 @@ class SignalingCore:
                 notices = self.registry.set_media(participant, camera, microphone)
                 out += self._deliver(notices)
                 return sig.Empty()
+            case sig.RelayE2eeBlob(to=to, blob=blob):
+                out += self._relay_e2ee_blob(participant, to, blob)
+                return sig.Empty()
             case sig.RaiseHand(raised=raised):
                 out += self._deliver(self.registry.raise_hand(participant, raised))
                 return sig.Empty()
@@ -462,6 +468,24 @@ class SignalingCore:
                 return sig.ChatResult(seq=message.seq, ts=message.ts)
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled message type")
 
+    def _relay_e2ee_blob(self, sender: Participant, to: str, blob: str) -> list[Action]:
+        """Pass an opaque key-exchange blob to one other member of the sender's E2EE
+        meeting. The server cannot read it; it only makes sure it stays in the meeting."""
+        meeting = self.registry.meeting_of(sender.id)
+        if meeting is None:
+            raise ProtocolError(ErrorCode.NOT_IN_MEETING, "join a meeting before relaying keys")
+        if not meeting.e2ee:
+            raise ProtocolError(
+                ErrorCode.NOT_E2EE, "this meeting is not end-to-end encrypted"
+            )
+        conn_id = self._conn_by_participant.get(to)
+        if to == sender.id or to not in meeting.participants or conn_id is None:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, f"no other participant {to[:64]!r} in your meeting"
+            )
+        self.counters.received["e2ee_blob_relayed"] += 1
+        event = sig.E2eeBlobReceived(meeting_id=meeting.id, from_=sender.id, blob=blob)
+        return [Send((conn_id,), sig.encode(event))]
     def _check_chat_quota(self, conn: Connection, participant: Participant) -> Counter[str]:
         meeting = self.registry.meeting_of(participant.id)
         if meeting is None:
@@ -529,7 +553,8 @@ class SignalingCore:
             if budget < 0:
                 history, complete = history[keep:], False
                 break
-        grant = self.media.admit(participant.id, meeting_id) if self.media is not None else None
+        grant = (self.media.admit(participant.id, meeting_id, e2ee=meeting.e2ee)
+                 if self.media is not None else None)
         machine = self._modes.get(meeting_id)
         return sig.JoinResult(
             meeting=meeting.info(),

@@ -66,6 +66,7 @@ from confero.protocol.vp8 import (
 from confero.server.downlink import LAYER_INTERVAL, Downlink
 from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
 from confero.server.mixer import MeetingMixer
+from confero.server.speakers import SpeakerSelector
 
 Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
@@ -148,6 +149,8 @@ class _Meeting:
     mix_timestamp: int = field(default_factory=lambda: secrets.randbelow(1 << 32))
     forwarded_packets: int = 0
     forwarded_bytes: int = 0
+    #: End-to-end encrypted: audio of the loudest few is forwarded, never mixed.
+    speakers: SpeakerSelector | None = None
     #: authenticated RTP media (audio and video) received from the members: the proof
     #: that a peer-to-peer meeting sends the server nothing but keepalives (RTCP)
     received_packets: int = 0
@@ -199,7 +202,8 @@ class MediaRouter:
             self._by_ssrc[audio] = self._by_ssrc[video] = peer
         return peer.audio_ssrc, peer.video_ssrc
 
-    def admit(self, participant_id: str, meeting_id: str) -> MediaGrant:
+    def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
+              ) -> MediaGrant:
         self.reserve(participant_id)
         peer = self._peers[participant_id]
         self._leave_meeting(peer)
@@ -209,7 +213,8 @@ class MediaRouter:
         self._reset_media_state(peer)
         meeting = self._meetings.get(meeting_id)
         if meeting is None:
-            meeting = _Meeting(set(), self._mixer_factory(), self._new_ssrc())
+            meeting = _Meeting(set(), self._mixer_factory(), self._new_ssrc(),
+                               speakers=SpeakerSelector() if e2ee else None)
             self._meetings[meeting_id] = meeting
         meeting.members.add(participant_id)
         meeting.mixer.add(participant_id)
@@ -260,6 +265,8 @@ class MediaRouter:
         if meeting is not None:
             meeting.members.discard(participant_id)
             meeting.mixer.remove(participant_id)
+            if meeting.speakers is not None:
+                meeting.speakers.remove(participant_id)
             if not meeting.members:
                 self._ended_packets += meeting.forwarded_packets
                 self._ended_bytes += meeting.forwarded_bytes
@@ -445,10 +452,41 @@ class MediaRouter:
         if packet.ssrc == peer.audio_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
+            if meeting.speakers is not None:
+                return self._forward_e2ee_audio(meeting, peer, plain, level, now)
             meeting.mixer.push(peer.participant_id, packet.timestamp, packet.payload, level, now)
             return []
         self.counters["dropped_wrong_stream"] += 1
         return []
+
+    def _forward_e2ee_audio(
+        self, meeting: _Meeting, peer: _Peer, plain: bytes, level: int | None, now: float
+    ) -> list[Datagram]:
+        """E2EE meetings: the server cannot decode (so cannot mix) SFrame-protected Opus.
+        The loudest few speakers' packets go unchanged to every other member, who mix."""
+        assert meeting.speakers is not None
+        if not meeting.speakers.offer(peer.participant_id, level, now):
+            self.counters["e2ee_audio_not_selected"] += 1
+            return []
+        self.counters["e2ee_audio_forwarded"] += 1
+        out: list[Datagram] = []
+        size = 0
+        for pid in meeting.members:
+            if pid == peer.participant_id:
+                continue
+            receiver = self._peers[pid]
+            if receiver.address is None or receiver.srtp is None:
+                continue
+            stamped = receiver.downlink.stamp(plain, now)  # its own congestion control
+            try:
+                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
+            except SrtpError:
+                self.counters["protect_failed"] += 1
+                continue
+            size += len(stamped)
+        meeting.forwarded_packets += len(out)
+        meeting.forwarded_bytes += size
+        return out
 
     def _video_acceptable(self, peer: _Peer, payload: bytes) -> bool:
         """False for a keyframe declaring more than ``max_video_size`` (either way round)

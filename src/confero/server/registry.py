@@ -107,6 +107,8 @@ class Meeting:
     last_seq: int = 0
     #: When the meeting became empty through a disconnect (None while someone is in it).
     empty_since: float | None = None
+    #: End-to-end encrypted media: the server relays key blobs and forwards, never mixes.
+    e2ee: bool = False
     #: Resume-token hashes that got in (the creator's, and every password-checked join):
     #: their rejoin skips the password, so nobody's guessing can lock a member out.
     admitted: dict[bytes, None] = field(default_factory=dict)
@@ -124,6 +126,7 @@ class Meeting:
             participant_count=len(self.participants),
             has_password=self.password_hash is not None,
             created_at=self.created_at,
+            e2ee=self.e2ee,
         )
 
     def is_creator(self, token_hash: bytes) -> bool:
@@ -201,6 +204,8 @@ class MeetingRegistry:
         title: str,
         password_hash: str | None,
         now: float,
+        *,
+        e2ee: bool = False,
     ) -> tuple[Meeting, list[Notice]]:
         self._require_not_in_meeting(participant.id)
         meeting_id = self._new_id()
@@ -213,6 +218,7 @@ class MeetingRegistry:
             creator_token_hash=participant.token_hash,
             password_hash=password_hash,
             created_at=now,
+            e2ee=e2ee,
         )
         meeting.admit(participant.token_hash)
         self._meetings[meeting_id] = meeting

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS admitted (
     token_hash BLOB NOT NULL,
     PRIMARY KEY (meeting_id, token_hash)
 ) WITHOUT ROWID;
+-- End-to-end encrypted meetings (a table of its own: older databases gain it as is)
+CREATE TABLE IF NOT EXISTS meeting_e2ee (
+    meeting_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
 """
 
 DB_FILENAME = "confero.sqlite3"
@@ -168,6 +172,9 @@ class Store:
                 meeting.created_at,
             ),
         )
+        if meeting.e2ee:
+            self._write("INSERT OR IGNORE INTO meeting_e2ee (meeting_id) VALUES (?)",
+                        (meeting.id,))
 
     def end_meeting(self, meeting_id: str, reason: EndReason, now: float) -> None:
         self._write(
@@ -220,6 +227,10 @@ class Store:
             " LEFT JOIN chat c ON c.meeting_id = m.id"
             " WHERE m.ended_at IS NULL GROUP BY m.id ORDER BY m.created_at"
         ).fetchall()
+        e2ee = {mid for (mid,) in self._db.execute(
+            "SELECT e.meeting_id FROM meeting_e2ee e JOIN meetings m ON m.id = e.meeting_id"
+            " WHERE m.ended_at IS NULL"
+        )}
         for mid, title, creator, token_hash, pw_hash, created_at, last_seq in rows:
             yield Meeting(
                 id=mid,
@@ -229,6 +240,7 @@ class Store:
                 password_hash=pw_hash,
                 created_at=created_at,
                 last_seq=last_seq,
+                e2ee=mid in e2ee,
             )
 
     def recently_ended(self, limit: int) -> list[tuple[str, EndReason]]:
@@ -245,7 +257,7 @@ class Store:
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                for table in ("chat", "admitted"):
+                for table in ("chat", "admitted", "meeting_e2ee"):
                     self._db.execute(f"DELETE FROM {table} WHERE meeting_id IN ({old})",
                                      (ended_before,))
                 cursor = self._db.execute(
