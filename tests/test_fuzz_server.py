@@ -56,6 +56,7 @@ VALID: dict[str, dict[str, Any]] = {
                    "end_of_candidates": True},
     "p2p_state": {"session": 1, "state": "connected"},
     "meeting_media": {},
+    "e2ee_blob": {"to": "abcdefgh", "blob": "AAAA"},
 }
 assert set(VALID) == set(REQUEST_TYPES)
 

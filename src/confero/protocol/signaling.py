@@ -173,6 +173,8 @@ class P2pState(Request, tag="p2p_state", frozen=True):
 
 class MeetingMedia(Request, tag="meeting_media", frozen=True):
     """The server's media counters for the meeting we are in (the proof of P2P)."""
+
+
 class RaiseHand(Request, tag="raise_hand", frozen=True):
     """Raise or lower this participant's hand (the others see a badge)."""
 
