@@ -202,3 +202,49 @@ def test_peek_shows_the_frame_after_a_hole() -> None:
     assert buffer.peek() == b"2"
     assert buffer.pop() == b"2"
     assert buffer.peek() is None
+
+
+def test_only_the_loudest_speakers_are_mixed_so_a_crowd_costs_what_four_do() -> None:
+    """Issue 7 item 11: 24 loud speakers in one meeting starved a bystander meeting's mix.
+    Beyond four at once, only the loudest (by the header's level, no decode needed) are
+    decoded and mixed; the listener hears those four and not the quiet ones."""
+    from confero.media.audio import OpusEncoder as PyAvOpusEncoder
+    from confero.media.audio import OpusDecoder as PyAvOpusDecoder
+    from confero.media.audio import SineSource, level_dbov
+    from confero.server.mixer import MAX_MIXED_SPEAKERS, MeetingMixer
+
+    mixer = MeetingMixer()
+    # loud enough to rank first, quiet enough that four together stay under the limiter
+    tones = {f"s{i}": (300.0 + 70 * i, 6000.0 if i < 4 else 800.0) for i in range(8)}
+    sources = {pid: SineSource(f, a) for pid, (f, a) in tones.items()}
+    encoders = {pid: PyAvOpusEncoder() for pid in tones}
+    for pid in [*tones, "listener"]:
+        mixer.add(pid)
+    decoder = PyAvOpusDecoder()
+    heard = []
+    decoded_before = 0
+    for tick in range(60):
+        for pid, source in sources.items():
+            samples = source.next_frame()
+            mixer.push(pid, 960 * tick, encoders[pid].encode(samples), level_dbov(samples),
+                       tick * 0.02)
+        decoded_before = mixer.stats.decoded
+        out = mixer.mix()
+        assert mixer.stats.decoded - decoded_before <= MAX_MIXED_SPEAKERS
+        if "listener" in out:
+            heard.append(decoder.decode(out["listener"]))
+    audio = np.concatenate(heard[20:]).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    freqs = np.fft.rfftfreq(len(audio), 1 / 48000)
+    peak = spectrum.max()
+
+    def level(frequency: float) -> float:
+        band = (freqs > frequency - 8) & (freqs < frequency + 8)
+        return float(20 * np.log10(spectrum[band].max() / peak))
+
+    for pid, (frequency, amplitude) in tones.items():
+        if amplitude > 5000:
+            assert level(frequency) > -12, (pid, level(frequency))
+        else:
+            assert level(frequency) < -40, (pid, level(frequency))
+    assert mixer.stats.not_mixed > 0

@@ -43,6 +43,14 @@ SILENCE_LEVEL = 70
 #: After a listener stops talking: identical packets in a row that prove its own encoder
 #: has converged onto the shared one, and the most frames we keep it apart anyway.
 CONVERGED_FRAMES = 3
+#: At most this many speakers are decoded and mixed in one tick: the loudest by the RFC
+#: 6464 level in their packets' headers (known without decoding), each kept for at
+#: least ``MIXED_HOLD_TICKS`` once chosen so the selection does not flap. More voices at
+#: once are not intelligible anyway, and it bounds one meeting's mixing cost whatever its
+#: size: 24 people talking at once cost what 4 do, and a bystander meeting's mix on the
+#: same event loop keeps its 50 ticks a second.
+MAX_MIXED_SPEAKERS = 4
+MIXED_HOLD_TICKS = 50
 HANGOVER_FRAMES = 50
 
 
@@ -73,6 +81,9 @@ class _Member:
     on_shared: bool = False
     hangover: int = 0
     same_in_a_row: int = 0
+    #: level (-dBov) of the latest packet's header; ticks it stays in the mix regardless
+    level: int = 127
+    hold: int = 0
 
 
 @dataclass
@@ -82,6 +93,7 @@ class MixerStats:
     encoded: int = 0
     skipped_silent: int = 0
     concealed: int = 0  # missing frames, PLC or FEC
+    not_mixed: int = 0  # frames of speakers beyond the loudest MAX_MIXED_SPEAKERS
     recovered: int = 0  # of which rebuilt from the next packet's FEC
     decode_errors: int = 0
     forks: int = 0  # own encoders started from the shared state
@@ -95,8 +107,10 @@ class MeetingMixer:
         encoder_factory: Callable[[], Encoder] = mix_encoder,
         decoder_factory: Callable[[], Decoder] = Decoder,
         clock: Callable[[], float] = time.perf_counter,
+        max_mixed: int = MAX_MIXED_SPEAKERS,
     ) -> None:
         self._members: dict[str, _Member] = {}
+        self.max_mixed = max_mixed
         self._shared_encoder: Encoder | None = None
         self._encoder_factory = encoder_factory
         self._decoder_factory = decoder_factory
@@ -124,6 +138,7 @@ class MeetingMixer:
         if level is not None and level >= SILENCE_LEVEL:
             self.stats.skipped_silent += 1  # silent: not worth a decode
             return
+        member.level = level if level is not None else 0  # unknown counts as loud
         member.buffer.push(timestamp, payload, now)
 
     def mix(self) -> dict[str, bytes]:
@@ -131,10 +146,17 @@ class MeetingMixer:
         started = self._clock()
         self.stats.ticks += 1
         speaking: dict[str, Samples] = {}
+        chosen = self._loudest()
         for pid, member in self._members.items():
+            if pid not in chosen:
+                self._skip_frame(member)
+                continue
             frame = self._next_frame(member)
             if frame is not None:
                 speaking[pid] = frame
+                member.hold = MIXED_HOLD_TICKS
+        for member in self._members.values():
+            member.hold = max(0, member.hold - 1)
         out: dict[str, bytes] = {}
         self.levels = {pid: level_dbov(frame) for pid, frame in speaking.items()}
         if speaking:
@@ -190,6 +212,25 @@ class MeetingMixer:
             self.stats.forks += 1
             return self._shared_encoder.clone()
         return self._encoder_factory()
+
+    def _loudest(self) -> set[str]:
+        """Who is mixed this tick: everyone with audio queued, or, beyond
+        ``max_mixed``, those still held and then the loudest by header level."""
+        active = [pid for pid, m in self._members.items()
+                  if m.buffer.depth or m.buffer.playing]
+        if len(active) <= self.max_mixed:
+            return set(active)
+        ranked = sorted(active, key=lambda pid: (self._members[pid].hold <= 0,
+                                                 self._members[pid].level))
+        return set(ranked[: self.max_mixed])
+
+    def _skip_frame(self, member: _Member) -> None:
+        """Keep a speaker's buffer moving without decoding it; its decoder's state goes
+        stale, so it starts afresh when the speaker is mixed again."""
+        if member.buffer.depth or member.buffer.playing:
+            if member.buffer.pop() is not None:
+                self.stats.not_mixed += 1
+            member.decoder = None
 
     def _next_frame(self, member: _Member) -> Samples | None:
         if member.decoder is None:
