@@ -208,8 +208,8 @@ def test_only_the_loudest_speakers_are_mixed_so_a_crowd_costs_what_four_do() -> 
     """Issue 7 item 11: 24 loud speakers in one meeting starved a bystander meeting's mix.
     Beyond four at once, only the loudest (by the header's level, no decode needed) are
     decoded and mixed; the listener hears those four and not the quiet ones."""
-    from confero.media.audio import OpusEncoder as PyAvOpusEncoder
     from confero.media.audio import OpusDecoder as PyAvOpusDecoder
+    from confero.media.audio import OpusEncoder as PyAvOpusEncoder
     from confero.media.audio import SineSource, level_dbov
     from confero.server.mixer import MAX_MIXED_SPEAKERS, MeetingMixer
 
