@@ -288,7 +288,8 @@ def test_the_app_plays_and_captures_sound_through_pulseaudio(
     try:
         with playing_tone(pulse, "mic", 660):
             connect(qtbot, window, server, "Katherine")
-            ada = start_bot(bots, server.url, "Ada", "--create", "Sound check", "--audio",
+            ada = start_bot(bots, server.url, "Ada", "--create", "Sound check",
+                            "--mode", "server", "--audio",
                             "sine:440", "--video", "none", "--record", str(tmp_path / "ada"))
             ada.expect("joined")
             qtbot.waitUntil(lambda: lobby_row(window, "Sound check") >= 0, timeout=WAIT)

@@ -28,7 +28,8 @@ def test_microphone_and_speaker_through_pulseaudio(
     alice = bob = None
     with playing_tone(pulse, "mic", 660):
         try:
-            alice = BotProcess(server.url, "alice", "--create", "sound", "--audio",
+            alice = BotProcess(server.url, "alice", "--create", "sound", "--mode", "server",
+                               "--audio",
                                "sine:440", "--video", "none", "--record",
                                str(tmp_path / "alice"), "--stats-interval", "0.5")
             meeting = alice.expect("joined")["meeting_id"]

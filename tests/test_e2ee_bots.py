@@ -44,10 +44,11 @@ class TappedRouter(MediaRouter):
         super().__init__(0)
         self.seen: list[RtpPacket] = []
 
-    def _on_rtp(self, peer: Any, plain: bytes, now: float) -> list[Datagram]:
+    def _on_rtp(self, peer: Any, plain: bytes, now: float,
+                arrival: float) -> list[Datagram]:
         if len(self.seen) < 200_000:
             self.seen.append(RtpPacket.parse(plain))
-        return super()._on_rtp(peer, plain, now)
+        return super()._on_rtp(peer, plain, now, arrival)
 
 
 class InProcessServer:

@@ -49,9 +49,9 @@ def tap(net: MemoryNetwork) -> list[RtpPacket]:
     seen: list[RtpPacket] = []
     original = net.router._on_rtp
 
-    def recording(peer, plain, now):  # type: ignore[no-untyped-def]
+    def recording(peer, plain, now, arrival):  # type: ignore[no-untyped-def]
         seen.append(RtpPacket.parse(plain))
-        return original(peer, plain, now)
+        return original(peer, plain, now, arrival)
 
     net.router._on_rtp = recording  # type: ignore[method-assign]
     return seen

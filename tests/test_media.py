@@ -229,3 +229,41 @@ async def _wait_for_counts(server: ServerProcess, wanted: dict[str, int]) -> dic
             if all(values.get(k, 0) >= v for k, v in wanted.items()):
                 return values
             await asyncio.sleep(0.1)  # polling an HTTP endpoint: there is no event to await
+
+
+def open_recordings(pid: int) -> list[str]:
+    """The video files a process holds open."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    names = []
+    for fd in fd_dir.iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue  # closed meanwhile
+        if target.endswith(".webm"):
+            names.append(target)
+    return names
+
+
+def test_a_recording_closes_each_senders_file_when_they_leave(
+    server: ServerProcess, bots: list[BotProcess], tmp_path: Path
+) -> None:
+    """Issue 7 item 15: a peer that rejoined 80 times left 80 open descriptors."""
+    alice = start_bot(bots, server.url, "alice", "--create", "recorded", "--mode", "server",
+                      "--video", "none", "--record", str(tmp_path / "alice"))
+    meeting = alice.expect("joined")["meeting_id"]
+    for round_ in range(3):
+        bob = start_bot(bots, server.url, "bob", "--join", meeting, "--audio", "none")
+        bob.expect("joined")
+        alice.expect("video_started", lambda e: e["name"] == "bob")
+        wait_until_receiving(alice, ["bob"], frames=10)
+        assert len(open_recordings(alice.proc.pid)) == 1, round_
+        bob.send("leave")
+        bob.finish()
+        alice.expect("participant_left", lambda e: e["name"] == "bob")
+        alice.send("stats")  # a round trip through alice's loop: the leave was handled
+        alice.expect("stats")
+        assert open_recordings(alice.proc.pid) == [], round_
+    assert len(list((tmp_path / "alice").glob("video-bob-*.webm"))) == 3
+    alice.send("leave")
+    alice.finish()
