@@ -161,6 +161,7 @@ class Engine(QObject):
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
         self._ticker: asyncio.Task[None] | None = None
         self._muted = False  # the microphone captures, but nothing is sent
+        self._speaker_task: asyncio.Task[Any] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
                                         daemon=True)
@@ -386,22 +387,39 @@ class Engine(QObject):
         self.local_media.emit(self._video is not None, self._microphone_live())
 
     def _open_speaker(self) -> None:
+        """Open the speaker without blocking the engine loop: a sound server can take a
+        second or two to start a stream, and the loop must keep answering heartbeats
+        and media meanwhile (the session plays out silently until the device pulls)."""
+        task = self._loop.create_task(self._guarded(self._open_speaker_off_loop()))
+        self._speaker_task = task
+
+    async def _open_speaker_off_loop(self) -> None:
         call = self.call
         if call is None or call.session is None or self._speaker_device.kind == "none":
             if call is not None:
                 call.set_device_playout(False)  # keep the buffers moving, silently
             return
-        if self._speaker_device.kind == "default" and not has_default_device("output"):
+        if self._speaker_device.kind == "default" and not await asyncio.to_thread(
+            has_default_device, "output"
+        ):
             call.set_device_playout(False)
             self.notice.emit("No speaker found: you can see and chat, but not hear. "
                              "Pick one when it is connected.")
             return
+        call.set_device_playout(False)  # until the device is there to pull
         try:
-            call.set_device_playout(True)
-            self._speaker = Speaker(call.pull_audio, self._speaker_device.device or None)
+            speaker = await asyncio.to_thread(Speaker, call.pull_audio,
+                                              self._speaker_device.device or None)
         except DeviceError as exc:
-            call.set_device_playout(False)
             self.notice.emit(f"No sound output: {exc}. You can still see and chat.")
+            return
+        if self.call is not call or call.session is None:
+            speaker.close()  # the meeting ended meanwhile
+            return
+        if self._speaker is not None:
+            self._speaker.close()
+        call.set_device_playout(True)
+        self._speaker = speaker
 
     def choose_speaker(self, choice: DeviceChoice) -> None:
         async def switch() -> None:
