@@ -739,6 +739,20 @@ class MediaRouter:
         return {pid: peer.downlink.target_bps for pid, peer in self._peers.items()
                 if peer.meeting_id is not None}
 
+    def subscriber_view(self) -> dict[str, list[tuple[int, dict[int, int]]]]:
+        """Meeting id -> per subscriber: (downlink estimate in bit/s, {temporal layer
+        forwarded: how many publishers}) -- what /metrics summarises per meeting, so an
+        operator sees who is being served less than full video, and why."""
+        out: dict[str, list[tuple[int, dict[int, int]]]] = {}
+        for peer in self._peers.values():
+            if peer.meeting_id is None:
+                continue
+            layers: dict[int, int] = {}
+            for forwarder in peer.forwarders.values():
+                layers[forwarder.current_tid] = layers.get(forwarder.current_tid, 0) + 1
+            out.setdefault(peer.meeting_id, []).append((peer.downlink.target_bps, layers))
+        return out
+
     # ------------------------------------------------------------------ helpers
 
     def _new_ssrc(self) -> int:
