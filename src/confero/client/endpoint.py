@@ -45,6 +45,7 @@ from confero.protocol.profile import (
 from confero.protocol.rtp import RtpError, RtpPacket, is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.twcc import TwccRecorder, read_transport_seq
 from confero.protocol.video_jitter import Frame, FrameAssembler
 from confero.protocol.vp8 import packetize
@@ -135,23 +136,6 @@ class _RemoteVideo:
 
 
 @dataclass
-class _Budget:
-    """A byte token bucket: retransmissions may not exceed what the stream itself costs."""
-
-    rate: float  # bytes per second
-    burst: float
-    tokens: float = 0.0
-    updated: float = 0.0
-
-    def take(self, size: int, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < size:
-            return False
-        self.tokens -= size
-        return True
-
-
 class _RecentSeqs:
     """The last sequence numbers of one stream, to drop a copy that took the other path."""
 
@@ -223,8 +207,7 @@ class MediaEndpoint:
         self._picture_id = secrets.randbelow(1 << 15)
         self._history = RetransmitBuffer(1024)
         # retransmissions: at most half a 1.2 Mbit/s stream, with a 64 kB burst
-        self._retransmit_budget = _Budget(rate=75_000, burst=64_000, tokens=64_000,
-                                          updated=now)
+        self._retransmit_budget = TokenBucket(rate=75_000, burst=64_000, now=now)
         self._remote: dict[int, _RemoteVideo] = {}
         self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10,
                                          hold_on_underrun=True)
@@ -513,7 +496,7 @@ class MediaEndpoint:
             stored = self._history.get(seq)
             if stored is None:
                 continue
-            if not self._retransmit_budget.take(len(stored), now):
+            if not self._retransmit_budget.allow(now, len(stored)):
                 self.counters["retransmit_over_budget"] += 1
                 continue
             self._send_rtp(stored, None, PacketKind.RETRANSMISSION)

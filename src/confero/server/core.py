@@ -20,11 +20,12 @@ from typing import Protocol
 from confero import __version__
 from confero.protocol import signaling as sig
 from confero.protocol.signaling import EndReason, ErrorCode, ProtocolError
+from confero.protocol.token_bucket import TokenBucket
 from confero.server.names import InvalidName, clean_name
 from confero.server.p2p_mode import Action as ModeAction
 from confero.server.p2p_mode import ModeChange, ModeMachine, Setting, Start, Stop
 from confero.server.passwords import hash_password
-from confero.server.ratelimit import GuessLimiter, TokenBucket
+from confero.server.ratelimit import GuessLimiter
 from confero.server.registry import (
     MAX_ADMITTED,
     Meeting,

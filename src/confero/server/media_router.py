@@ -56,6 +56,7 @@ from confero.protocol.srtp import (
     encode_key,
     new_master_key,
 )
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.twcc import read_transport_seq
 from confero.protocol.vp8 import (
     Vp8Descriptor,
@@ -64,7 +65,7 @@ from confero.protocol.vp8 import (
     parse_descriptor,
 )
 from confero.server.downlink import LAYER_INTERVAL, Downlink
-from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
+from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 from confero.server.speakers import SpeakerSelector
 
@@ -590,9 +591,14 @@ class MediaRouter:
         out: list[Datagram] = []
         if len(nack.lost) > MAX_NACK_SEQS:
             self.counters["nack_seqs_ignored"] += len(nack.lost) - MAX_NACK_SEQS
-        budget = receiver.retransmit_budget.setdefault(publisher.participant_id, TokenBucket())
         rate = max(MIN_RETRANSMIT_RATE,
                    RETRANSMIT_RATE_FACTOR * publisher.video_rate.rate(now))
+        budget = receiver.retransmit_budget.get(publisher.participant_id)
+        if budget is None:
+            budget = receiver.retransmit_budget[publisher.participant_id] = TokenBucket(
+                rate, rate * RETRANSMIT_BURST, now)
+        # the budget follows the publisher's bitrate
+        budget.rate, budget.burst = rate, rate * RETRANSMIT_BURST
         forwarder = receiver.forwarders.get(publisher.participant_id)
         for asked in nack.lost[:MAX_NACK_SEQS]:
             # the receiver numbers as we renumbered for it; the history as the publisher
@@ -609,8 +615,8 @@ class MediaRouter:
                 if resent is None:
                     continue
                 plain = resent.serialize()
-            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.take(
-                len(plain), now, rate, rate * RETRANSMIT_BURST
+            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.allow(
+                now, len(plain)
             ):
                 self.counters["retransmit_over_budget"] += 1
                 continue
