@@ -448,15 +448,8 @@ class MediaEndpoint:
             else:
                 plain = self._srtp.unprotect_rtp(data)
                 self.server_rtp_at = now
-                # transport-wide feedback is per path: the server stamps its own sequence
-                transport_seq = read_transport_seq(plain)
-                if transport_seq is not None:
-                    self._twcc.on_packet(transport_seq, arrival)
-                if self._peer_srtp is not None and self._duplicate(plain):
-                    return
-                # the playout side is timed by when we got round to the packet: the
-                # jitter buffer must cover this process's own lateness too
-                self._on_rtp(plain, len(data), now)
+                self._receive_rtp(plain, len(data), now, arrival, self._twcc,
+                                  both_paths=self._peer_srtp is not None)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -652,15 +645,25 @@ class MediaEndpoint:
         self.peer_heard_at = self.peer_rtp_at = now
         self.peer_counters["received_packets"] += 1
         self.peer_counters["received_bytes"] += len(data)
-        transport_seq = read_transport_seq(plain)  # the peer's uplink sequence: its own
-        if transport_seq is not None:                # feedback, sent back on this path
-            self._peer_twcc.on_packet(transport_seq, arrival)
-        if self._duplicate(plain):
-            return
         try:
-            self._on_rtp(plain, len(data), now)
+            self._receive_rtp(plain, len(data), now, arrival, self._peer_twcc,
+                              both_paths=True)
         except (RtpError, rtcp.RtcpError):
             self.counters["dropped_malformed"] += 1
+
+    def _receive_rtp(self, plain: bytes, size: int, now: float, arrival: float,
+                     twcc: TwccRecorder, *, both_paths: bool) -> None:
+        """What either path does with an authentic RTP packet. Transport-wide feedback is
+        per path (each path's sender stamps its own sequence), timed by the kernel's
+        arrival; a packet that already came by the other path is dropped; the rest is
+        timed by ``now``, when we got round to it, so the jitter buffer covers this
+        process's own lateness too."""
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            twcc.on_packet(transport_seq, arrival)
+        if both_paths and self._duplicate(plain):
+            return
+        self._on_rtp(plain, size, now)
 
     def _duplicate(self, plain: bytes) -> bool:
         """The same packet (SSRC and sequence number) already came by the other path."""
