@@ -65,8 +65,12 @@ def _phase(start: Event, end: Event, peer: str) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "fps": round(frames / seconds, 1) if seconds > 0 else None,
         "freezes_over_100ms": g1.get("over_100ms", 0) - g0.get("over_100ms", 0),
+        # either path's buffer running out, heard or not (the path being left runs dry
+        # under its fade-out) ...
         "audio_concealed": (p1["mix_concealed"] + p1["direct_concealed"]
                             - p0["mix_concealed"] - p0["direct_concealed"]),
+        # ... and what reached the listener's ear concealed
+        "audio_concealed_heard": p1["heard_concealed"] - p0["heard_concealed"],
         "audio_silent_frames": p1["silent"] - p0["silent"],
     }
 

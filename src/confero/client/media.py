@@ -172,7 +172,7 @@ class MediaSession(asyncio.DatagramProtocol):
         #: what playout took from where, and how often it had to conceal (per source)
         self.playout_counters: dict[str, int] = {
             "mix_frames": 0, "mix_concealed": 0, "direct_frames": 0, "direct_concealed": 0,
-            "blended": 0, "silent": 0,
+            "blended": 0, "silent": 0, "heard_concealed": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -562,6 +562,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 self.playout_counters["mix_frames"] += 1
                 if item is LOST:
                     self.playout_counters["mix_concealed"] += 1
+                    self.playout_counters["heard_concealed"] += 1
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
@@ -592,6 +593,14 @@ class MediaSession(asyncio.DatagramProtocol):
         weight_before = self._crossfade.weight_b
         out = self._crossfade.step(mixed if item is not None else None, direct,
                                    prefer_direct)
+        # what a listener hears concealed: a source's concealment counts only while that
+        # source is in the output (the path being left may run dry under the fade-out)
+        heard_mix = weight_before < 1.0 or self._crossfade.weight_b < 1.0
+        heard_direct = weight_before > 0.0 or self._crossfade.weight_b > 0.0
+        if ((heard_mix and item is LOST)
+                or (heard_direct and direct is not None
+                    and any(not isinstance(v, bytes) for v in direct_items.values()))):
+            counters["heard_concealed"] += 1
         if 0.0 < self._crossfade.weight_b < 1.0 or weight_before != self._crossfade.weight_b:
             counters["blended"] += 1
         if out is None:
