@@ -294,7 +294,8 @@ class Bot:
             case api.Rejoined():
                 emit("rejoined")
             case sig.P2pStart(session=session, controlling=controlling):
-                emit("p2p_start", session=session, controlling=controlling)
+                emit("p2p_start", session=session, controlling=controlling,
+                     turn=bool(event.turn_url))
             case sig.P2pStop(session=session, reason=reason):
                 emit("p2p_stop", session=session, reason=reason)
             case api.RejoinFailed(code=code, message=message):
