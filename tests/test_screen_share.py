@@ -10,7 +10,10 @@ from confero.protocol import signaling as sig
 from confero.protocol.rtp import RtpPacket
 from confero.protocol.srtp import SrtpContext, decode_key
 from confero.protocol.vp8 import packetize
+from confero.server.core import CoreSettings, SignalingCore
 from confero.server.media_router import MediaRouter
+from confero.server.registry import MeetingRegistry
+from tests.test_core import Harness
 
 Out = list[tuple[bytes, tuple[str, int]]]
 
@@ -223,3 +226,33 @@ def test_set_media_carries_screen_and_old_clients_still_parse() -> None:
         b'{"type":"media_changed","meeting_id":"m","participant_id":"p","camera":false,'
         b'"microphone":false}')
     assert isinstance(event, sig.MediaChanged) and not event.screen
+
+
+def test_the_core_grants_announces_and_validates_screen_sharing() -> None:
+    h = Harness()
+    h.core = SignalingCore(MeetingRegistry(empty_grace=5.0), h.store, CoreSettings(),
+                           media=MediaRouter(5000))
+    alice, bob = h.connect("alice"), h.connect("bob")
+    created = h.request(alice, "create_meeting", title="slides", mode="server")["result"]
+    grant = created["media"]
+    assert grant["screen_ssrc"] not in (0, grant["audio_ssrc"], grant["video_ssrc"])
+    joined = h.request(bob, "join_meeting", meeting_id=created["meeting"]["id"])["result"]
+    [alice_info] = [p for p in joined["participants"] if p["name"] == "alice"]
+    assert alice_info["screen_ssrc"] == grant["screen_ssrc"] and alice_info["screen"] is False
+    reply = h.request(alice, "set_media", camera=True, microphone=False, screen=True)
+    assert reply["type"] == "ok"
+    [changed] = h.events(bob, "media_changed")
+    assert changed["screen"] is True and changed["camera"] is True
+    # an older client's set_media (no screen field) means "not sharing"
+    h.request(alice, "set_media", camera=True, microphone=False)
+    assert h.events(bob, "media_changed")[-1]["screen"] is False
+    # a bad value is refused with a clear error
+    reply = h.request(alice, "set_media", camera=True, microphone=False, screen="yes")
+    assert reply["type"] == "error" and reply["code"] == "invalid_field"
+    # without a media plane nobody holds a screen SSRC: sharing cannot be announced
+    plain = Harness()
+    carol, dave = plain.connect("carol"), plain.connect("dave")
+    meeting = plain.request(carol, "create_meeting", title="chat only")["result"]
+    plain.request(dave, "join_meeting", meeting_id=meeting["meeting"]["id"])
+    plain.request(carol, "set_media", camera=True, microphone=False, screen=True)
+    assert plain.events(dave, "media_changed")[-1]["screen"] is False
