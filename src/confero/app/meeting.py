@@ -350,7 +350,8 @@ class MeetingController:
         page.side.show_people(self.window.name, self.is_creator,
                               [p for p in self.participants.values()
                                if p.id != self.engine.participant_id], self.hands)
-        page.waiting.setVisible(not page.stage.tiles and self.window.in_meeting())
+        others = [k for k in page.stage.tiles if k != screen_key(SELF)]  # our screen: alone
+        page.waiting.setVisible(not others and self.window.in_meeting())
         page.place_overlays()
         page.self_view.set_state(hand=self.hand)
 
