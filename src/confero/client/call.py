@@ -397,7 +397,8 @@ class Call:
                 continue
             state = states.get(participant.id, {"verified": False, "safety_code": None})
             counts = [frames.get(s, {}) for s in (participant.audio_ssrc,
-                                                   participant.video_ssrc)]
+                                                   participant.video_ssrc,
+                                                   participant.screen_ssrc)]
             decrypted = sum(c.get("decrypted", 0) for c in counts)
             undecryptable = sum(c.get("undecryptable", 0) for c in counts)
             out[participant.name] = {
