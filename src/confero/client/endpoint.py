@@ -45,6 +45,7 @@ from confero.protocol.profile import (
 from confero.protocol.rtp import RtpError, RtpPacket, is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.twcc import TwccRecorder, read_transport_seq
 from confero.protocol.video_jitter import Frame, FrameAssembler
 from confero.protocol.vp8 import packetize
@@ -140,23 +141,6 @@ class _RemoteVideo:
 
 
 @dataclass
-class _Budget:
-    """A byte token bucket: retransmissions may not exceed what the stream itself costs."""
-
-    rate: float  # bytes per second
-    burst: float
-    tokens: float = 0.0
-    updated: float = 0.0
-
-    def take(self, size: int, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < size:
-            return False
-        self.tokens -= size
-        return True
-
-
 class _RecentSeqs:
     """The last sequence numbers of one stream, to drop a copy that took the other path."""
 
@@ -246,8 +230,7 @@ class MediaEndpoint:
         self._audio_ts = secrets.randbelow(1 << 32)
         self._audio_marker = True
         # retransmissions: at most half a 1.2 Mbit/s stream, with a 64 kB burst
-        self._retransmit_budget = _Budget(rate=75_000, burst=64_000, tokens=64_000,
-                                          updated=now)
+        self._retransmit_budget = TokenBucket(rate=75_000, burst=64_000, now=now)
         self._remote: dict[int, _RemoteVideo] = {}
         self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10,
                                          hold_on_underrun=True)
@@ -497,15 +480,8 @@ class MediaEndpoint:
             else:
                 plain = self._srtp.unprotect_rtp(data)
                 self.server_rtp_at = now
-                # transport-wide feedback is per path: the server stamps its own sequence
-                transport_seq = read_transport_seq(plain)
-                if transport_seq is not None:
-                    self._twcc.on_packet(transport_seq, arrival)
-                if self._peer_srtp is not None and self._duplicate(plain):
-                    return
-                # the playout side is timed by when we got round to the packet: the
-                # jitter buffer must cover this process's own lateness too
-                self._on_rtp(plain, len(data), now)
+                self._receive_rtp(plain, len(data), now, arrival, self._twcc,
+                                  both_paths=self._peer_srtp is not None)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -547,7 +523,7 @@ class MediaEndpoint:
             stored = history.get(seq)
             if stored is None:
                 continue
-            if not self._retransmit_budget.take(len(stored), now):
+            if not self._retransmit_budget.allow(now, len(stored)):
                 self.counters["retransmit_over_budget"] += 1
                 continue
             self._send_rtp(stored, None, PacketKind.RETRANSMISSION)
@@ -703,15 +679,25 @@ class MediaEndpoint:
         self.peer_heard_at = self.peer_rtp_at = now
         self.peer_counters["received_packets"] += 1
         self.peer_counters["received_bytes"] += len(data)
-        transport_seq = read_transport_seq(plain)  # the peer's uplink sequence: its own
-        if transport_seq is not None:                # feedback, sent back on this path
-            self._peer_twcc.on_packet(transport_seq, arrival)
-        if self._duplicate(plain):
-            return
         try:
-            self._on_rtp(plain, len(data), now)
+            self._receive_rtp(plain, len(data), now, arrival, self._peer_twcc,
+                              both_paths=True)
         except (RtpError, rtcp.RtcpError):
             self.counters["dropped_malformed"] += 1
+
+    def _receive_rtp(self, plain: bytes, size: int, now: float, arrival: float,
+                     twcc: TwccRecorder, *, both_paths: bool) -> None:
+        """What either path does with an authentic RTP packet. Transport-wide feedback is
+        per path (each path's sender stamps its own sequence), timed by the kernel's
+        arrival; a packet that already came by the other path is dropped; the rest is
+        timed by ``now``, when we got round to it, so the jitter buffer covers this
+        process's own lateness too."""
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            twcc.on_packet(transport_seq, arrival)
+        if both_paths and self._duplicate(plain):
+            return
+        self._on_rtp(plain, size, now)
 
     def _duplicate(self, plain: bytes) -> bool:
         """The same packet (SSRC and sequence number) already came by the other path."""

@@ -49,6 +49,7 @@ from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_soc
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
+from confero.protocol.video_playout import VideoPlayout
 
 if TYPE_CHECKING:  # aioice (and dnspython) cost ~0.3 s to import: only when P2P starts
     from confero.client.p2p import PeerLink
@@ -151,6 +152,8 @@ class MediaSession(asyncio.DatagramProtocol):
         # bumped when a stream is forgotten: frames of it still on the decoder thread
         # then belong to the past and are not delivered
         self._generations: dict[int, int] = {}
+        #: per stream: when to show each decoded frame (jitter smoothed, least delay)
+        self._video_playouts: dict[int, VideoPlayout] = {}
         self._audio_decoder = OpusDecoder()
         self._audio_decode_lock = threading.Lock()
         self._closed = False
@@ -173,7 +176,7 @@ class MediaSession(asyncio.DatagramProtocol):
         #: what playout took from where, and how often it had to conceal (per source)
         self.playout_counters: dict[str, int] = {
             "mix_frames": 0, "mix_concealed": 0, "direct_frames": 0, "direct_concealed": 0,
-            "blended": 0, "silent": 0,
+            "blended": 0, "silent": 0, "heard_concealed": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -533,12 +536,31 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         frame, prepared = result
         now = time.monotonic()
-        delay = time.time() - event.capture_us / 1e6 if event.capture_us is not None else None
+        playout = self._video_playouts.get(ssrc)
+        if playout is None:
+            playout = self._video_playouts[ssrc] = VideoPlayout()
+        release = playout.schedule(event.frame.timestamp, now)
+        decoded = DecodedVideo(ssrc, frame, event.capture_us, now, event.frame, prepared)
+        loop = self._loop
+        if release - now > 0.001 and loop is not None:
+            # held to its place in the smoothed schedule (at most VideoPlayout.max_delay)
+            loop.call_at(release, self._show, decoded, generation)
+        else:
+            self._show(decoded, generation)
+
+    def _show(self, decoded: DecodedVideo, generation: int) -> None:
+        endpoint = self._endpoint
+        if (endpoint is None or self._closed
+                or generation != self._generations.get(decoded.ssrc, 0)):
+            return  # closed, or the stream was forgotten while the frame waited
+        capture_us = decoded.capture_us
+        delay = time.time() - capture_us / 1e6 if capture_us is not None else None
+        frame = decoded.frame
         with self._lock:
-            endpoint.frame_decoded(ssrc, width=frame.width, height=frame.height, delay=delay)
+            endpoint.frame_decoded(decoded.ssrc, width=frame.width, height=frame.height,
+                                   delay=delay)
         if self._on_video is not None:
-            self._on_video(DecodedVideo(ssrc, frame, event.capture_us, now, event.frame,
-                                        prepared))
+            self._on_video(decoded)
 
     # ------------------------------------------------------------------ audio playout
 
@@ -581,6 +603,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 self.playout_counters["mix_frames"] += 1
                 if item is LOST:
                     self.playout_counters["mix_concealed"] += 1
+                    self.playout_counters["heard_concealed"] += 1
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
@@ -611,6 +634,14 @@ class MediaSession(asyncio.DatagramProtocol):
         weight_before = self._crossfade.weight_b
         out = self._crossfade.step(mixed if item is not None else None, direct,
                                    prefer_direct)
+        # what a listener hears concealed: a source's concealment counts only while that
+        # source is in the output (the path being left may run dry under the fade-out)
+        heard_mix = weight_before < 1.0 or self._crossfade.weight_b < 1.0
+        heard_direct = weight_before > 0.0 or self._crossfade.weight_b > 0.0
+        if ((heard_mix and item is LOST)
+                or (heard_direct and direct is not None
+                    and any(not isinstance(v, bytes) for v in direct_items.values()))):
+            counters["heard_concealed"] += 1
         if 0.0 < self._crossfade.weight_b < 1.0 or weight_before != self._crossfade.weight_b:
             counters["blended"] += 1
         if out is None:
@@ -746,6 +777,7 @@ class MediaSession(asyncio.DatagramProtocol):
             with self._lock:
                 endpoint.forget_stream(ssrc, ended=ended)
         self._pending_decodes.pop(ssrc, None)
+        self._video_playouts.pop(ssrc, None)
         self._generations[ssrc] = self._generations.get(ssrc, 0) + 1
         with contextlib.suppress(RuntimeError):
             self._decode_pool.submit(self._decoders.pop, ssrc, None)

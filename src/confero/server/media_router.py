@@ -56,6 +56,7 @@ from confero.protocol.srtp import (
     encode_key,
     new_master_key,
 )
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.twcc import read_transport_seq
 from confero.protocol.vp8 import (
     Vp8Descriptor,
@@ -64,7 +65,7 @@ from confero.protocol.vp8 import (
     parse_descriptor,
 )
 from confero.server.downlink import LAYER_INTERVAL, Downlink
-from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
+from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 from confero.server.speakers import SpeakerSelector
 
@@ -622,9 +623,14 @@ class MediaRouter:
         out: list[Datagram] = []
         if len(nack.lost) > MAX_NACK_SEQS:
             self.counters["nack_seqs_ignored"] += len(nack.lost) - MAX_NACK_SEQS
-        budget = receiver.retransmit_budget.setdefault(stream.ssrc, TokenBucket())
         rate = max(MIN_RETRANSMIT_RATE,
                    RETRANSMIT_RATE_FACTOR * stream.rate.rate(now))
+        budget = receiver.retransmit_budget.get(stream.ssrc)
+        if budget is None:
+            budget = receiver.retransmit_budget[stream.ssrc] = TokenBucket(
+                rate, rate * RETRANSMIT_BURST, now)
+        # the budget follows the stream's bitrate
+        budget.rate, budget.burst = rate, rate * RETRANSMIT_BURST
         forwarder = receiver.forwarders.get(stream.ssrc)
         for asked in nack.lost[:MAX_NACK_SEQS]:
             # the receiver numbers as we renumbered for it; the history as the publisher
@@ -641,8 +647,8 @@ class MediaRouter:
                 if resent is None:
                     continue
                 plain = resent.serialize()
-            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.take(
-                len(plain), now, rate, rate * RETRANSMIT_BURST
+            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.allow(
+                now, len(plain)
             ):
                 self.counters["retransmit_over_budget"] += 1
                 continue
@@ -775,6 +781,20 @@ class MediaRouter:
         """Participant id -> the server's estimate of its downlink (bit/s)."""
         return {pid: peer.downlink.target_bps for pid, peer in self._peers.items()
                 if peer.meeting_id is not None}
+
+    def subscriber_view(self) -> dict[str, list[tuple[int, dict[int, int]]]]:
+        """Meeting id -> per subscriber: (downlink estimate in bit/s, {temporal layer
+        forwarded: how many publishers}) -- what /metrics summarises per meeting, so an
+        operator sees who is being served less than full video, and why."""
+        out: dict[str, list[tuple[int, dict[int, int]]]] = {}
+        for peer in self._peers.values():
+            if peer.meeting_id is None:
+                continue
+            layers: dict[int, int] = {}
+            for forwarder in peer.forwarders.values():
+                layers[forwarder.current_tid] = layers.get(forwarder.current_tid, 0) + 1
+            out.setdefault(peer.meeting_id, []).append((peer.downlink.target_bps, layers))
+        return out
 
     # ------------------------------------------------------------------ helpers
 

@@ -156,8 +156,12 @@ class MeetingRegistry:
         remember_ended: int = 10_000,
         new_id: Callable[[], str] = new_meeting_id,
         max_participants: int = 50,
+        wall_offset: float = 0.0,
     ) -> None:
+        """``now`` in every method is monotonic seconds; ``now + wall_offset`` is the
+        Unix time stamped on what people see and what is stored (creation, chat, joins)."""
         self.empty_grace = empty_grace
+        self.wall_offset = wall_offset
         self.max_participants = max_participants
         self._meetings: dict[str, Meeting] = {}
         self._where: dict[str, str] = {}  # participant id -> meeting id
@@ -221,12 +225,12 @@ class MeetingRegistry:
             creator_name=participant.name,
             creator_token_hash=participant.token_hash,
             password_hash=password_hash,
-            created_at=now,
+            created_at=now + self.wall_offset,
             e2ee=e2ee,
         )
         meeting.admit(participant.token_hash)
         self._meetings[meeting_id] = meeting
-        participant.enter(now)
+        participant.enter(now + self.wall_offset)
         meeting.participants[participant.id] = participant
         self._where[participant.id] = meeting_id
         self.lobby_version += 1
@@ -272,7 +276,7 @@ class MeetingRegistry:
                     "that looks the same); choose another display name",
                 )
         meeting.admit(participant.token_hash)
-        participant.enter(now)
+        participant.enter(now + self.wall_offset)
         notice = Notice(
             tuple(meeting.participants),
             ParticipantJoined(meeting_id=meeting.id, participant=participant.info()),
@@ -337,7 +341,7 @@ class MeetingRegistry:
             sender=sender_name,
             sender_id=participant_id,
             text=text,
-            ts=now,
+            ts=now + self.wall_offset,
         )
         return message, [Notice(tuple(meeting.participants), ChatEvent(message=message))]
 
