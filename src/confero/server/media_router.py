@@ -784,7 +784,8 @@ class MediaRouter:
 
     def subscriber_view(self) -> dict[str, list[tuple[int, dict[int, int]]]]:
         """Meeting id -> per subscriber: (downlink estimate in bit/s, {temporal layer
-        forwarded: how many publishers}) -- what /metrics summarises per meeting, so an
+        forwarded: how many video streams (cameras, shared screens)}) -- what /metrics
+        summarises per meeting, so an
         operator sees who is being served less than full video, and why."""
         out: dict[str, list[tuple[int, dict[int, int]]]] = {}
         for peer in self._peers.values():
