@@ -20,6 +20,7 @@ from confero.media.video import identity_code
 from tests.bots import BotProcess, start_bot
 from tests.conftest import ServerProcess
 from tests.test_app import (
+    SCREENSHOTS,
     WAIT,
     click,
     connect,
@@ -100,6 +101,8 @@ def test_share_adds_a_screen_tile_on_the_stage_and_stopping_restores_the_layout(
     assert stage.arrangement.kind == "speaker" and stage.arrangement.stage == remote
     tile = stage.tiles[remote]
     qtbot.waitUntil(lambda: tile.image is not None and slide_like(tile.image), timeout=WAIT)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # the speaker view with a shared screen
+    assert window.grab().save(str(SCREENSHOTS / "screen-share.png"))
     ada.send("screen off")
     qtbot.waitUntil(lambda: remote not in stage.tiles, timeout=WAIT)
     assert stage.arrangement.kind == "grid"

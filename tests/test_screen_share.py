@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from confero.app.layout_policy import LayoutPolicy
 from confero.client.endpoint import EndpointConfig, KeyframeNeeded, MediaEndpoint
 from confero.protocol import consent, rtcp
 from confero.protocol import signaling as sig
@@ -256,3 +257,33 @@ def test_the_core_grants_announces_and_validates_screen_sharing() -> None:
     plain.request(dave, "join_meeting", meeting_id=meeting["meeting"]["id"])
     plain.request(carol, "set_media", camera=True, microphone=False, screen=True)
     assert plain.events(dave, "media_changed")[-1]["screen"] is False
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def test_a_shared_screen_takes_the_stage_and_the_layout_before_it_returns() -> None:
+    policy = LayoutPolicy(mode="grid")
+    people = ["a", "b", "c"]
+    assert policy.arrange(people, 0.0).kind == "grid"
+    policy.screen_started("b:screen")
+    arranged = policy.arrange([*people, "b:screen"], 1.0)
+    assert arranged.kind == "speaker" and arranged.stage == "b:screen"
+    policy.heard({"c"}, [*people, "b:screen"], 5.0)  # a talker does not take it from a screen
+    assert policy.arrange([*people, "b:screen"], 5.0).stage == "b:screen"
+    # a second screen takes over; when it stops the first is back; then the grid
+    policy.screen_started("c:screen")
+    assert policy.arrange([*people, "b:screen", "c:screen"], 6.0).stage == "c:screen"
+    policy.screen_stopped("c:screen")
+    assert policy.arrange([*people, "b:screen"], 7.0).stage == "b:screen"
+    policy.screen_stopped("b:screen")
+    assert policy.mode == "grid" and policy.arrange(people, 8.0).kind == "grid"
+    # a pin wins over a screen
+    policy.screen_started("a:screen")
+    policy.pin("c")
+    assert policy.arrange([*people, "a:screen"], 9.0).stage == "c"
+    policy.pin("c")
+    # an explicit choice during a share wins, and stays after it
+    policy.set_mode("auto")
+    policy.screen_stopped("a:screen")
+    assert policy.mode == "auto"

@@ -242,6 +242,7 @@ class MeetingController:
             stage.add_screen(key, f"{participant.name} (screen)")
         elif not participant.screen and key in stage.tiles:
             stage.remove(key)
+            self.qualities.pop(key, None)
 
     def participant_joined(self, participant: ParticipantInfo) -> None:
         self.participants[participant.id] = participant
@@ -260,6 +261,7 @@ class MeetingController:
         self.qualities.pop(event.participant_id, None)
         self.page.stage.remove(event.participant_id)
         self.page.stage.remove(screen_key(event.participant_id))
+        self.qualities.pop(screen_key(event.participant_id), None)
         reconnect = event.reason == "replaced"
         if event.reason == "disconnected":
             self._gone[event.name] = time.monotonic()
@@ -292,6 +294,8 @@ class MeetingController:
         self.page.side.show_stats(stats)
         now = time.monotonic()
         by_name = {p.name: p.id for p in self.participants.values()}
+        by_name.update({f"{p.name} (screen)": screen_key(p.id)  # a screen: its own tile
+                        for p in self.participants.values() if p.screen})
         for name, values in stats.get("video", {}).items():
             participant_id = by_name.get(name)
             tile = self.page.stage.tiles.get(participant_id or "")
