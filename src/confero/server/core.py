@@ -63,8 +63,8 @@ Action = Send | Close
 class MediaPlane(Protocol):
     """What the signaling core needs of the media router (``server.media_router``)."""
 
-    def reserve(self, participant_id: str) -> tuple[int, int]:
-        """Server-unique (audio, video) SSRCs for this participant's connection."""
+    def reserve(self, participant_id: str) -> tuple[int, int, int]:
+        """Server-unique (audio, video, screen) SSRCs for this participant's connection."""
 
     def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
               ) -> sig.MediaGrant:
@@ -444,8 +444,8 @@ class SignalingCore:
                 return sig.Empty()
             case sig.MeetingMedia():
                 return self._meeting_media(participant)
-            case sig.SetMedia(camera=camera, microphone=microphone):
-                notices = self.registry.set_media(participant, camera, microphone)
+            case sig.SetMedia(camera=camera, microphone=microphone, screen=screen):
+                notices = self.registry.set_media(participant, camera, microphone, screen)
                 out += self._deliver(notices)
                 return sig.Empty()
             case sig.RelayE2eeBlob(to=to, blob=blob):
@@ -547,7 +547,8 @@ class SignalingCore:
 
     def _reserve_ssrcs(self, participant: Participant) -> None:
         if self.media is not None and not participant.audio_ssrc:
-            participant.audio_ssrc, participant.video_ssrc = self.media.reserve(participant.id)
+            (participant.audio_ssrc, participant.video_ssrc,
+             participant.screen_ssrc) = self.media.reserve(participant.id)
 
     def _join_result(self, meeting_id: str, participant: Participant) -> sig.JoinResult:
         meeting = self.registry.meeting(meeting_id)
@@ -623,6 +624,8 @@ class SignalingCore:
         conn = self._connections.get(self._conn_by_participant.get(participant_id, -1))
         if conn is not None and conn.participant is not None:
             conn.participant.audio_ssrc = conn.participant.video_ssrc = 0
+            conn.participant.screen_ssrc = 0
+            conn.participant.screen = False
 
     def _deliver(self, notices: list[Notice]) -> list[Action]:
         actions: list[Action] = []

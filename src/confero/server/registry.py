@@ -76,6 +76,8 @@ class Participant:
     video_ssrc: int = 0
     camera: bool = False
     microphone: bool = False
+    screen_ssrc: int = 0
+    screen: bool = False
 
     def info(self) -> ParticipantInfo:
         return ParticipantInfo(
@@ -86,12 +88,14 @@ class Participant:
             video_ssrc=self.video_ssrc,
             camera=self.camera,
             microphone=self.microphone,
+            screen_ssrc=self.screen_ssrc,
+            screen=self.screen,
         )
 
     def enter(self, now: float) -> None:
         """Every meeting starts with camera and microphone off until announced."""
         self.joined_at = now
-        self.camera = self.microphone = False
+        self.camera = self.microphone = self.screen = False
 
 
 @dataclass(slots=True)
@@ -347,19 +351,23 @@ class MeetingRegistry:
         if meeting is not None and meeting.last_seq == message.seq:
             meeting.last_seq -= 1
 
-    def set_media(self, participant: Participant, camera: bool, microphone: bool) -> list[Notice]:
+    def set_media(self, participant: Participant, camera: bool, microphone: bool,
+                  screen: bool = False) -> list[Notice]:
         meeting = self.meeting_of(participant.id)
         if meeting is None:
             raise RegistryError(
                 ErrorCode.NOT_IN_MEETING, "join a meeting before turning camera or microphone on"
             )
-        if (participant.camera, participant.microphone) == (camera, microphone):
+        screen = screen and participant.screen_ssrc != 0  # no stream granted, no share
+        if (participant.camera, participant.microphone, participant.screen) == (
+                camera, microphone, screen):
             return []
         participant.camera, participant.microphone = camera, microphone
+        participant.screen = screen
         others = tuple(pid for pid in meeting.participants if pid != participant.id)
         event = MediaChanged(
             meeting_id=meeting.id, participant_id=participant.id, camera=camera,
-            microphone=microphone,
+            microphone=microphone, screen=screen,
         )
         return [Notice(others, event)]
 
