@@ -77,7 +77,7 @@ def main() -> None:
     configs = {
         "client": lambda: AudioJitterBuffer(target=2, min_target=1, max_target=10,
                                             hold_on_underrun=True),
-        "mixer_input": lambda: AudioJitterBuffer(target=1, min_target=1, max_target=6,
+        "mixer_input": lambda: AudioJitterBuffer(target=1, min_target=1, max_target=8,
                                                  capacity=25, hold_on_underrun=True),
     }
     result: dict[str, object] = {"src": args.src, "frames_per_run": 3000, "seeds": 4}
