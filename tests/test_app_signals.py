@@ -112,6 +112,49 @@ def test_create_form_asks_for_a_passphrase_for_an_encrypted_meeting(qtbot: QtBot
     assert lobby.passphrase.text() == ""  # not kept in the form
 
 
+def test_engine_e2ee_states_become_tile_badges_and_people_lines(
+    qtbot: QtBot, window: MainWindow
+) -> None:
+    """The engine's dicts (engine.py ``e2ee_state``) as the page shows them, in order:
+    a peer verified, one who could not be, then the once-a-second status."""
+    from confero.protocol.signaling import JoinResult, MeetingInfo, ParticipantInfo
+
+    meeting = MeetingInfo("m1", "Secret", "Ada", 3, False, 0.0, e2ee=True)
+    people = [ParticipantInfo("a1", "Ada", 0.0, camera=True),
+              ParticipantInfo("b1", "Bob", 0.0, camera=True)]
+    engine = window.engine
+    engine.joined.emit(JoinResult(meeting, people, [], True, False))
+    page = window.meeting
+    qtbot.waitUntil(window.in_meeting, timeout=5000)
+    assert page.header.e2ee.text() == "🔒 End-to-end encrypted"
+    assert page.header.mode_badge.text() == "Through the server"
+    code = "12345 67890 13579 24680 11223 34455"
+    engine.e2ee_state.emit({"peer": "a1", "state": "verified", "safety_code": code})
+    engine.e2ee_state.emit({"peer": "b1", "state": "cannot verify",
+                            "reason": "cannot verify: wrong passphrase or tampered key "
+                                      "exchange"})
+    lines = [page.people.item(i).text() for i in range(page.people.count())]
+    assert f"Ada - muted, camera on\nSafety code {code} (verified)" in lines
+    assert any(line.startswith("Bob") and "(cannot verify: wrong passphrase" in line
+               for line in lines), lines
+    engine.e2ee_state.emit({"status": {
+        "Ada": {"participant_id": "a1", "verified": True, "safety_code": code,
+                "state": "decrypting"},
+        "Bob": {"participant_id": "b1", "verified": False, "safety_code": None,
+                "state": "cannot decrypt"}}})
+    tiles = page.stage.tiles
+    assert tiles["a1"].e2ee == "verified" and "media verified" in tiles["a1"].accessibleName()
+    assert tiles["b1"].e2ee == "cannot decrypt"
+    # no passphrase: nothing can be decrypted, whoever it is from
+    engine.e2ee_state.emit({"state": "cannot decrypt", "reason": "no passphrase"})
+    assert page.header.e2ee.text() == "🔒 Cannot decrypt: no passphrase"
+    assert {t.e2ee for t in tiles.values()} == {"cannot decrypt"}
+    engine.mode_changed.emit("p2p", "ice_connected")
+    assert page.header.mode_badge.text() == "Direct (peer-to-peer)"
+    engine.server_media.emit(p2p_counters(forwarded_bytes=10))
+    assert page.header.relayed.text() == "Server relayed: measuring…"
+
+
 # ---------------------------------------------------------------- end to end
 
 

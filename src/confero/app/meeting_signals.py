@@ -39,7 +39,7 @@ class MeetingSignals:
         header = self.page.header
         header.show_mode(result.mode, "joined")
         header.show_e2ee("encrypted" if self.e2ee else None)
-        self.page.side.safety = {}
+        self.page.side.safety, self.page.side.safety_notes = {}, {}
 
     def mode_changed(self, mode: str, reason: str) -> None:
         self.page.header.show_mode(mode, reason)
@@ -61,6 +61,11 @@ class MeetingSignals:
             self._status(status)
         elif state.get("peer") and state.get("state") in ("verified", "cannot verify"):
             verified = state["state"] == "verified"
+            notes = self.page.side.safety_notes
+            if verified:
+                notes.pop(str(state["peer"]), None)
+            else:
+                notes[str(state["peer"])] = str(state.get("reason") or "")
             self._status({"": {"participant_id": state["peer"], "verified": verified,
                                "safety_code": state.get("safety_code"),
                                "state": "waiting"}}, partial=True)
@@ -80,7 +85,7 @@ class MeetingSignals:
             else:
                 states[pid] = "verified" if verified else "not verified"
         self._show_tiles(states)
-        if safety != self.page.side.safety:
+        if safety != self.page.side.safety or partial:
             self.page.side.safety = safety
             self.controller.refresh()
 

@@ -67,6 +67,8 @@ class SidePanel(QTabWidget):
         self.setMinimumWidth(280)
         #: E2EE meetings: participant id -> (verified, safety code or None), shown in People
         self.safety: dict[str, tuple[bool, str | None]] = {}
+        #: why a participant could not be verified ("cannot verify: wrong passphrase...")
+        self.safety_notes: dict[str, str] = {}
 
     def add_chat(self, message: ChatMessage) -> None:
         stamp = time.strftime("%H:%M", time.localtime(message.ts))
@@ -101,7 +103,8 @@ class SidePanel(QTabWidget):
             hint = participant.name
             if participant.id in self.safety:
                 verified, code = self.safety[participant.id]
-                state = "verified" if verified else "not verified"
+                note = self.safety_notes.get(participant.id, "")
+                state = "verified" if verified else clip(note, 80) or "not verified"
                 text += (f"\nSafety code {code} ({state})" if code
                          else f"\nNo safety code yet ({state})")
                 hint += ("\nCompare this code with the one their app shows for you: "
@@ -128,7 +131,7 @@ class SidePanel(QTabWidget):
         self.bitrate_graph.keep_only(set(video))
 
     def clear_all(self) -> None:
-        self.safety = {}
+        self.safety, self.safety_notes = {}, {}
         self.chat_view.clear()
         self.people.clear()
         self.stats_table.setRowCount(0)
