@@ -10,7 +10,7 @@ from typing import Any
 
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QPushButton, QToolButton, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
 
 from confero.app import icons
 from confero.app.plain import clip, plain_label, tooltip
@@ -127,6 +127,10 @@ class MeetingHeader(QWidget):
         self.recording.hide()
         self.notice = plain_label("", "notice")
         self.notice.setObjectName("notice")
+        self.e2ee_icon = QLabel()
+        self.e2ee_icon.setPixmap(icons.pixmap("lock", size=16))
+        self.e2ee_icon.setAccessibleName("Lock")
+        self.e2ee_icon.hide()
         self.e2ee = plain_label("", "e2ee_state")
         self.e2ee.setProperty("badge", True)
         self.e2ee.hide()
@@ -136,6 +140,7 @@ class MeetingHeader(QWidget):
         self.relayed.setProperty("class", "hint")
         self.relay_meter = RelayMeter()
         self.mode = ""
+        self.notice.setMinimumWidth(40)  # a long notice gives way, not the window
         row = QHBoxLayout(self)
         row.setContentsMargins(12, 6, 12, 2)
         row.addWidget(self.title)
@@ -144,6 +149,7 @@ class MeetingHeader(QWidget):
         row.addSpacing(12)
         row.addWidget(self.recording)
         row.addSpacing(12)
+        row.addWidget(self.e2ee_icon)
         row.addWidget(self.e2ee)
         row.addSpacing(8)
         row.addWidget(self.mode_badge)
@@ -210,17 +216,19 @@ class MeetingHeader(QWidget):
         can be decrypted)."""
         if state is None:
             self.e2ee.hide()
+            self.e2ee_icon.hide()
             return
-        text = ("🔒 End-to-end encrypted" if state == "encrypted"
-                else "🔒 Cannot decrypt: no passphrase")
+        text = ("End-to-end encrypted" if state == "encrypted"
+                else "Cannot decrypt: no passphrase")
         detail = ("Keys are agreed between the participants with the meeting's passphrase; "
                   "the server cannot read the media." if state == "encrypted" else
                   "You joined without the meeting's passphrase: nobody's picture or sound "
                   "can be decrypted. Leave and join again with it.")
         self.e2ee.setText(text)
         self.e2ee.setToolTip(tooltip(detail))
-        self.e2ee.setAccessibleName(f"{text.removeprefix('🔒 ')}. {detail}")
+        self.e2ee.setAccessibleName(f"{text}. {detail}")
         self.e2ee.show()
+        self.e2ee_icon.show()
 
     def tick(self) -> None:
         self.elapsed.setText(elapsed_text(time.monotonic() - self.started))

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from confero.app import icons
 from confero.app.plain import clip, plain_label, tooltip
 from confero.app.settings import RecentMeeting
 from confero.protocol.signaling import MeetingInfo
@@ -136,7 +137,7 @@ class LobbyPage(QWidget):
         for row, meeting in enumerate(meetings):
             values = [clip(meeting.title, 120), clip(meeting.creator, 64),
                       str(meeting.participant_count), "yes" if meeting.has_password else "",
-                      "🔒 End-to-end" if meeting.e2ee else ""]
+                      "End-to-end" if meeting.e2ee else ""]
             for column, value in enumerate(values):
                 item = QTableWidgetItem(value)  # item text is plain
                 item.setData(Qt.ItemDataRole.UserRole, meeting.id)
@@ -146,6 +147,7 @@ class LobbyPage(QWidget):
                 self.table.setItem(row, column, item)
             lock = self.table.item(row, 4)
             if lock is not None and meeting.e2ee:
+                lock.setIcon(icons.icon("lock"))
                 lock.setData(Qt.ItemDataRole.AccessibleTextRole, "End-to-end encrypted")
             if meeting.id == selected:
                 self.table.selectRow(row)

@@ -42,6 +42,7 @@ class SidePanel(QTabWidget):
         self.chat_input.setMaxLength(2000)
         self.people = QListWidget()
         self.people.setObjectName("people")
+        self.people.setWordWrap(True)  # a safety code fits the panel on its own line
         self.stats_table = QTableWidget(0, 6)
         self.stats_table.setObjectName("stats_table")
         self.stats_table.setHorizontalHeaderLabels(

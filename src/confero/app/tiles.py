@@ -13,6 +13,7 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from confero.app import icons
 from confero.app.plain import tooltip
 from confero.app.quality import ConnectionQuality
 from confero.app.theme import COLOURS
@@ -22,7 +23,7 @@ _SPEAKING = QColor(COLOURS["good"])
 _OFF = QColor(COLOURS["off"])
 _HAND = QColor(COLOURS["fair"])
 #: End-to-end encryption of one person's media, said in words on the tile.
-E2EE_BADGES = {"verified": ("🔒 Verified", QColor(COLOURS["good"])),
+E2EE_BADGES = {"verified": ("Verified", QColor(COLOURS["good"])),
                "not verified": ("Not verified", QColor(COLOURS["fair"])),
                "cannot decrypt": ("Cannot decrypt", QColor(COLOURS["poor"]))}
 E2EE_WORDS = {"verified": "media verified", "not verified": "media not verified",
@@ -159,7 +160,8 @@ class VideoTile(QWidget):
             self._paint_badge(painter, rect, "✋ hand", _HAND)
         if self.e2ee in E2EE_BADGES:
             text, colour = E2EE_BADGES[self.e2ee]
-            self._paint_badge(painter, rect, text, colour, top=36 if self.hand else 8)
+            self._paint_badge(painter, rect, text, colour, top=36 if self.hand else 8,
+                              lock=self.e2ee == "verified")
         if self.e2ee == "cannot decrypt":
             self._paint_status(painter, rect, "Cannot decrypt")
         elif self.status:
@@ -204,18 +206,22 @@ class VideoTile(QWidget):
         painter.drawText(box.adjusted(44, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
 
     def _paint_badge(self, painter: QPainter, rect: QRectF, text: str, colour: QColor,
-                     top: float = 8) -> None:
+                     top: float = 8, lock: bool = False) -> None:
         font = QFont(self.font())
         font.setPixelSize(12)
         font.setBold(True)
         painter.setFont(font)
-        width = painter.fontMetrics().horizontalAdvance(text) + 14
+        room = 16 if lock else 0
+        width = painter.fontMetrics().horizontalAdvance(text) + 14 + room
         box = QRectF(rect.left() + 8, rect.top() + top, width, 22)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(colour)
         painter.drawRoundedRect(box, 11, 11)
+        if lock:
+            painter.drawPixmap(QPointF(box.left() + 7, box.top() + 4),
+                               icons.pixmap("lock", "#202124", size=14))
         painter.setPen(QColor(32, 33, 36))
-        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        painter.drawText(box.adjusted(room, 0, 0, 0), Qt.AlignmentFlag.AlignCenter, text)
 
     def _paint_status(self, painter: QPainter, rect: QRectF, text: str) -> None:
         font = QFont(self.font())
