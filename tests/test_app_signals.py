@@ -145,6 +145,10 @@ def test_engine_e2ee_states_become_tile_badges_and_people_lines(
     tiles = page.stage.tiles
     assert tiles["a1"].e2ee == "verified" and "media verified" in tiles["a1"].accessibleName()
     assert tiles["b1"].e2ee == "cannot decrypt"
+    page.stage.add_screen("a1:screen", "Ada's screen")  # a shared screen: its sharer's state
+    engine.e2ee_state.emit({"status": {"Ada": {"participant_id": "a1", "verified": True,
+                                               "safety_code": code, "state": "decrypting"}}})
+    assert tiles["a1:screen"].e2ee == "verified"
     # no passphrase: nothing can be decrypted, whoever it is from
     engine.e2ee_state.emit({"state": "cannot decrypt", "reason": "no passphrase"})
     assert page.header.e2ee.text() == "Cannot decrypt: no passphrase"

@@ -37,6 +37,7 @@ from confero.media.devices import (
     Speaker,
     has_default_device,
 )
+from confero.media.screen_pattern import SyntheticScreen
 from confero.media.video import SyntheticCamera
 from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.protocol.signaling import HandChanged
@@ -47,6 +48,12 @@ SELF = "self"
 #: How often the server's media counters for our meeting are asked for (the mode badge's
 #: proof that nothing goes through the server in peer-to-peer).
 SERVER_MEDIA_INTERVAL = 2.0
+#: The frame-store and tile key of a participant's shared screen (and of ours: SELF).
+SCREEN_SUFFIX = ":screen"
+
+
+def screen_key(participant_id: str) -> str:
+    return participant_id + SCREEN_SUFFIX
 MAX_TILE_WIDTH = 640  # pictures are scaled down to this before they cross to the GUI
 
 
@@ -95,11 +102,13 @@ class FrameStore:
 
 
 class _TappedVideo:
-    """A video source that also shows what it sends in the self-view (at most 15 fps)."""
+    """A video source that also shows what it sends in the self-view (at most 15 fps);
+    ``key``: where in the frame store (SELF, or our screen's tile)."""
 
-    def __init__(self, source: VideoSource, frames: FrameStore) -> None:
+    def __init__(self, source: VideoSource, frames: FrameStore, key: str = SELF) -> None:
         self._source = source
         self._frames = frames
+        self._key = key
         self.width, self.height = source.width, source.height
         self._last = 0.0
 
@@ -108,7 +117,7 @@ class _TappedVideo:
         now = time.monotonic()
         if now - self._last >= 1 / 15:
             self._last = now
-            self._frames.put(SELF, to_qimage(frame, 320))
+            self._frames.put(self._key, to_qimage(frame, 320))
         return frame
 
     def close(self) -> None:
@@ -135,6 +144,7 @@ class Engine(QObject):
     stats = Signal(object)  # dict: name -> stream statistics
     speaking = Signal(object)  # set: participant ids (and SELF) talking now
     local_media = Signal(bool, bool)  # camera on, microphone on (what we actually send)
+    local_screen = Signal(bool)  # we share a screen (a second video stream) or not
     recording = Signal(bool, str)
     #: E2EE meetings: a dict, either {"peer": participant id, "state": "verified" |
     #: "cannot verify" | "blob_rejected", "safety_code" or "reason"}, {"state": "cannot
@@ -164,6 +174,7 @@ class Engine(QObject):
         self.client: api.Client | None = None
         self.call: Call | None = None  # the call logic shared with the bot
         self._video: _TappedVideo | None = None
+        self._screen: _TappedVideo | None = None
         self._audio: AudioSource | None = None
         self._speaker: Speaker | None = None
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
@@ -387,10 +398,22 @@ class Engine(QObject):
             await self.call.stop_media(keep_recording=keep_recording)
             if recorder is not None:
                 self.recording.emit(False, str(recorder.directory))
+        if self._screen is not None:  # a share ends with the meeting, never carries over
+            screen, self._screen = self._screen, None
+            if self.call is not None:
+                self.call.screen_source = None
+            await asyncio.to_thread(screen.close)
+            self.local_screen.emit(False)
         self.frames.clear()
 
     def _source_failed(self, kind: str, message: str) -> None:
         """A camera or microphone died mid-call: say so, and show it as off."""
+        if kind == "screen":
+            self._screen = None
+            self.frames.drop(screen_key(SELF))
+            self.error.emit(f"Screen sharing stopped: {message}")
+            self.local_screen.emit(False)
+            return
         if kind == "video":
             self._video = None
             self.frames.drop(SELF)
@@ -463,6 +486,34 @@ class Engine(QObject):
             self.local_media.emit(self._video is not None, self._microphone_live())
 
         self.submit(switch())
+
+    def set_screen(self, choice: DeviceChoice | None, name: str = "") -> None:
+        """Share a screen as a second video stream beside the camera, or stop (None)."""
+
+        async def switch() -> None:
+            old, self._screen = self._screen, None
+            if self.call is not None and old is not None:
+                await self.call.set_screen_source(None)
+            if old is not None:
+                await asyncio.to_thread(old.close)
+            self.frames.drop(screen_key(SELF))
+            if choice is not None:
+                source = await asyncio.to_thread(self._open_screen, choice, name)
+                tapped = _TappedVideo(source, self.frames, screen_key(SELF))
+                if self.call is not None and not await self.call.set_screen_source(tapped):
+                    await asyncio.to_thread(tapped.close)
+                    self.error.emit("This server cannot carry a shared screen.")
+                else:
+                    self._screen = tapped
+            self.local_screen.emit(self._screen is not None)
+
+        self.submit(switch())
+
+    @staticmethod
+    def _open_screen(choice: DeviceChoice, name: str) -> VideoSource:
+        if choice.kind == "synthetic_screen":
+            return SyntheticScreen(name or "me", 1280, 720)
+        return ScreenSource(choice.device or ":0", 1280, 720)
 
     def _microphone_live(self) -> bool:
         return self._audio is not None and not self._muted
@@ -541,7 +592,8 @@ class Engine(QObject):
     def _on_video(self, call_video: CallVideo) -> None:
         participant = call_video.participant
         if participant is not None and call_video.video.prepared is not None:
-            self.frames.put(participant.id, call_video.video.prepared)
+            key = screen_key(participant.id) if call_video.kind == "screen" else participant.id
+            self.frames.put(key, call_video.video.prepared)
 
     def _on_event(self, event: api.ClientEvent) -> None:
         if self.call is not None:
@@ -555,10 +607,13 @@ class Engine(QObject):
                 self.participant_joined.emit(participant)
             case api.ParticipantLeft():
                 self.frames.drop(event.participant_id)
+                self.frames.drop(screen_key(event.participant_id))
                 self.participant_left.emit(event)
             case api.MediaChanged():
                 if not event.camera:
                     self.frames.drop(event.participant_id)
+                if not event.screen:
+                    self.frames.drop(screen_key(event.participant_id))
                 self.media_changed.emit(event)
             case api.ChatEvent(message=message):
                 self.chat.emit(message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from confero.app.engine import SCREEN_SUFFIX
 from confero.protocol.signaling import JoinResult
 
 if TYPE_CHECKING:
@@ -92,5 +93,5 @@ class MeetingSignals:
     def _show_tiles(self, states: dict[str, str]) -> None:
         self.tile_states = states
         fallback = "cannot decrypt" if self.no_passphrase else "not verified"
-        for pid, tile in self.page.stage.tiles.items():
-            tile.set_e2ee(states.get(pid, fallback))
+        for key, tile in self.page.stage.tiles.items():  # a screen tile: its sharer's state
+            tile.set_e2ee(states.get(key.removesuffix(SCREEN_SUFFIX), fallback))

@@ -57,6 +57,7 @@ class VideoTile(QWidget):
         self.speaking = False
         self.hand = False
         self.pinned = False
+        self.shared_screen = False  # a shared screen's tile: no microphone or camera of its own
         self.status = ""  # "Joining...", "Reconnecting..."
         #: "" (not an E2EE meeting), "verified", "not verified" or "cannot decrypt"
         self.e2ee = ""
@@ -81,6 +82,8 @@ class VideoTile(QWidget):
     def _describe(self) -> None:
         words = [self.name, "microphone on" if self.microphone else "muted",
                  "camera on" if self.camera else "camera off"]
+        if self.shared_screen:
+            words = [self.name, "shared screen"]
         if self.hand:
             words.append("hand raised")
         if self.pinned:
@@ -200,8 +203,11 @@ class VideoTile(QWidget):
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(0, 0, 0, 150))
         painter.drawRoundedRect(box, 4, 4)
-        self._paint_mic(painter, QPointF(box.left() + 12, box.center().y()), self.microphone)
-        self._paint_camera(painter, QPointF(box.left() + 30, box.center().y()), self.camera)
+        if not self.shared_screen:
+            self._paint_mic(painter, QPointF(box.left() + 12, box.center().y()),
+                            self.microphone)
+            self._paint_camera(painter, QPointF(box.left() + 30, box.center().y()),
+                               self.camera)
         painter.setPen(Qt.GlobalColor.white)
         painter.drawText(box.adjusted(44, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
 
