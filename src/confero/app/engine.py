@@ -667,6 +667,7 @@ class Engine(QObject):
         wake = self._poll_now
         assert wake is not None
         while True:
+            wake.clear()  # a mode change while we ask sets it again: ask once more at once
             client = self.client
             if client is not None and client.meeting is not None:
                 try:
@@ -675,6 +676,5 @@ class Engine(QObject):
                     pass
                 else:
                     self.server_media.emit(msgspec.structs.asdict(media))
-            wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), SERVER_MEDIA_INTERVAL)
