@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import msgspec
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
@@ -44,6 +45,9 @@ from confero.protocol.signaling import HandChanged
 log = logging.getLogger(__name__)
 
 SELF = "self"
+#: How often the server's media counters for our meeting are asked for (the mode badge's
+#: proof that nothing goes through the server in peer-to-peer).
+SERVER_MEDIA_INTERVAL = 2.0
 #: The frame-store and tile key of a participant's shared screen (and of ours: SELF).
 SCREEN_SUFFIX = ":screen"
 
@@ -151,6 +155,10 @@ class Engine(QObject):
     e2ee_state = Signal(object)
     #: the meeting's media path: "p2p" (direct) or "server", and the server's reason
     mode_changed = Signal(str, str)
+    #: every SERVER_MEDIA_INTERVAL s in a meeting, and right after a mode change: the
+    #: server's own counters for it (MeetingMediaResult as a dict: mode, received_bytes,
+    #: forwarded_bytes, mixed_bytes, ... packets)
+    server_media = Signal(object)
     # --- added for the app UI (branch app-ui); small and separate from the call logic ---
     resume_token = Signal(str)  # the server's resume token after each connect (remembered)
     hand_changed = Signal(str, bool)  # participant id, hand raised
@@ -173,6 +181,8 @@ class Engine(QObject):
         self._ticker: asyncio.Task[None] | None = None
         self._muted = False  # the microphone captures, but nothing is sent
         self._speaker_task: asyncio.Task[Any] | None = None
+        self._media_poller: asyncio.Task[None] | None = None
+        self._poll_now: asyncio.Event | None = None  # set on a mode change: ask at once
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
                                         daemon=True)
@@ -223,7 +233,7 @@ class Engine(QObject):
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started, on_e2ee=self._on_e2ee,
                          on_muted_level=self.muted_level.emit,
-                         on_mode_changed=self.mode_changed.emit)
+                         on_mode_changed=self._mode_changed)
         client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
         self.call.microphone_muted = self._muted
@@ -358,6 +368,7 @@ class Engine(QObject):
 
     async def _entered(self, result: Any) -> None:
         self.joined.emit(result)
+        self._start_media_poller()
         if self.call is not None:
             await self.call.entered(result)
             if self.call.session is None:
@@ -373,6 +384,9 @@ class Engine(QObject):
         self.local_media.emit(self._video is not None, self._microphone_live())
 
     async def _stop_media(self, *, keep_recording: bool = False) -> None:
+        if self._media_poller is not None:
+            self._media_poller.cancel()
+            self._media_poller = None
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
@@ -634,3 +648,33 @@ class Engine(QObject):
                                  "sent": stats["sent"]})
                 if call.e2ee.active:
                     self.e2ee_state.emit({"status": call.e2ee_status()})
+
+    # ------------------------------------------------------------------ the media path
+
+    def _mode_changed(self, mode: str, reason: str) -> None:
+        self.mode_changed.emit(mode, reason)
+        if self._poll_now is not None:
+            self._poll_now.set()  # the counters at the switch, not up to 2 s later
+
+    def _start_media_poller(self) -> None:
+        if self._media_poller is None:
+            self._poll_now = asyncio.Event()
+            self._media_poller = self._loop.create_task(self._poll_server_media())
+
+    async def _poll_server_media(self) -> None:
+        """The server's counters for our meeting, while we are in one. A failed ask (a
+        reconnect, a meeting just ended) is skipped quietly: the next one comes soon."""
+        wake = self._poll_now
+        assert wake is not None
+        while True:
+            wake.clear()  # a mode change while we ask sets it again: ask once more at once
+            client = self.client
+            if client is not None and client.meeting is not None:
+                try:
+                    media = await client.meeting_media()
+                except (api.RequestError, api.ConnectionLost, TimeoutError):
+                    pass
+                else:
+                    self.server_media.emit(msgspec.structs.asdict(media))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), SERVER_MEDIA_INTERVAL)

@@ -23,6 +23,7 @@ from confero.app.devices import (
 from confero.app.engine import SCREEN_SUFFIX, SELF, DeviceChoice, Engine, screen_key
 from confero.app.layout_policy import MODES
 from confero.app.meeting_page import MeetingPage
+from confero.app.meeting_signals import MeetingSignals
 from confero.app.quality import ConnectionQuality
 from confero.app.settings import Continuity
 from confero.app.shortcuts import ShortcutHelp
@@ -65,6 +66,7 @@ class MeetingController:
         self.help = ShortcutHelp(window)
         self._build_more_menu()
         self._wire()
+        self.signals = MeetingSignals(self)  # mode badge, server counters, E2EE
 
     # ------------------------------------------------------------------ setup
 
