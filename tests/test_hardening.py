@@ -307,7 +307,7 @@ def start_logged_server(data_dir: Path, log_path: Path, *extra: str,
                         nofile: int | None = None) -> ServerProcess:
     """Like conftest's server, with stderr kept in a file and an optional fd limit."""
     args = [sys.executable, "-m", "confero.cli", "--log-level", "INFO", "server", "--port",
-            "0", "--media-port", "0", "--data-dir", str(data_dir), "--heartbeat", "0.5",
+            "0", "--media-port", "0", "--data-dir", str(data_dir), "--heartbeat", "2",
             *extra]
 
     def limit() -> None:

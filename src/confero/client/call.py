@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ if TYPE_CHECKING:  # imported when a P2P session starts (aioice costs ~0.3 s to 
     from confero.client.p2p import PeerLink
 
 log = logging.getLogger(__name__)
+
+P2P_MODULE = "confero.client.p2p"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class Call:
         self._link: PeerLink | None = None
         self._pending_start: sig.P2pStart | None = None
         self._pending_signals: list[sig.P2pSignalEvent] = []
+        #: a P2P start waiting for the P2P module to be imported off the loop
+        self._importing_for: sig.P2pStart | None = None
         self._keys_set = False
         self._p2p_since: float | None = None
         self._liveness: asyncio.Task[None] | None = None
@@ -141,6 +147,8 @@ class Call:
         self._known = {p.id: p for p in result.participants}
         if result.meeting.e2ee:
             self.e2ee.start(result.meeting, result.participants)
+        if self.client.p2p and P2P_MODULE not in sys.modules:
+            self._spawn(self._import_p2p())  # warm, before any p2p_start needs it
         await self.start_media()
 
     async def start_media(self) -> bool:
@@ -419,10 +427,26 @@ class Call:
 
     # ------------------------------------------------------------------ peer-to-peer
 
+    async def _import_p2p(self) -> None:
+        """aioice (and dnspython) take ~0.3 s to import, seconds on a busy machine: on
+        the event loop that stall made the server's heartbeat drop the connection right
+        at a P2P start. A worker thread imports it; the loop keeps running."""
+        await asyncio.to_thread(importlib.import_module, P2P_MODULE)
+
+    async def _start_after_import(self, start: sig.P2pStart) -> None:
+        await self._import_p2p()
+        if self._importing_for is start:  # not stopped or superseded meanwhile
+            self._importing_for = None
+            self._p2p_start(start)
+
     def _p2p_start(self, start: sig.P2pStart) -> None:
         session = self.session
         if session is None:
             self._pending_start = start  # media opens right after the join reply
+            return
+        if P2P_MODULE not in sys.modules:
+            self._importing_for = start
+            self._spawn(self._start_after_import(start))
             return
         old = self._link
         if old is not None:
@@ -475,6 +499,8 @@ class Call:
             self._spawn(self.client.p2p_state(session, state))
 
     def _p2p_stop(self, session: int, reason: str) -> None:
+        if self._importing_for is not None and self._importing_for.session == session:
+            self._importing_for = None
         link = self._link
         if link is None or link.session != session:
             return
