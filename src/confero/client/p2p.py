@@ -2,10 +2,10 @@
 
 One :class:`PeerLink` per P2P session the server starts (``p2p_start``). It gathers host
 and server-reflexive candidates (the server answers STUN on its media port), and relayed
-ones when the server handed out TURN credentials, sends its
-ICE credentials, its candidates and a fresh SRTP master key of its own through the
-server (``p2p_signal``), takes the peer's, runs the connectivity checks and then carries
-SRTP datagrams both ways. It reports ``connected``, ``failed`` or ``consent_lost``.
+ones when the server handed out TURN credentials, sends its ICE credentials, its
+candidates and a fresh SRTP master key of its own through the server (``p2p_signal``),
+takes the peer's, runs the connectivity checks and then carries SRTP datagrams both ways.
+It reports ``connected``, ``failed`` or ``consent_lost``.
 
 Liveness: aioice runs RFC 7675 consent checks (every ~5 s; it gives up after 6 misses).
 That is slow to notice a peer that went away, so the link also watches the direct path
