@@ -42,6 +42,18 @@ def home_router_firewall(nat: NatTopology) -> None:
         )
 
 
+def cut_direct_path(nat: NatTopology) -> None:
+    """Drop everything between the two sites at site 0's router; the server (and a TURN
+    server next to it) stays reachable from both."""
+    other = nat.sites[1].wan.b.ip
+    nat.sites[0].router.nft(
+        "table ip p2p_cut {\n"
+        "  chain forward { type filter hook forward priority filter; policy accept;\n"
+        f"    ip daddr {other} drop\n    ip saddr {other} drop\n"
+        "  }\n}\n"
+    )
+
+
 def _frames(event: dict[str, Any], name: str) -> int:
     return int(event["video"].get(name, {}).get("frames_decoded", 0))
 
@@ -180,14 +192,7 @@ def test_blocked_direct_path_falls_back_to_the_server_by_itself(
         started.append(bob)
         for bot in (alice, bob):
             assert bot.expect("mode", timeout=40)["mode"] == "p2p"
-        # cut the direct path between the two sites (the server stays reachable)
-        other = nat.sites[1].wan.b.ip
-        nat.sites[0].router.nft(
-            "table ip p2p_cut {\n"
-            "  chain forward { type filter hook forward priority filter; policy accept;\n"
-            f"    ip daddr {other} drop\n    ip saddr {other} drop\n"
-            "  }\n}\n"
-        )
+        cut_direct_path(nat)
         reasons = set()
         for bot in (alice, bob):
             mode = bot.expect("mode", timeout=30)
@@ -214,3 +219,98 @@ def test_blocked_direct_path_falls_back_to_the_server_by_itself(
         server.terminate()
         server.wait(10)
 
+
+
+def start_coturn(nat: NatTopology, tmp_path: Path, secret: str) -> subprocess.Popen[Any]:
+    """coturn as packaged, in the public namespace, which has no route to the sites'
+    private networks: a relay send to one of the peers' host candidates fails there with
+    "network unreachable" and coturn then drops the whole allocation -- what the client's
+    pair filter (``client/p2p.py`` ``_IceConnection``) avoids. No ``denied-peer-ip`` on
+    purpose, so the test proves the client, not the TURN configuration."""
+    ip = nat.sites[0].wan.a.ip
+    log = (tmp_path / "coturn.log").open("w")
+    return nat.public.popen(
+        ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "--use-auth-secret",
+         f"--static-auth-secret={secret}", "--realm=confero.test", f"--listening-ip={ip}",
+         f"--relay-ip={ip}", "--min-port=50000", "--max-port=50200",
+         f"--pidfile={tmp_path / 'turnserver.pid'}", "--log-file=stdout", "--simple-log"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_direct_path_blocked_p2p_goes_through_a_turn_relay(
+    netlab: Lab, tmp_path: Path
+) -> None:
+    """Neither hole punching nor host candidates can work (the sites cannot reach each
+    other at all); the server hands out coturn credentials and the two still go
+    peer-to-peer, through relay candidates, with the server forwarding nothing."""
+    nat = nat_topology(netlab, 2)
+    home_router_firewall(nat)
+    cut_direct_path(nat)
+    secret = os.urandom(12).hex()
+    coturn = start_coturn(nat, tmp_path, secret)
+    server = nat.public.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3",
+         "--turn-url", f"turn:{nat.sites[0].wan.a.ip}:3478", "--turn-secret", secret],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    started: list[BotProcess] = []
+    try:
+        alice = BotProcess(f"ws://{nat.sites[0].wan.a.ip}:{port}/ws", "alice", "--create",
+                           "relay", "--audio", "sine:440", *COMMON,
+                           prefix=nat.sites[0].client.argv([]))
+        started.append(alice)
+        meeting = str(alice.expect("joined", timeout=40)["meeting_id"])
+        bob = BotProcess(f"ws://{nat.sites[1].wan.a.ip}:{port}/ws", "bob", "--join", meeting,
+                         "--audio", "sine:660", "--record", str(tmp_path / "bob"), *COMMON,
+                         prefix=nat.sites[1].client.argv([]))
+        started.append(bob)
+        modes = {}
+        for bot in (alice, bob):
+            mode = bot.expect("mode", timeout=40)
+            assert (mode["mode"], mode["reason"]) == ("p2p", "ice_connected"), mode
+            assert "relay" in mode["path"], mode
+            modes[bot.name] = mode
+            # the server handed out TURN credentials for this session (events arrive in
+            # either order around the join reply: look back through what was seen)
+            start = next(e for e in bot.history if e["event"] == "p2p_start")
+            assert start["turn"] is True, start
+        joined = next(e for e in bob.history if e["event"] == "joined")
+        print(f"join -> P2P via relay: {modes['bob']['t'] - joined['t']:.3f} s "
+              f"(paths: alice {modes['alice']['path']}, bob {modes['bob']['path']})")
+        for bot in (alice, bob):
+            bot.expect("stats", _direct_only, timeout=20)
+
+        # over 3 s the server receives and forwards nothing for the meeting while bob
+        # decodes alice's video, which can only have come through the relay
+        settled = alice.expect("stats", timeout=10)
+        alice.expect("stats", lambda e: e["t"] >= settled["t"] + 0.5, timeout=10)
+        alice.send("media")
+        before = alice.expect("media", timeout=20)
+        b0 = bob.expect("stats", timeout=10)
+        b1 = bob.expect("stats", lambda e: e["t"] >= before["t"] + 3.0, timeout=30)
+        alice.send("media")
+        after = alice.expect("media", timeout=20)
+        assert after["t"] - before["t"] >= 3.0
+        assert before["mode"] == after["mode"] == "p2p"
+        for counter in ("received_bytes", "forwarded_bytes", "mixed_bytes"):
+            assert after[counter] == before[counter], (counter, before, after)
+        assert _frames(b1, "alice") - _frames(b0, "alice") >= 30, (b0, b1)
+        assert b1["paths"]["peer"]["dropped_auth"] == 0
+
+        bob.send("leave")
+        bob.finish(timeout=40)
+        alice.send("leave")
+        alice.finish(timeout=40)
+        heard = tone_levels(tmp_path / "bob" / "audio.wav", [440, 660])
+        assert heard[440] > -6 and heard[660] < -30, heard
+    finally:
+        for bot in started:
+            bot.cleanup()
+        server.terminate()
+        server.wait(10)
+        coturn.terminate()
+        coturn.wait(10)

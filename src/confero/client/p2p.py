@@ -1,10 +1,11 @@
 """The direct path to the other person: ICE (RFC 8445) with aioice, as an asyncio shell.
 
 One :class:`PeerLink` per P2P session the server starts (``p2p_start``). It gathers host
-and server-reflexive candidates (the server answers STUN on its media port), sends its
-ICE credentials, its candidates and a fresh SRTP master key of its own through the
-server (``p2p_signal``), takes the peer's, runs the connectivity checks and then carries
-SRTP datagrams both ways. It reports ``connected``, ``failed`` or ``consent_lost``.
+and server-reflexive candidates (the server answers STUN on its media port), and relayed
+ones when the server handed out TURN credentials, sends its ICE credentials, its
+candidates and a fresh SRTP master key of its own through the server (``p2p_signal``),
+takes the peer's, runs the connectivity checks and then carries SRTP datagrams both ways.
+It reports ``connected``, ``failed`` or ``consent_lost``.
 
 Liveness: aioice runs RFC 7675 consent checks (every ~5 s; it gives up after 6 misses).
 That is slow to notice a peer that went away, so the link also watches the direct path
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,6 +54,58 @@ def parse_turn_url(url: str) -> tuple[str, int] | None:
         return None
 
 
+#: Addresses no TURN server on the internet can send to: RFC 1918, shared address space
+#: (carrier-grade NAT), link-local, and their IPv6 counterparts (ULA, link-local).
+UNROUTED_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10",
+))
+
+
+def is_unrouted(host: str) -> bool:
+    """True for a literal address in :data:`UNROUTED_NETWORKS` (a name is not judged)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in UNROUTED_NETWORKS)
+
+
+def relay_can_reach(turn_host: str | None, remote_host: str) -> bool:
+    """Whether a relayed candidate on ``turn_host`` is worth checking against
+    ``remote_host``: a private address only when the TURN server is in a private network
+    itself (and so may share it)."""
+    return turn_host is None or is_unrouted(turn_host) or not is_unrouted(remote_host)
+
+
+class _IceConnection(Connection):
+    """aioice's ``Connection`` without the pairs from our relayed candidate to the peer's
+    private host addresses.
+
+    Why: they can never work through a TURN server on the internet, and they cost the
+    whole allocation. coturn (4.6) closes an allocation when a send from its relay socket
+    fails, and a TURN host without a route to such an address (or whose firewall rejects
+    it) fails that send at once. Our next request to coturn then lands on a fresh session:
+    438 Wrong nonce, 400 Bad Request (no allocation), every relay check fails and ICE
+    times out. Found with coturn in a namespace test (tests/test_p2p.py). Filtering happens
+    where aioice forms pairs (RFC 8445 6.1.2.2), right after it, so no check is started.
+    """
+
+    def __init__(self, *, turn_host: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._turn_host = turn_host
+
+    def _pair_remote_candidate(self, remote_candidate: Candidate) -> None:
+        super()._pair_remote_candidate(remote_candidate)
+        if relay_can_reach(self._turn_host, remote_candidate.host):
+            return
+        self._check_list[:] = [
+            pair for pair in self._check_list
+            if pair.remote_candidate is not remote_candidate
+            or pair.local_candidate.type != "relay"
+        ]
+
+
 class PeerLink:
     def __init__(
         self,
@@ -74,7 +128,8 @@ class PeerLink:
         self._on_datagram = on_datagram
         self._on_state = on_state
         turn_server = parse_turn_url(turn[0]) if turn is not None else None
-        self._ice = Connection(
+        self._ice = _IceConnection(
+            turn_host=turn_server[0] if turn_server else None,
             ice_controlling=controlling, stun_server=stun_server, use_ipv6=False,
             turn_server=turn_server,
             turn_username=turn[1] if turn is not None and turn_server else None,
