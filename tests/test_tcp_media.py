@@ -9,10 +9,18 @@ tests/test_netlab.py has the same with a network namespace that really drops UDP
 
 from __future__ import annotations
 
+import asyncio
+import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from confero.media.video import identity_code
+from confero.server.media_ws import STREAM_HOST, MediaStreams
+from confero.server.p2p_mode import ModeChange, ModeMachine, Start, Stop
 from tests.bots import BotProcess, start_bot, tone_levels, video_identities
 from tests.conftest import ServerProcess, free_port
 from tests.test_media import wait_until_receiving
@@ -114,3 +122,65 @@ def test_a_tcp_client_keeps_a_two_person_meeting_on_the_server(
     for bot in bots:
         bot.send("leave")
         bot.finish()
+
+
+# ---------------------------------------------------------------------- the parts alone
+
+
+def test_a_peer_that_can_no_longer_do_p2p_ends_the_session_with_a_reason() -> None:
+    """The server's mode machine: the same two people, but one's media moved to TCP."""
+    machine = ModeMachine("auto")
+    start = machine.members(["a", "b"], {"a", "b"}, 0.0)
+    assert [type(action) for action in start] == [Start]
+    session = machine.session
+    assert machine.report("a", session, "connected", 0.5) == []
+    assert machine.report("b", session, "connected", 0.6)[0] == ModeChange(
+        "p2p", "ice_connected", session)
+    out = machine.members(["a", "b"], {"a"}, 1.0)
+    assert ModeChange("server", "not_capable", session) in out
+    assert Stop(session, ("a", "b"), "not_capable") in out
+    assert machine.mode == "server"
+    assert machine.tick(100.0) == []  # and no new attempt while b cannot
+
+
+async def test_media_streams_carry_datagrams_both_ways_and_drop_when_full() -> None:
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    two_arrived = asyncio.Event()
+
+    def receive(data: bytes, address: tuple[str, int]) -> None:
+        received.append((data, address))
+        if len(received) >= 2:
+            two_arrived.set()
+
+    in_use: set[tuple[str, int]] = set()
+    streams = MediaStreams(receive, lambda: in_use, send_queue=4, idle_timeout=0.0)
+    app = web.Application()
+    app.router.add_get("/media", streams.handle)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.make_url("/media")) as ws:
+            await ws.send_bytes(b"\x80" * 20)
+            await ws.send_str("not media")
+            await ws.send_bytes(b"\x81" * 30)
+            await asyncio.wait_for(two_arrived.wait(), 5)
+            (first, address), (second, same) = received
+            assert (first, second) == (b"\x80" * 20, b"\x81" * 30)
+            assert address == same and address[0] == STREAM_HOST
+            assert streams.counters["dropped_not_binary"] == 1
+            # sends never block: beyond the queue they are dropped and counted
+            for n in range(10):
+                streams.send(bytes([n]) * 12, address)
+            assert streams.counters["send_queue_full"] == 6
+            got = [await ws.receive_bytes(timeout=5) for _ in range(4)]
+            assert got == [bytes([n]) * 12 for n in range(4)]
+            streams.send(b"x" * 12, ("tcp", 999_999))  # nobody there
+            assert streams.counters["dropped_no_stream"] == 1
+            # in use: kept; no participant uses it any more: closed
+            in_use.add(address)
+            await streams.sweep(time.monotonic())
+            assert not ws.closed and streams.open_streams == 1
+            in_use.clear()
+            await streams.sweep(time.monotonic() + 1)
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert streams.counters["closed_idle"] == 1
+        await streams.close()
