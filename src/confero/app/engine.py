@@ -141,6 +141,9 @@ class Engine(QObject):
     e2ee_state = Signal(object)
     #: the meeting's media path: "p2p" (direct) or "server", and the server's reason
     mode_changed = Signal(str, str)
+    #: how our media reaches the server: "udp", or "tcp" (a WebSocket: this network drops
+    #: UDP), and why (docs/protocol.md "Media over WebSocket"); for a badge in the UI
+    media_transport_changed = Signal(str, str)
     # --- added for the app UI (branch app-ui); small and separate from the call logic ---
     resume_token = Signal(str)  # the server's resume token after each connect (remembered)
     hand_changed = Signal(str, bool)  # participant id, hand raised
@@ -212,7 +215,8 @@ class Engine(QObject):
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started, on_e2ee=self._on_e2ee,
                          on_muted_level=self.muted_level.emit,
-                         on_mode_changed=self.mode_changed.emit)
+                         on_mode_changed=self.mode_changed.emit,
+                         on_transport_changed=self.media_transport_changed.emit)
         client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
         self.call.microphone_muted = self._muted
