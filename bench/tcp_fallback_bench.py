@@ -10,16 +10,22 @@
    WebSocket (``--media-transport tcp``), 320x240 at 30 fps plus Opus, ``--seconds`` of
    steady media each: capture-to-decoded video delay (median and p95 of each receiver's
    per-second medians) and the CPU seconds the server and the bots used in that window.
+3. Transport alone: round trips of 1200-byte datagrams (200 a second) to an echo process
+   on loopback, over UDP and over a WebSocket with aiohttp (what the client and server
+   use), and the echo process' CPU per 1000 datagrams: the transport's own share of 2.
 Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,11 +121,98 @@ def cost_run(server: ServerProcess, transport: str, seconds: float) -> dict[str,
             bot.cleanup()
 
 
+ECHO = """
+import asyncio, socket, sys
+from aiohttp import web, WSMsgType
+
+class Udp(asyncio.DatagramProtocol):
+    def connection_made(self, transport): self.transport = transport
+    def datagram_received(self, data, addr): self.transport.sendto(data, addr)
+
+async def ws(request):
+    sock = web.WebSocketResponse(compress=False, max_msg_size=1500)
+    await sock.prepare(request)
+    async for msg in sock:
+        if msg.type == WSMsgType.BINARY:
+            await sock.send_bytes(msg.data)
+    return sock
+
+async def main():
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", 0))
+    app = web.Application()
+    app.router.add_get("/media", ws)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(transport.get_extra_info("sockname")[1], runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def _round_trips(kind: str, port: int, count: int, rate: float) -> list[float]:
+    import aiohttp
+
+    payload = bytes(1200)
+    rtts: list[float] = []
+    loop = asyncio.get_running_loop()
+    if kind == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        try:
+            for _ in range(count):
+                sent = time.perf_counter()
+                await loop.sock_sendall(sock, payload)
+                await loop.sock_recv(sock, 2048)
+                rtts.append((time.perf_counter() - sent) * 1000)
+                await asyncio.sleep(1 / rate)
+        finally:
+            sock.close()
+        return rtts
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            f"ws://127.0.0.1:{port}/media", compress=0) as ws:
+        for _ in range(count):
+            sent = time.perf_counter()
+            await ws.send_bytes(payload)
+            await ws.receive_bytes(timeout=5)
+            rtts.append((time.perf_counter() - sent) * 1000)
+            await asyncio.sleep(1 / rate)
+    return rtts
+
+
+def transport_only(count: int = 1000, rate: float = 200.0) -> dict[str, Any]:
+    echo = subprocess.Popen([sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout is not None
+        udp_port, ws_port = (int(p) for p in echo.stdout.readline().split())
+        out: dict[str, Any] = {}
+        for kind, port in (("udp", udp_port), ("websocket", ws_port)):
+            before = cpu_seconds(echo.pid)
+            rtts = sorted(asyncio.run(_round_trips(kind, port, count, rate)))
+            used = cpu_seconds(echo.pid) - before
+            out[kind] = {"rtt_p50_ms": round(rtts[len(rtts) // 2], 3),
+                         "rtt_p95_ms": round(rtts[int(0.95 * (len(rtts) - 1))], 3),
+                         "echo_cpu_ms_per_1000": round(used * 1000 / count * 1000, 1)}
+        return out
+    finally:
+        echo.kill()
+        echo.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--only-transport", action="store_true",
+                        help="only part 3 (no server, no bots)")
     args = parser.parse_args()
+    if args.only_transport:
+        print(json.dumps({"transport_only": transport_only()}, indent=1))
+        return
     result: dict[str, Any] = {"machine": {
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "load_1min": round(os.getloadavg()[0], 1)}}
@@ -157,6 +250,7 @@ def main() -> None:
             }
             for transport, runs in cost.items()
         }
+    result["transport_only"] = transport_only()
     result["machine"]["load_1min_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(result, indent=1))
 
