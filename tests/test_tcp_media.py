@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +25,7 @@ from confero.server.p2p_mode import ModeChange, ModeMachine, Start, Stop
 from tests.bots import BotProcess, start_bot, tone_levels, video_identities
 from tests.conftest import ServerProcess, free_port
 from tests.test_media import wait_until_receiving
+from tests.test_tls import self_signed
 
 
 def metric(server: ServerProcess, name: str) -> float:
@@ -184,3 +186,22 @@ async def test_media_streams_carry_datagrams_both_ways_and_drop_when_full() -> N
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert streams.counters["closed_idle"] == 1
         await streams.close()
+
+
+def test_over_tls_the_media_websocket_uses_the_servers_certificate(
+    tmp_path: Path, server_factory: Callable[..., ServerProcess], bots: list[BotProcess]
+) -> None:
+    cert, key = self_signed(tmp_path)
+    server = server_factory("--tls-cert", str(cert), "--tls-key", str(key))
+    host = start_bot(bots, server.url, "host", "--create", "tls", "--mode", "server",
+                     "--cafile", str(cert), "--audio", "sine:440")
+    meeting = host.expect("joined")["meeting_id"]
+    guest = start_bot(bots, server.url, "guest", "--join", meeting, "--cafile", str(cert),
+                      "--audio", "sine:660", "--media-transport", "tcp")
+    assert (guest.expect("transport")["transport"], guest.history[-1]["reason"]) == (
+        "tcp", "forced")
+    for bot, other in ((host, "guest"), (guest, "host")):
+        wait_until_receiving(bot, [other], frames=20, audio_packets=50)
+    for bot in bots:
+        bot.send("leave")
+        bot.finish()
