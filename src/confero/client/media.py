@@ -38,7 +38,7 @@ from confero.client.endpoint import (
     VideoFrameReady,
 )
 from confero.client.frame_cipher import FrameCipher
-from confero.client.media_tcp import FALLBACK_AFTER, MediaStreamLink
+from confero.client.media_tcp import FALLBACK_AFTER, STREAM_RETRY, MediaStreamLink
 from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
@@ -358,13 +358,20 @@ class MediaSession(asyncio.DatagramProtocol):
                 return
         reason = {"tcp": "forced", "tcp_again": "udp_blocked_before"}.get(
             self._transport_policy, "udp_timeout")
-        while not self._closed and not (heard.is_set() and not forced):
+        while not self._closed:
             if await self._open_stream(reason):
                 return
+            if heard.is_set() and not forced:
+                break  # UDP answered after all
             self._set_transport("udp", "tcp_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(heard.wait(), 5.0)
-        if heard.is_set():
+            if forced:
+                await asyncio.sleep(STREAM_RETRY)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), STREAM_RETRY)
+                if heard.is_set():
+                    break
+        if heard.is_set() and not self._closed:
             self._set_transport("udp", "udp_ok")
 
     async def _open_stream(self, reason: str) -> bool:
@@ -377,7 +384,10 @@ class MediaSession(asyncio.DatagramProtocol):
             log.warning("media over WebSocket failed: %s", exc)
             return False
         endpoint = self._endpoint
-        if self._closed or endpoint is None:
+        heard = self._udp_heard
+        late_udp = (heard is not None and heard.is_set()
+                    and self._transport_policy not in ("tcp", "tcp_again"))
+        if self._closed or endpoint is None or late_udp:  # UDP answered meanwhile: keep it
             await link.close()
             return False
         self._stream = link

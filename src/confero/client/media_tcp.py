@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 #: before the WebSocket is tried. A working path answers in one round trip; 2 s leaves
 #: room for a slow server or a lossy first packet (the keepalive repeats every second).
 FALLBACK_AFTER = 2.0
+#: Seconds between attempts to open the WebSocket when it cannot be opened.
+STREAM_RETRY = 5.0
 #: Datagrams waiting for the socket: a third of a second of 1.5 Mbit/s video.
 SEND_QUEUE = 128
 CONNECT_TIMEOUT = 5.0
