@@ -200,8 +200,12 @@ def test_over_tls_the_media_websocket_uses_the_servers_certificate(
                       "--audio", "sine:660", "--media-transport", "tcp")
     assert (guest.expect("transport")["transport"], guest.history[-1]["reason"]) == (
         "tcp", "forced")
-    for bot, other in ((host, "guest"), (guest, "host")):
-        wait_until_receiving(bot, [other], frames=20, audio_packets=50)
+    try:
+        for bot, other in ((host, "guest"), (guest, "host")):
+            wait_until_receiving(bot, [other], frames=20, audio_packets=50)
+    except AssertionError as exc:  # say what the guest went through, too
+        raise AssertionError(f"{exc}\nguest saw {[e['event'] for e in guest.history]}; "
+                             f"stderr: {''.join(guest.stderr)[-2000:]}") from None
     for bot in bots:
         bot.send("leave")
         bot.finish()
