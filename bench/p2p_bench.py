@@ -65,8 +65,12 @@ def _phase(start: Event, end: Event, peer: str) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "fps": round(frames / seconds, 1) if seconds > 0 else None,
         "freezes_over_100ms": g1.get("over_100ms", 0) - g0.get("over_100ms", 0),
+        # either path's buffer running out, heard or not (the path being left runs dry
+        # under its fade-out) ...
         "audio_concealed": (p1["mix_concealed"] + p1["direct_concealed"]
                             - p0["mix_concealed"] - p0["direct_concealed"]),
+        # ... and what reached the listener's ear concealed
+        "audio_concealed_heard": p1["heard_concealed"] - p0["heard_concealed"],
         "audio_silent_frames": p1["silent"] - p0["silent"],
     }
 
@@ -161,6 +165,22 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 bob.expect("mode", lambda e: e["mode"] == "p2p", timeout=60)["t"])
             again = bob.expect("stats", _direct_only, timeout=30)
             final = bob.expect("stats", lambda e: e["t"] >= pre_p2p["t"] + 3, timeout=60)
+            # a third person joins the P2P meeting: how soon they see and hear both, and
+            # what the two see meanwhile (the meeting goes back through the server)
+            pre_third = _fresh(bob)
+            dave = bot(2, "dave", "--join", meeting, "--audio", "none")
+            bots.append(dave)
+            dave_joined = dave.expect("joined", timeout=60)
+            sees = {}
+            while len(sees) < 2:
+                started = dave.expect("video_started", timeout=30)
+                sees[started["name"]] = started["after_join_ms"]
+            hears = dave.expect("stats", lambda e: e.get("audio", {}).get(
+                "frames_decoded", 0) > 0, timeout=30)
+            third_done = bob.expect("stats", lambda e: e["t"] >= pre_third["t"] + 4,
+                                    timeout=60)
+            dave.send("leave")
+            dave.finish(timeout=60)
             bob.send("leave")
             bob.finish(timeout=60)
             alice.send("leave")
@@ -183,6 +203,12 @@ def one_run(run: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "server_steady": _phase(after_switch, server_end, "alice"),
                 "server_to_p2p_switch": _phase(pre_p2p, final, "alice"),
                 "back_to_p2p_after_leave_ms": round((again["t"] - pre_p2p["t"]) * 1000),
+                "third_joins_p2p": {
+                    "sees_ms": sees,
+                    # stats come every 0.25 s: this is an upper bound
+                    "hears_within_ms": round((hears["t"] - dave_joined["t"]) * 1000),
+                    "bob_sees_alice": _phase(pre_third, third_done, "alice"),
+                },
                 "bob_hears_alice": tone_dropouts(work / f"bob{run}" / "audio.wav", 440),
                 "switch_times_s": [round(t - recording_from, 2) for t in switch_times],
             }

@@ -118,6 +118,22 @@ def tone_levels(wav_path: Path, frequencies: list[float]) -> dict[float, float]:
     return {f: float(np.median([w[f] for w in per_window])) for f in frequencies}
 
 
+#: On a loaded machine a starved sender leaves gaps in its stream, and every gap splatters
+#: energy around its tone (about -35 dB nearby). A tone that leaked is a narrow peak near
+#: 0 dB; splatter is smooth: "absent" compares a tone with its neighbours 30 Hz away.
+NEIGHBOUR = 30.0
+
+
+def levels_of(path: Path, tones: list[float]) -> dict[float, float]:
+    probes = sorted({f + d for f in tones for d in (-NEIGHBOUR, 0.0, NEIGHBOUR)})
+    return tone_levels(path, probes)
+
+
+def absent(levels: dict[float, float], tone: float) -> bool:
+    around = max(levels[tone - NEIGHBOUR], levels[tone + NEIGHBOUR])
+    return levels[tone] < max(-40.0, around + 10)
+
+
 def video_identities(webm_path: Path) -> tuple[int, set[int]]:
     """Decode a recorded file independently: (frames, identities read from their stamps)."""
     identities: set[int] = set()

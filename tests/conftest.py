@@ -75,7 +75,7 @@ def free_port() -> int:
 def start_server(data_dir: Path, *extra: str, port: int = 0) -> ServerProcess:
     args = [
         sys.executable, "-m", "confero.cli", "server", "--port", str(port), "--media-port", "0",
-        "--data-dir", str(data_dir), "--heartbeat", "0.5", "--empty-grace", "3", *extra,
+        "--data-dir", str(data_dir), "--heartbeat", "2", "--empty-grace", "3", *extra,
     ]
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=None, text=True,

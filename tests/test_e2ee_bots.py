@@ -30,7 +30,7 @@ from confero.protocol.vp8 import parse_descriptor
 from confero.server.app import ServerConfig, build_server
 from confero.server.media_app import MediaServer
 from confero.server.media_router import Datagram, MediaRouter
-from tests.bots import BotProcess, tone_levels, video_identities
+from tests.bots import BotProcess, absent, levels_of, video_identities
 from tests.conftest import ServerProcess
 from tests.test_media import TONES_A, TONES_B
 
@@ -105,22 +105,6 @@ def finish_all(bots: list[BotProcess]) -> dict[str, dict[str, Any]]:
             time.sleep(0.5)  # let the stderr reader catch up
             raise AssertionError(f"{exc}\n{''.join(bot.stderr)[-6000:]}") from None
     return done
-
-
-#: On a loaded machine a starved sender leaves gaps in its stream, and every gap splatters
-#: energy around its tone (about -35 dB nearby). A tone that leaked is a narrow peak near
-#: 0 dB; splatter is smooth: "absent" compares a tone with its neighbours 30 Hz away.
-NEIGHBOUR = 30.0
-
-
-def levels_of(path: Path, tones: list[float]) -> dict[float, float]:
-    probes = sorted({f + d for f in tones for d in (-NEIGHBOUR, 0.0, NEIGHBOUR)})
-    return tone_levels(path, probes)
-
-
-def absent(levels: dict[float, float], tone: float) -> bool:
-    around = max(levels[tone - NEIGHBOUR], levels[tone + NEIGHBOUR])
-    return levels[tone] < max(-40.0, around + 10)
 
 
 def seen_or_expect(bot: BotProcess, kind: str, predicate: Any, timeout: float = 60.0

@@ -310,3 +310,21 @@ def test_arrival_time_is_the_kernels_not_when_the_loop_got_round_to_it() -> None
             ages.append(time.monotonic() - arrival_time(receiver))
         # the first datagram may predate stamping; the later ones carry the kernel's time
         assert max(ages[1:]) >= 0.1, ages
+
+
+def test_the_server_reports_each_subscribers_estimate_and_forwarded_layers() -> None:
+    """What /metrics summarises per meeting (confero_meeting_downlink_estimate_bps,
+    confero_meeting_forwarded_layer_streams): one entry per subscriber, its downlink
+    estimate from transport feedback, and which layer of each publisher it gets."""
+    net = MemoryNetwork()
+    alice = net.join("alice")
+    net.join("bob")
+    net.join("carol", meeting="m2")  # another meeting: its own summary
+    net.run(2.0, each=video_sender(alice))
+    view = net.router.subscriber_view()
+    assert sorted(view) == ["m1", "m2"]
+    assert len(view["m1"]) == 2 and len(view["m2"]) == 1
+    layers = [per_layer for _, per_layer in view["m1"]]
+    assert {2: 1} in layers  # bob receives alice's stream, every layer (not limited)
+    assert all(rate > 0 for rate, _ in view["m1"])
+    assert view["m2"][0][1] == {}  # carol is sent nobody's video

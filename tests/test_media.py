@@ -18,7 +18,7 @@ from confero.client import Client
 from confero.media.video import identity_code
 from confero.protocol.rtp import RtpPacket
 from confero.protocol.srtp import SrtpContext, decode_key, new_master_key
-from tests.bots import BotProcess, start_bot, tone_levels, video_identities
+from tests.bots import BotProcess, absent, levels_of, start_bot, video_identities
 from tests.conftest import ServerProcess
 
 
@@ -30,12 +30,22 @@ def received(stats: dict[str, Any], name: str) -> int:
 def wait_until_receiving(bot: BotProcess, names: list[str], frames: int = 20,
                          audio_packets: int = 0, timeout: float = 30.0) -> dict[str, Any]:
     """The first stats event where ``bot`` decoded ``frames`` from each of ``names``."""
-    return bot.expect(
-        "stats",
-        lambda e: all(received(e, n) >= frames for n in names)
-        and e["audio"]["packets"] >= audio_packets,
-        timeout=timeout,
-    )
+    try:
+        return bot.expect(
+            "stats",
+            lambda e: all(received(e, n) >= frames for n in names)
+            and e["audio"]["packets"] >= audio_packets,
+            timeout=timeout,
+        )
+    except AssertionError:
+        last = next((e for e in reversed(bot.history) if e["event"] == "stats"), None)
+        if last is None:
+            raise
+        progress = {n: received(last, n) for n in names}
+        raise AssertionError(f"{bot.name} received {progress} frames (wanted {frames}) and "
+                             f"{last['audio']['packets']} audio packets (wanted "
+                             f"{audio_packets}) within {timeout}s; last stats: {last}"
+                             ) from None
 
 
 TONES_A = {"a440": 440.0, "a660": 660.0, "a880": 880.0}
@@ -89,12 +99,14 @@ def test_two_meetings_each_hear_and_see_only_their_others(
         assert sorted(recorded) == others, (name, recordings)
         assert all(frames >= 30 for frames in recorded.values()), recorded
 
-        levels = tone_levels(tmp_path / name / "audio.wav", list(all_tones.values()))
+        levels = levels_of(tmp_path / name / "audio.wav", list(all_tones.values()))
         for other in others:
             assert levels[all_tones[other]] > -15, (name, "should hear", other, levels)
-        assert levels[all_tones[name]] < -40, (name, "hears itself", levels)
+        # absent: below -40 dB, or no narrow peak above the splatter a starved process's
+        # glitches spread around (a leaked tone is a peak near 0 dB, tests/bots.py)
+        assert absent(levels, all_tones[name]), (name, "hears itself", levels)
         for stranger in set(all_tones) - set(members):
-            assert levels[all_tones[stranger]] < -40, (name, "hears", stranger, levels)
+            assert absent(levels, all_tones[stranger]), (name, "hears", stranger, levels)
 
 
 def test_camera_and_microphone_off_and_on_mid_call(

@@ -323,7 +323,7 @@ def simulate(buffer: AudioJitterBuffer, jitter: float, seconds: float) -> tuple[
 
 def test_audio_buffer_adapts_its_depth_to_the_jitter() -> None:
     adaptive = AudioJitterBuffer(target=1, max_target=10)
-    fixed = AudioJitterBuffer(target=1, adaptive=False)
+    fixed = AudioJitterBuffer(target=1, adaptive=False, shed_after=5)  # held shallow
     lost_adaptive, played_adaptive = simulate(adaptive, jitter=0.08, seconds=20)
     lost_fixed, _ = simulate(fixed, jitter=0.08, seconds=20)
     assert adaptive.jitter > 0.01
@@ -333,6 +333,56 @@ def test_audio_buffer_adapts_its_depth_to_the_jitter() -> None:
     calm = AudioJitterBuffer(target=1, max_target=10)
     simulate(calm, jitter=0.002, seconds=10)
     assert calm.target <= 2  # no jitter: it stays shallow (low latency)
+
+
+def stalled_run(buffer: AudioJitterBuffer, stall: float, every: float, seconds: float,
+                calm_first: float = 1.0) -> list[object]:
+    """A busy machine: the receiving process is not scheduled for ``stall`` seconds every
+    ``every`` seconds, so packets sent every 20 ms reach the buffer in a burst after each
+    stall (after ``calm_first`` seconds without); a sound device's thread pops punctually
+    every 20 ms."""
+    events: list[tuple[float, int, int]] = []
+    for index in range(int(seconds / 0.02)):
+        arrival = index * 0.02 + 0.001
+        phase = arrival % every
+        if arrival > calm_first and phase < stall:  # held until the process runs again
+            arrival += stall - phase
+        events.append((arrival, 0, index))
+        events.append((index * 0.02 + 0.011, 1, index))
+    popped: list[object] = []
+    for now, kind, index in sorted(events):
+        if kind == 0:
+            buffer.push(index * 960, b"x", now)
+        else:
+            popped.append(buffer.pop())
+    return popped
+
+
+def test_audio_buffer_rides_out_scheduling_stalls_after_the_first() -> None:
+    """60 ms stalls twice a second: the smoothed RFC 3550 jitter stays small, so only
+    growing on the underrun itself covers them; the burst after each stall is the
+    buffer's working depth, not an excess to throw away. (The buffer before this rule:
+    50 frames concealed and 60 thrown away here, target stuck at 2.)"""
+    buffer = AudioJitterBuffer(target=2, min_target=1, max_target=10, hold_on_underrun=True)
+    popped = stalled_run(buffer, stall=0.06, every=0.5, seconds=30)
+    steady = popped[250:]  # after the first 5 s
+    assert sum(item is LOST for item in steady) == 0
+    assert buffer.dropped_for_latency <= 2  # no frame thrown away after each burst
+    assert buffer.target <= 5  # 100 ms: deep enough for a 60 ms stall, no deeper
+
+
+def test_audio_buffer_comes_back_down_when_the_stalls_stop() -> None:
+    buffer = AudioJitterBuffer(target=2, min_target=1, max_target=10, hold_on_underrun=True,
+                               relax_after=100)
+    stalled_run(buffer, stall=0.08, every=0.5, seconds=10)
+    deep = buffer.target
+    assert deep >= 4
+    start = 10 / 0.02
+    for tick in range(1500):  # 30 s of a calm link
+        buffer.push(int(start + tick) * 960, b"x", 10 + tick * 0.02 + 0.001)
+        assert buffer.pop() is not LOST
+    assert buffer.target < deep
+    assert buffer.depth <= buffer.target + 2  # the extra depth drained
 
 
 def test_mixed_audio_names_its_speakers_with_levels(router: MediaRouter) -> None:

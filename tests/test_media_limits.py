@@ -7,8 +7,9 @@ import pytest
 
 from confero.protocol import consent, rtcp
 from confero.protocol.rtp import RtpPacket
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.vp8 import keyframe_dimensions, packetize
-from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
+from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.media_router import (
     CONSENT_REFRESH,
     CONSENT_RETRY,
@@ -284,11 +285,15 @@ def test_rate_meter_and_token_bucket() -> None:
         meter.add(1000, i / 10)  # 10 kB/s for 2 s
     assert meter.rate(2.0) == pytest.approx(10_000, rel=0.15)
     assert meter.rate(10.0) < 2000  # went quiet: fading out
-    bucket = TokenBucket()
-    assert bucket.take(1000, 0.0, rate=1000, burst=1500)
-    assert not bucket.take(1000, 0.0, rate=1000, burst=1500)  # 500 left
-    assert bucket.take(1000, 0.5, rate=1000, burst=1500)  # refilled 500
-    assert not bucket.take(2000, 100.0, rate=1000, burst=1500)  # never above the burst
+    bucket = TokenBucket(rate=1000, burst=1500, now=0.0)
+    assert bucket.allow(0.0, 1000)
+    assert not bucket.allow(0.0, 1000)  # 500 left
+    assert bucket.allow(0.5, 1000)  # refilled 500
+    assert not bucket.allow(100.0, 2000)  # never above the burst
+    assert bucket.allow(100.0, 1500)  # empty now
+    bucket.rate = 4000  # a budget that follows the bitrate: refilled at the new rate
+    assert not bucket.allow(100.3, 1500)  # 1200 so far
+    assert bucket.allow(100.4, 1500)
 
 
 # ---------------------------------------------------------------------------- decoder bombs

@@ -196,3 +196,30 @@ def test_server_path_rekey_after_p2p_replaces_both_ends_keys() -> None:
     pair.run(1.5)
     assert len(_frames(bob, alice)) >= before + 25
     assert pair.net.router.counters["rekeyed"] == 2
+
+
+def test_playout_counts_as_heard_only_the_concealment_of_a_source_in_the_output() -> None:
+    """After a switch to P2P the server's mix runs dry under its fade-out: its buffer's
+    concealment is counted (mix_concealed) but not as heard; a hole in the direct stream
+    while it plays is heard."""
+    import numpy as np
+
+    from confero.client.media import STEADY_FRAMES, MediaSession
+    from confero.protocol.audio_jitter import LOST
+    from confero.server.media_router import MediaRouter
+
+    router = MediaRouter(5000)
+    router.reserve("alice")
+    session = MediaSession(router.admit("alice", "m"), "127.0.0.1")
+    session.switch.mode = "p2p"
+    tone = np.full(960, 1000, dtype=np.int16)
+    direct = {1234: b"frame"}
+    for _ in range(STEADY_FRAMES + 3):  # both sources steady, then the fade to direct
+        session._blend(b"mix", tone, direct)
+    assert session._crossfade.weight_b == 1.0
+    counters = session.playout_counters
+    for _ in range(2):  # the mix path goes quiet: its buffer conceals, unheard
+        session._blend(LOST, tone, direct)
+    assert counters["mix_concealed"] == 2 and counters["heard_concealed"] == 0
+    session._blend(None, tone, {1234: LOST})  # a hole in what is playing
+    assert counters["heard_concealed"] == 1

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from confero.protocol import signaling as sig
-from confero.server.ratelimit import TokenBucket
+from confero.protocol.token_bucket import TokenBucket
 
 names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=sig.MAX_NAME_CHARS

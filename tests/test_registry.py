@@ -210,3 +210,19 @@ def test_ended_meetings_are_remembered_within_a_bound() -> None:
         registry.leave(p.id, "left", 0)
     assert registry.ended_reason("m1") is None  # forgotten: now plain "not found"
     assert registry.ended_reason("m5") == "empty"
+
+
+def test_durations_run_on_the_monotonic_clock_and_stamps_on_the_wall_clock() -> None:
+    """``now`` is monotonic (a wall-clock jump must not end a meeting early or late);
+    what people see and what is stored is stamped with ``now + wall_offset``."""
+    wall = 1_795_000_000.0
+    registry = MeetingRegistry(empty_grace=10.0, wall_offset=wall)
+    alice = person("alice")
+    registry.create(alice, "t", None, now=5.0)
+    assert registry.open_meetings()[0].created_at == wall + 5.0
+    message, _ = registry.chat("p-alice", "alice", "hi", now=7.0)
+    assert message.ts == wall + 7.0
+    registry.leave("p-alice", "disconnected", now=8.0)
+    assert registry.tick(17.9) == []  # 9.9 s of monotonic time: still in its grace
+    [ended] = registry.tick(18.0)
+    assert isinstance(ended.event, sig.MeetingEnded)

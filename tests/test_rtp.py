@@ -253,3 +253,36 @@ def test_overflow_clears_the_buffer_and_asks_for_a_keyframe() -> None:
         for packet in group[1:]:  # never a frame start: nothing completes
             assembler.push(packet, 0.0)
     assert assembler.waiting_for_keyframe and assembler.frames_dropped > 0
+
+
+def test_a_slowly_paced_keyframe_is_waited_for_without_asking_again() -> None:
+    """On a slow link the sender's pacer spreads a big keyframe over seconds: while its
+    packets keep arriving in order nothing is given up and no second PLI goes out (each
+    would bring another big keyframe: a storm)."""
+    big = bytes([0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00]) + bytes(30_000)
+    [before] = video_packets([KEY])
+    [key] = video_packets([big], first_seq=(65000 + len(before)) & 0xFFFF)
+    assembler = FrameAssembler(max_wait=0.25, pli_interval=0.3)
+    released = [f for p in before for f in assembler.push(p, 0.0)]
+    assembler.request_keyframe()  # the decoder failed: a keyframe is needed
+    assert assembler.keyframe_request_due(0.0)
+    now = 0.1
+    for packet in key:  # one packet every 80 ms: about 2 s for the keyframe
+        released += assembler.push(packet, now)
+        released += assembler.poll(now + 0.079)
+        assert not assembler.keyframe_request_due(now + 0.079), now
+        assert assembler.next_deadline() is None or assembler.next_deadline() > now
+        now += 0.08
+    assert len(key) > 20 and [f.keyframe for f in released] == [True, True]
+    assert assembler.keyframe_requests == 1
+
+
+def test_a_frame_whose_tail_never_comes_is_given_up() -> None:
+    [key, delta] = video_packets([KEY, bytes([0x11, 0x02, 0x00]) + bytes(3000)])
+    assembler = FrameAssembler(max_wait=0.2)
+    for packet in key + delta[:-1]:  # the delta frame's last packet is lost, nothing after
+        assembler.push(packet, 0.0)
+    assembler.poll(0.1)
+    assert not assembler.waiting_for_keyframe
+    assembler.poll(0.25)
+    assert assembler.waiting_for_keyframe  # no packet for max_wait: given up

@@ -114,6 +114,10 @@ async def test_status_page_and_metrics_show_media_per_meeting(server: ServerProc
         metrics = await asyncio.to_thread(fetch, "metrics")
         line = f'confero_meeting_media_received_bytes{{meeting="{created.meeting.id}"}} 0.0'
         assert line in metrics
+        # the server's congestion control per subscriber, summarised per meeting
+        estimate = (f'confero_meeting_downlink_estimate_bps{{meeting="{created.meeting.id}",'
+                    'stat="min"}')
+        assert estimate in metrics
     finally:
         await alice.close()
         await bob.close()

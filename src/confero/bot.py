@@ -3,7 +3,8 @@
 It joins (or creates) a meeting, sends synthetic or file video and a tone or file audio,
 receives everyone else, optionally records what it received, and prints one JSON object
 per line on stdout; the first line names the meeting. Lines on stdin steer it while it
-runs: ``camera on|off``, ``mic on|off``, ``chat TEXT``, ``stats``, ``leave``.
+runs: ``camera on|off``, ``mic on|off``, ``screen on|off``, ``chat TEXT``, ``stats``,
+``leave``. ``--screen`` shares a synthetic screen (slides) as a second video stream.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from confero.media.devices import (
     ScreenSource,
     Speaker,
 )
+from confero.media.screen_pattern import SyntheticScreen, looks_like_slide
 from confero.media.sources import FileAudioSource, FileVideoSource
 from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
 from confero.protocol import signaling as sig
@@ -78,10 +80,13 @@ class _Seen:
     """What this bot has seen of one remote video stream."""
 
     name: str
+    kind: str = "camera"  # or "screen": a shared screen, its sender's second stream
     first_frame_at: float | None = None
     last_frame_at: float | None = None
     frames: int = 0
     stamps: Counter[str] = field(default_factory=Counter)
+    #: decoded frames that look like a slide page (the synthetic screen), with --check-stamps
+    slide_frames: int = 0
     #: the longest gap between decoded frames, and gaps over 100 ms (P2P switch bench)
     max_gap: float = 0.0
     gaps_over_100ms: int = 0
@@ -129,7 +134,14 @@ class Bot:
         source = make_video_source(args.video, args.name, args.width, args.height)
         self.video_source = _CountedSource(source) if source is not None else None
         self.audio_source = make_audio_source(args.audio)
+        self.screen_source: _CountedSource | None = None
+        if getattr(args, "screen_size", None):
+            width, _, height = str(args.screen_size).partition("x")
+            self.screen_source = _CountedSource(
+                SyntheticScreen(args.name, int(width), int(height)))
         self.call.video_source = self.video_source
+        if getattr(args, "screen", False):
+            self.call.screen_source = self.screen_source
         self.call.audio_source = self.audio_source
         self.seen: dict[int, _Seen] = {}
         self.stop = asyncio.Event()
@@ -204,7 +216,7 @@ class Bot:
         recorder = self.call.recorder
         self.call.recorder = None  # the files are closed below, after the media stops
         await self.call.leave()  # stops the encoder thread before its sources close
-        for source in (self.audio_source, self.video_source):
+        for source in (self.audio_source, self.video_source, self.screen_source):
             close = getattr(source, "close", None)
             if close is not None:
                 close()
@@ -244,7 +256,7 @@ class Bot:
         video = call_video.video
         seen = self.seen.get(video.ssrc)
         if seen is None:
-            seen = self.seen[video.ssrc] = _Seen(call_video.name)
+            seen = self.seen[video.ssrc] = _Seen(call_video.name, call_video.kind)
         seen.frames += 1
         wall = time.time()
         gap = video.received_at - (seen.last_frame_at or video.received_at)
@@ -258,13 +270,15 @@ class Bot:
         if seen.first_frame_at is None:
             seen.first_frame_at = video.received_at
             joined_at = self.call.joined_at or video.received_at
-            emit("video_started", name=seen.name, ssrc=video.ssrc,
+            emit("video_started", name=seen.name, ssrc=video.ssrc, kind=seen.kind,
                  after_join_ms=round((video.received_at - joined_at) * 1000, 1),
                  width=video.frame.width, height=video.frame.height)
         if self.args.check_stamps:
-            _, identity = read_stamp(luma_plane(video.frame))
+            luma = luma_plane(video.frame)
+            _, identity = read_stamp(luma)
             ok = identity == identity_code(seen.name)
             seen.stamps["match" if ok else "mismatch"] += 1
+            seen.slide_frames += looks_like_slide(luma)
 
     # ------------------------------------------------------------------ signaling events
 
@@ -275,12 +289,20 @@ class Bot:
                 emit("participant_joined", name=p.name, participant_id=p.id)
             case api.ParticipantLeft(name=name, participant_id=pid, reason=reason):
                 emit("participant_left", name=name, participant_id=pid, reason=reason)
-            case api.MediaChanged(participant_id=pid, camera=camera, microphone=microphone):
+            case api.MediaChanged(participant_id=pid, camera=camera, microphone=microphone,
+                                  screen=screen):
                 known = self.client.participants.get(pid)
                 name = known.name if known else pid
                 if known is not None and not camera:
                     self.seen.pop(known.video_ssrc, None)
-                emit("media_changed", name=name, camera=camera, microphone=microphone)
+                ended = None
+                if known is not None and not screen:
+                    ended = self.seen.pop(known.screen_ssrc, None)
+                if ended is not None:  # what we saw of the screen that just stopped
+                    emit("screen_ended", name=ended.name, frames=ended.frames,
+                         stamps=dict(ended.stamps), slide_frames=ended.slide_frames)
+                emit("media_changed", name=name, camera=camera, microphone=microphone,
+                     screen=screen)
             case api.HandChanged(participant_id=pid, raised=raised):
                 known = self.client.participants.get(pid)
                 emit("hand_changed", name=known.name if known else pid, raised=raised)
@@ -297,7 +319,8 @@ class Bot:
             case api.Rejoined():
                 emit("rejoined")
             case sig.P2pStart(session=session, controlling=controlling):
-                emit("p2p_start", session=session, controlling=controlling)
+                emit("p2p_start", session=session, controlling=controlling,
+                     turn=bool(event.turn_url))
             case sig.P2pStop(session=session, reason=reason):
                 emit("p2p_stop", session=session, reason=reason)
             case api.RejoinFailed(code=code, message=message):
@@ -319,6 +342,13 @@ class Bot:
         if word == "camera" and rest in ("on", "off"):
             await self.call.set_video_source(self.video_source if rest == "on" else None)
             emit("camera", on=self.call.camera_on)
+        elif word == "screen" and rest in ("on", "off"):
+            shared = await self.call.set_screen_source(
+                self.screen_source if rest == "on" else None)
+            if not shared:
+                emit("error", code="no_screen_stream",
+                     message="the server grants no screen-share stream")
+            emit("screen", on=self.call.screen_on)
         elif word == "mic" and rest in ("on", "off"):
             # muting keeps the microphone capturing; no audio packet leaves while muted
             await self.call.set_microphone_muted(rest == "off")
@@ -366,6 +396,7 @@ class Bot:
         return {
             "video": {
                 seen.name: {"frames": seen.frames, "stamps": dict(seen.stamps),
+                            "kind": seen.kind, "slide_frames": seen.slide_frames,
                             "max_gap_ms": round(seen.max_gap * 1000, 1),
                             "gaps_over_100ms": seen.gaps_over_100ms,
                             "first_frame_t": seen.first_frame_wall,
@@ -373,6 +404,8 @@ class Bot:
                 for seen in self.seen.values()
             },
             "frames_sent": self._frames_sent(),
+            "screen_frames_sent": self.screen_source.frames
+            if self.screen_source is not None else 0,
             "stats": self.call.session.stats() if self.call.session is not None else None,
             "e2ee": self.call.e2ee_status(),
             "mode": self.call.mode,

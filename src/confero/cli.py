@@ -63,6 +63,11 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
                         "if none is named)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--screen", action="store_true",
+                        help="also share a synthetic screen (slides) as a second video "
+                        "stream; stdin 'screen on|off' toggles it")
+    parser.add_argument("--screen-size", default="1280x720", metavar="WxH",
+                        help="size of the synthetic screen (default 1280x720)")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--duration", type=float, default=0,
                         help="seconds to stay, then leave (default: until 'leave' or a signal)")

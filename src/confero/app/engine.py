@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import msgspec
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
@@ -36,6 +37,7 @@ from confero.media.devices import (
     Speaker,
     has_default_device,
 )
+from confero.media.screen_pattern import SyntheticScreen
 from confero.media.video import SyntheticCamera
 from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.protocol.signaling import HandChanged
@@ -43,6 +45,15 @@ from confero.protocol.signaling import HandChanged
 log = logging.getLogger(__name__)
 
 SELF = "self"
+#: How often the server's media counters for our meeting are asked for (the mode badge's
+#: proof that nothing goes through the server in peer-to-peer).
+SERVER_MEDIA_INTERVAL = 2.0
+#: The frame-store and tile key of a participant's shared screen (and of ours: SELF).
+SCREEN_SUFFIX = ":screen"
+
+
+def screen_key(participant_id: str) -> str:
+    return participant_id + SCREEN_SUFFIX
 MAX_TILE_WIDTH = 640  # pictures are scaled down to this before they cross to the GUI
 
 
@@ -91,11 +102,13 @@ class FrameStore:
 
 
 class _TappedVideo:
-    """A video source that also shows what it sends in the self-view (at most 15 fps)."""
+    """A video source that also shows what it sends in the self-view (at most 15 fps);
+    ``key``: where in the frame store (SELF, or our screen's tile)."""
 
-    def __init__(self, source: VideoSource, frames: FrameStore) -> None:
+    def __init__(self, source: VideoSource, frames: FrameStore, key: str = SELF) -> None:
         self._source = source
         self._frames = frames
+        self._key = key
         self.width, self.height = source.width, source.height
         self._last = 0.0
 
@@ -104,7 +117,7 @@ class _TappedVideo:
         now = time.monotonic()
         if now - self._last >= 1 / 15:
             self._last = now
-            self._frames.put(SELF, to_qimage(frame, 320))
+            self._frames.put(self._key, to_qimage(frame, 320))
         return frame
 
     def close(self) -> None:
@@ -131,6 +144,7 @@ class Engine(QObject):
     stats = Signal(object)  # dict: name -> stream statistics
     speaking = Signal(object)  # set: participant ids (and SELF) talking now
     local_media = Signal(bool, bool)  # camera on, microphone on (what we actually send)
+    local_screen = Signal(bool)  # we share a screen (a second video stream) or not
     recording = Signal(bool, str)
     #: E2EE meetings: a dict, either {"peer": participant id, "state": "verified" |
     #: "cannot verify" | "blob_rejected", "safety_code" or "reason"}, {"state": "cannot
@@ -141,6 +155,10 @@ class Engine(QObject):
     e2ee_state = Signal(object)
     #: the meeting's media path: "p2p" (direct) or "server", and the server's reason
     mode_changed = Signal(str, str)
+    #: every SERVER_MEDIA_INTERVAL s in a meeting, and right after a mode change: the
+    #: server's own counters for it (MeetingMediaResult as a dict: mode, received_bytes,
+    #: forwarded_bytes, mixed_bytes, ... packets)
+    server_media = Signal(object)
     #: how our media reaches the server: "udp", or "tcp" (a WebSocket: this network drops
     #: UDP), and why (docs/protocol.md "Media over WebSocket"); for a badge in the UI
     media_transport_changed = Signal(str, str)
@@ -159,12 +177,15 @@ class Engine(QObject):
         self.client: api.Client | None = None
         self.call: Call | None = None  # the call logic shared with the bot
         self._video: _TappedVideo | None = None
+        self._screen: _TappedVideo | None = None
         self._audio: AudioSource | None = None
         self._speaker: Speaker | None = None
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
         self._ticker: asyncio.Task[None] | None = None
         self._muted = False  # the microphone captures, but nothing is sent
         self._speaker_task: asyncio.Task[Any] | None = None
+        self._media_poller: asyncio.Task[None] | None = None
+        self._poll_now: asyncio.Event | None = None  # set on a mode change: ask at once
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine",
                                         daemon=True)
@@ -215,7 +236,7 @@ class Engine(QObject):
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started, on_e2ee=self._on_e2ee,
                          on_muted_level=self.muted_level.emit,
-                         on_mode_changed=self.mode_changed.emit,
+                         on_mode_changed=self._mode_changed,
                          on_transport_changed=self.media_transport_changed.emit)
         client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
@@ -351,6 +372,7 @@ class Engine(QObject):
 
     async def _entered(self, result: Any) -> None:
         self.joined.emit(result)
+        self._start_media_poller()
         if self.call is not None:
             await self.call.entered(result)
             if self.call.session is None:
@@ -366,6 +388,9 @@ class Engine(QObject):
         self.local_media.emit(self._video is not None, self._microphone_live())
 
     async def _stop_media(self, *, keep_recording: bool = False) -> None:
+        if self._media_poller is not None:
+            self._media_poller.cancel()
+            self._media_poller = None
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
@@ -377,10 +402,22 @@ class Engine(QObject):
             await self.call.stop_media(keep_recording=keep_recording)
             if recorder is not None:
                 self.recording.emit(False, str(recorder.directory))
+        if self._screen is not None:  # a share ends with the meeting, never carries over
+            screen, self._screen = self._screen, None
+            if self.call is not None:
+                self.call.screen_source = None
+            await asyncio.to_thread(screen.close)
+            self.local_screen.emit(False)
         self.frames.clear()
 
     def _source_failed(self, kind: str, message: str) -> None:
         """A camera or microphone died mid-call: say so, and show it as off."""
+        if kind == "screen":
+            self._screen = None
+            self.frames.drop(screen_key(SELF))
+            self.error.emit(f"Screen sharing stopped: {message}")
+            self.local_screen.emit(False)
+            return
         if kind == "video":
             self._video = None
             self.frames.drop(SELF)
@@ -453,6 +490,34 @@ class Engine(QObject):
             self.local_media.emit(self._video is not None, self._microphone_live())
 
         self.submit(switch())
+
+    def set_screen(self, choice: DeviceChoice | None, name: str = "") -> None:
+        """Share a screen as a second video stream beside the camera, or stop (None)."""
+
+        async def switch() -> None:
+            old, self._screen = self._screen, None
+            if self.call is not None and old is not None:
+                await self.call.set_screen_source(None)
+            if old is not None:
+                await asyncio.to_thread(old.close)
+            self.frames.drop(screen_key(SELF))
+            if choice is not None:
+                source = await asyncio.to_thread(self._open_screen, choice, name)
+                tapped = _TappedVideo(source, self.frames, screen_key(SELF))
+                if self.call is not None and not await self.call.set_screen_source(tapped):
+                    await asyncio.to_thread(tapped.close)
+                    self.error.emit("This server cannot carry a shared screen.")
+                else:
+                    self._screen = tapped
+            self.local_screen.emit(self._screen is not None)
+
+        self.submit(switch())
+
+    @staticmethod
+    def _open_screen(choice: DeviceChoice, name: str) -> VideoSource:
+        if choice.kind == "synthetic_screen":
+            return SyntheticScreen(name or "me", 1280, 720)
+        return ScreenSource(choice.device or ":0", 1280, 720)
 
     def _microphone_live(self) -> bool:
         return self._audio is not None and not self._muted
@@ -531,7 +596,8 @@ class Engine(QObject):
     def _on_video(self, call_video: CallVideo) -> None:
         participant = call_video.participant
         if participant is not None and call_video.video.prepared is not None:
-            self.frames.put(participant.id, call_video.video.prepared)
+            key = screen_key(participant.id) if call_video.kind == "screen" else participant.id
+            self.frames.put(key, call_video.video.prepared)
 
     def _on_event(self, event: api.ClientEvent) -> None:
         if self.call is not None:
@@ -545,10 +611,13 @@ class Engine(QObject):
                 self.participant_joined.emit(participant)
             case api.ParticipantLeft():
                 self.frames.drop(event.participant_id)
+                self.frames.drop(screen_key(event.participant_id))
                 self.participant_left.emit(event)
             case api.MediaChanged():
                 if not event.camera:
                     self.frames.drop(event.participant_id)
+                if not event.screen:
+                    self.frames.drop(screen_key(event.participant_id))
                 self.media_changed.emit(event)
             case api.ChatEvent(message=message):
                 self.chat.emit(message)
@@ -583,3 +652,33 @@ class Engine(QObject):
                                  "sent": stats["sent"]})
                 if call.e2ee.active:
                     self.e2ee_state.emit({"status": call.e2ee_status()})
+
+    # ------------------------------------------------------------------ the media path
+
+    def _mode_changed(self, mode: str, reason: str) -> None:
+        self.mode_changed.emit(mode, reason)
+        if self._poll_now is not None:
+            self._poll_now.set()  # the counters at the switch, not up to 2 s later
+
+    def _start_media_poller(self) -> None:
+        if self._media_poller is None:
+            self._poll_now = asyncio.Event()
+            self._media_poller = self._loop.create_task(self._poll_server_media())
+
+    async def _poll_server_media(self) -> None:
+        """The server's counters for our meeting, while we are in one. A failed ask (a
+        reconnect, a meeting just ended) is skipped quietly: the next one comes soon."""
+        wake = self._poll_now
+        assert wake is not None
+        while True:
+            wake.clear()  # a mode change while we ask sets it again: ask once more at once
+            client = self.client
+            if client is not None and client.meeting is not None:
+                try:
+                    media = await client.meeting_media()
+                except (api.RequestError, api.ConnectionLost, TimeoutError):
+                    pass
+                else:
+                    self.server_media.emit(msgspec.structs.asdict(media))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), SERVER_MEDIA_INTERVAL)

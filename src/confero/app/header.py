@@ -1,15 +1,19 @@
-"""The meeting header: title, the copyable meeting id, elapsed time, recording, notices."""
+"""The meeting header: title, the copyable meeting id, elapsed time, recording, notices,
+the media path (direct or through the server, with the server's own byte count as the
+proof) and the meeting's end-to-end encryption."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QPushButton, QToolButton, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QToolButton, QWidget
 
 from confero.app import icons
-from confero.app.plain import clip, plain_label
+from confero.app.plain import clip, plain_label, tooltip
 
 
 def elapsed_text(seconds: float) -> str:
@@ -17,6 +21,80 @@ def elapsed_text(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else (
         f"{rest // 60:02d}:{rest % 60:02d}")
+
+
+MODE_TEXT = {"p2p": "Direct (peer-to-peer)", "server": "Through the server"}
+REASON_TEXT = {
+    "joined": "the meeting's path when you joined",
+    "ice_connected": "the two of you reached each other directly",
+    "participant_joined": "a third person joined",
+    "participant_left": "someone left",
+    "ice_failed": "no direct connection could be made",
+    "ice_timeout": "a direct connection took too long to set up",
+    "consent_lost": "the direct connection stopped answering",
+    "requested": "a participant asked for the server",
+    "meeting_ended": "the meeting ended",
+    "media_stopped": "your media stopped",
+}
+#: After going direct, the server may still see media for a moment: the make-before-break
+#: overlap and the mixer's concealment of the last frames it had. They belong to the
+#: switch, so the "since direct" count starts this long after it.
+HANDOVER = 1.0
+
+
+def byte_text(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    for unit, size in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if count < size * 1000 or unit == "GB":
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"  # not reached
+
+
+@dataclass
+class RelayReading:
+    text: str
+    detail: str
+
+
+class RelayMeter:
+    """What the server relayed for our meeting, from its own cumulative counters: in
+    peer-to-peer, counted from the switch (after HANDOVER), so it stays at zero while
+    the media goes direct; through the server, the meeting's total."""
+
+    def __init__(self) -> None:
+        self.mode = "server"
+        self.since = 0.0
+        self._base: dict[str, int] | None = None
+
+    def mode_changed(self, mode: str, now: float) -> None:
+        self.mode, self.since, self._base = mode, now, None
+
+    def update(self, counters: dict[str, Any], now: float) -> RelayReading:
+        mode = str(counters.get("mode", self.mode))
+        if mode != self.mode:  # the counters heard of a switch before the event came
+            self.mode_changed(mode, now)
+        values = {key: int(counters.get(key, 0)) for key in (
+            "received_bytes", "forwarded_bytes", "mixed_bytes")}
+        if self.mode != "p2p":
+            relayed = values["forwarded_bytes"] + values["mixed_bytes"]
+            return RelayReading(
+                f"Server relayed {byte_text(relayed)}",
+                f"The server received {byte_text(values['received_bytes'])} and sent "
+                f"{byte_text(relayed)} of this meeting's media since it began "
+                "(the server's own count).")
+        if self._base is None:
+            if now - self.since < HANDOVER:
+                return RelayReading("Server relayed: measuring…",
+                                    "Counting starts a second after the switch to direct.")
+            self._base = values
+        delta = {key: values[key] - self._base[key] for key in values}
+        relayed = delta["forwarded_bytes"] + delta["mixed_bytes"]
+        return RelayReading(
+            f"Server relayed {byte_text(relayed)} since direct",
+            f"Since the switch to direct the server received "
+            f"{byte_text(delta['received_bytes'])} and sent {byte_text(relayed)} of this "
+            "meeting's media (the server's own count, asked every 2 s).")
 
 
 def copy_to_clipboard(text: str) -> None:
@@ -49,6 +127,20 @@ class MeetingHeader(QWidget):
         self.recording.hide()
         self.notice = plain_label("", "notice")
         self.notice.setObjectName("notice")
+        self.e2ee_icon = QLabel()
+        self.e2ee_icon.setPixmap(icons.pixmap("lock", size=16))
+        self.e2ee_icon.setAccessibleName("Lock")
+        self.e2ee_icon.hide()
+        self.e2ee = plain_label("", "e2ee_state")
+        self.e2ee.setProperty("badge", True)
+        self.e2ee.hide()
+        self.mode_badge = plain_label("", "mode_badge")
+        self.mode_badge.setProperty("badge", True)
+        self.relayed = plain_label("", "server_relayed")
+        self.relayed.setProperty("class", "hint")
+        self.relay_meter = RelayMeter()
+        self.mode = ""
+        self.notice.setMinimumWidth(40)  # a long notice gives way, not the window
         row = QHBoxLayout(self)
         row.setContentsMargins(12, 6, 12, 2)
         row.addWidget(self.title)
@@ -56,6 +148,12 @@ class MeetingHeader(QWidget):
         row.addWidget(self.copy_button)
         row.addSpacing(12)
         row.addWidget(self.recording)
+        row.addSpacing(12)
+        row.addWidget(self.e2ee_icon)
+        row.addWidget(self.e2ee)
+        row.addSpacing(8)
+        row.addWidget(self.mode_badge)
+        row.addWidget(self.relayed)
         row.addStretch(1)
         row.addWidget(self.notice)
         row.addSpacing(12)
@@ -82,6 +180,55 @@ class MeetingHeader(QWidget):
         self._timer.stop()
         self.recording.hide()
         self.notice.setText("")
+        self.show_e2ee(None)
+        self.mode = ""
+        for label in (self.mode_badge, self.relayed):
+            label.setText("")
+            label.setToolTip("")
+            label.setAccessibleName("")
+        self.relay_meter = RelayMeter()
+
+    def show_mode(self, mode: str, reason: str) -> None:
+        """The media path now; why it changed is in the tooltip and the accessible name."""
+        text = MODE_TEXT.get(mode, mode)
+        why = REASON_TEXT.get(reason, reason.replace("_", " "))
+        self.mode = mode
+        self.mode_badge.setText(text)
+        self.mode_badge.setToolTip(tooltip(f"Media path: {text}" + (
+            f"\nWhy: {why}" if why else "")))
+        self.mode_badge.setAccessibleName(f"Media path: {text}" + (
+            f". Why: {why}" if why else ""))
+        self.relay_meter.mode_changed(mode, time.monotonic())
+        self.relayed.setText("")
+        self.relayed.setAccessibleName("")
+
+    def show_server_media(self, counters: dict[str, Any]) -> None:
+        mode = str(counters.get("mode", self.mode))
+        if mode != self.mode:  # the server's answer came before the mode event
+            self.show_mode(mode, "")
+        reading = self.relay_meter.update(counters, time.monotonic())
+        self.relayed.setText(reading.text)
+        self.relayed.setToolTip(tooltip(reading.detail))
+        self.relayed.setAccessibleName(f"{reading.text}. {reading.detail}")
+
+    def show_e2ee(self, state: str | None) -> None:
+        """None: an ordinary meeting; "encrypted", or "no passphrase" (nothing we receive
+        can be decrypted)."""
+        if state is None:
+            self.e2ee.hide()
+            self.e2ee_icon.hide()
+            return
+        text = ("End-to-end encrypted" if state == "encrypted"
+                else "Cannot decrypt: no passphrase")
+        detail = ("Keys are agreed between the participants with the meeting's passphrase; "
+                  "the server cannot read the media." if state == "encrypted" else
+                  "You joined without the meeting's passphrase: nobody's picture or sound "
+                  "can be decrypted. Leave and join again with it.")
+        self.e2ee.setText(text)
+        self.e2ee.setToolTip(tooltip(detail))
+        self.e2ee.setAccessibleName(f"{text}. {detail}")
+        self.e2ee.show()
+        self.e2ee_icon.show()
 
     def tick(self) -> None:
         self.elapsed.setText(elapsed_text(time.monotonic() - self.started))

@@ -44,6 +44,7 @@ _SHAPES: dict[str, str] = {
     "copy": "<rect x='8' y='8' width='13' height='13' rx='2'/>"
             "<path d='M16 8V5a2 2 0 0 0-2-2H5a2 2 0 0 0-2 2v9a2 2 0 0 0 2 2h3'/>",
     "record": "<circle cx='12' cy='12' r='8'/><circle cx='12' cy='12' r='3.5' fill='COLOUR'/>",
+    "lock": "<rect x='4' y='11' width='16' height='10' rx='2'/><path d='M8 11V7a4 4 0 0 1 8 0v4'/>",
     "fullscreen": "<path d='M3 8V3h5M21 8V3h-5M3 16v5h5M21 16v5h-5'/>",
 }
 NAMES = tuple(_SHAPES)

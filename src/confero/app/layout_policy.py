@@ -4,6 +4,10 @@ Pure: participants, who talks, pins and ``now`` in, an arrangement out. Auto giv
 other person the stage when there are two of you and a grid from three on; Speaker puts the
 active speaker on the stage and holds them there at least ``HOLD`` seconds, so a cough
 elsewhere does not swap the picture. A pin or an explicit choice always wins.
+
+A shared screen (issue 12) takes the stage by itself: the layout turns to Speaker with the
+screen large, and when the last screen stops, the layout from before the first one
+returns -- unless the person chose a layout meanwhile, which then stays.
 """
 
 from __future__ import annotations
@@ -33,11 +37,42 @@ class LayoutPolicy:
     hold: float = HOLD
     _stage: str | None = field(default=None, init=False)
     _stage_since: float = field(default=-math.inf, init=False)
+    #: shared screens on show, oldest first; the newest is presented
+    _screens: list[str] = field(default_factory=list, init=False)
+    #: the layout to return to when sharing stops (None: the person chose meanwhile)
+    _mode_before_share: str | None = field(default=None, init=False)
 
     def set_mode(self, mode: str) -> None:
+        """An explicit choice: it wins over a shared screen, and stays after it."""
         if mode not in MODES:
             raise ValueError(f"unknown layout {mode!r}")
         self.mode = mode
+        self._mode_before_share = None
+
+    @property
+    def presenting(self) -> str | None:
+        """The shared screen the speaker view puts large (the newest), if any."""
+        return self._screens[-1] if self._screens else None
+
+    def screen_started(self, key: str) -> None:
+        """A shared screen appeared: it takes the stage, in the speaker view."""
+        if key in self._screens:
+            return
+        if not self._screens:
+            self._mode_before_share = self.mode
+        self._screens.append(key)
+        self.mode = "speaker"
+
+    def screen_stopped(self, key: str) -> None:
+        """A shared screen ended: the next one takes the stage, or the previous layout
+        returns after the last."""
+        if key not in self._screens:
+            return
+        self._screens.remove(key)
+        if not self._screens:
+            if self._mode_before_share is not None:
+                self.mode = self._mode_before_share
+            self._mode_before_share = None
 
     def next_mode(self) -> str:
         self.mode = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
@@ -45,8 +80,11 @@ class LayoutPolicy:
 
     @property
     def stage(self) -> str | None:
-        """Who the speaker view puts large: the pin, else the held active speaker."""
-        return self.pinned if self.pinned is not None else self._stage
+        """Who the speaker view puts large: the pin, else a shared screen, else the held
+        active speaker."""
+        if self.pinned is not None:
+            return self.pinned
+        return self.presenting if self.presenting is not None else self._stage
 
     def pin(self, participant: str | None) -> None:
         self.pinned = None if participant == self.pinned else participant
@@ -75,6 +113,8 @@ class LayoutPolicy:
                                self.page, pages)
         if self.pinned in participants:
             stage: str | None = self.pinned
+        elif self.presenting in participants:
+            stage = self.presenting
         else:
             if self._stage not in participants:
                 self._stage = participants[0] if participants else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QLineEdit,
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from confero.app import icons
 from confero.app.plain import clip, plain_label, tooltip
 from confero.app.settings import RecentMeeting
 from confero.protocol.signaling import MeetingInfo
@@ -33,15 +35,16 @@ def _heading(text: str) -> QWidget:
 
 class LobbyPage(QWidget):
     join_wanted = Signal(object, str)  # MeetingInfo | None, meeting id
-    create_wanted = Signal(str, str)  # title, password
+    create_wanted = Signal(str, str, bool, str)  # title, password, e2ee, e2ee passphrase
     end_wanted = Signal(str)  # meeting id
 
     def __init__(self) -> None:
         super().__init__()
-        self.table = QTableWidget(0, 4)
+        self.table = QTableWidget(0, 5)
         self.table.setObjectName("meetings")
         self.table.setAccessibleName("Open meetings")
-        self.table.setHorizontalHeaderLabels(["Title", "Creator", "People", "Password"])
+        self.table.setHorizontalHeaderLabels(["Title", "Creator", "People", "Password",
+                                              "Encryption"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -68,6 +71,17 @@ class LobbyPage(QWidget):
         self.password.setPlaceholderText("password (optional)")
         self.password.setAccessibleName("New meeting password")
         self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.e2ee = QCheckBox("End-to-end encrypted")
+        self.e2ee.setObjectName("e2ee")
+        self.e2ee.setToolTip("Only the participants can read the media; everyone needs the "
+                             "passphrase, which you share with them yourself.")
+        self.passphrase = QLineEdit()
+        self.passphrase.setObjectName("e2ee_passphrase")
+        self.passphrase.setPlaceholderText("E2EE passphrase (never sent to the server)")
+        self.passphrase.setAccessibleName("End-to-end encryption passphrase")
+        self.passphrase.setEchoMode(QLineEdit.EchoMode.Password)
+        self.passphrase.setMaxLength(256)
+        self.passphrase.setEnabled(False)
         self.create_button = QPushButton("Create and join")
         self.create_button.setObjectName("create")
         self.recent = QListWidget()
@@ -84,6 +98,9 @@ class LobbyPage(QWidget):
         create_row.addWidget(self.title, 2)
         create_row.addWidget(self.password, 1)
         create_row.addWidget(self.create_button)
+        e2ee_row = QHBoxLayout()
+        e2ee_row.addWidget(self.e2ee)
+        e2ee_row.addWidget(self.passphrase, 1)
         recent_row = QHBoxLayout()
         recent_row.addWidget(self.recent, 1)
         recent_row.addWidget(self.end_recent, 0, Qt.AlignmentFlag.AlignTop)
@@ -96,6 +113,7 @@ class LobbyPage(QWidget):
         layout.addLayout(join_row)
         layout.addWidget(_heading("New meeting"))
         layout.addLayout(create_row)
+        layout.addLayout(e2ee_row)
         layout.addWidget(_heading("Your recent meetings"))
         layout.addLayout(recent_row)
         layout.addWidget(self.message)
@@ -106,6 +124,8 @@ class LobbyPage(QWidget):
         self.meeting_id.returnPressed.connect(self._join_typed)
         self.create_button.clicked.connect(self._create)
         self.title.returnPressed.connect(self._create)
+        self.passphrase.returnPressed.connect(self._create)
+        self.e2ee.toggled.connect(self.passphrase.setEnabled)
         self.recent.itemDoubleClicked.connect(self._join_recent)
         self.recent.currentItemChanged.connect(lambda item, _old: self._recent_chosen(item))
         self.end_recent.clicked.connect(self._end_recent)
@@ -116,12 +136,19 @@ class LobbyPage(QWidget):
         self.table.setRowCount(len(meetings))
         for row, meeting in enumerate(meetings):
             values = [clip(meeting.title, 120), clip(meeting.creator, 64),
-                      str(meeting.participant_count), "yes" if meeting.has_password else ""]
+                      str(meeting.participant_count), "yes" if meeting.has_password else "",
+                      "End-to-end" if meeting.e2ee else ""]
             for column, value in enumerate(values):
                 item = QTableWidgetItem(value)  # item text is plain
                 item.setData(Qt.ItemDataRole.UserRole, meeting.id)
-                item.setToolTip(tooltip(f"{meeting.title}\nmeeting id {meeting.id}"))
+                item.setToolTip(tooltip(f"{meeting.title}\nmeeting id {meeting.id}" + (
+                    "\nend-to-end encrypted: joining asks for its passphrase"
+                    if meeting.e2ee else "")))
                 self.table.setItem(row, column, item)
+            lock = self.table.item(row, 4)
+            if lock is not None and meeting.e2ee:
+                lock.setIcon(icons.icon("lock"))
+                lock.setData(Qt.ItemDataRole.AccessibleTextRole, "End-to-end encrypted")
             if meeting.id == selected:
                 self.table.selectRow(row)
         self.empty.setVisible(not meetings)
@@ -173,5 +200,13 @@ class LobbyPage(QWidget):
         if not title:
             self.message.setText("Give the meeting a title.")
             return
-        self.create_wanted.emit(title, self.password.text())
+        e2ee = self.e2ee.isChecked()
+        if e2ee and not self.passphrase.text():
+            self.message.setText("An end-to-end encrypted meeting needs a passphrase: "
+                                 "choose one and tell it to the others yourself.")
+            self.passphrase.setFocus()
+            return
+        self.create_wanted.emit(title, self.password.text(), e2ee,
+                                self.passphrase.text() if e2ee else "")
         self.password.clear()
+        self.passphrase.clear()

@@ -20,9 +20,10 @@ from confero.app.devices import (
     mic_choices,
     speaker_choices,
 )
-from confero.app.engine import SELF, DeviceChoice, Engine
+from confero.app.engine import SCREEN_SUFFIX, SELF, DeviceChoice, Engine, screen_key
 from confero.app.layout_policy import MODES
 from confero.app.meeting_page import MeetingPage
+from confero.app.meeting_signals import MeetingSignals
 from confero.app.quality import ConnectionQuality
 from confero.app.settings import Continuity
 from confero.app.shortcuts import ShortcutHelp
@@ -40,6 +41,9 @@ from confero.protocol.signaling import (
 if TYPE_CHECKING:
     from confero.app.window import MainWindow
 
+#: Shared instead of the X11 display when $CONFERO_SCREEN is "synthetic" (tests, demos,
+#: screenshots), and from the More menu: slides, as the bot's ``--screen`` sends.
+SYNTHETIC_SCREEN = DeviceChoice("Synthetic screen (slides)", "synthetic_screen")
 JOINING_FOR_MS = 6000
 RECONNECT_MEMORY = 60.0  # a leave and a join of one name within this is a reconnect
 
@@ -62,6 +66,7 @@ class MeetingController:
         self.help = ShortcutHelp(window)
         self._build_more_menu()
         self._wire()
+        self.signals = MeetingSignals(self)  # mode badge, server counters, E2EE
 
     # ------------------------------------------------------------------ setup
 
@@ -81,6 +86,8 @@ class MeetingController:
                      lambda: self._use_camera(SYNTHETIC_CAMERA))
         self._action(menu, "Use the synthetic microphone (440 Hz)",
                      lambda: self._use_mic(SYNTHETIC_MIC))
+        self._action(menu, "Share a synthetic screen (slides)",
+                     lambda: None if self.sharing else self._share(SYNTHETIC_SCREEN))
         bar.layout_menu.setTitle("Layout")
         menu.addMenu(bar.layout_menu)
         menu.addSeparator()
@@ -143,6 +150,7 @@ class MeetingController:
         engine.stats.connect(self.stats)
         engine.speaking.connect(self.speaking)
         engine.local_media.connect(self.local_media)
+        engine.local_screen.connect(self.local_screen)
         engine.recording.connect(self.recording)
         engine.muted_level.connect(self.muted_level)
 
@@ -163,6 +171,7 @@ class MeetingController:
         for participant in result.participants:
             if participant.id != me:
                 self._add_tile(participant, joining=False)
+                self._sync_screen(participant)
         for message in result.history:
             page.side.add_chat(message)
         page.unread = 0
@@ -194,10 +203,13 @@ class MeetingController:
         """After a reconnect: who left or came meanwhile, and everyone's new streams."""
         me = self.engine.participant_id
         current = {p.id: p for p in participants if p.id != me}
-        for participant_id in set(self.page.stage.tiles) - set(current):
-            self.page.stage.remove(participant_id)
+        for key in list(self.page.stage.tiles):
+            base = key.removesuffix(SCREEN_SUFFIX)
+            if base != SELF and base not in current:
+                self.page.stage.remove(key)
         for participant in current.values():
             self._add_tile(participant, joining=False)
+            self._sync_screen(participant)
         for tile in self.page.stage.tiles.values():
             tile.set_state(status="")
         self.participants = {p.id: p for p in participants}
@@ -224,6 +236,16 @@ class MeetingController:
             QTimer.singleShot(JOINING_FOR_MS, tile, lambda: tile.set_state(status="")
                               if tile.status == "Joining…" else None)
 
+    def _sync_screen(self, participant: ParticipantInfo) -> None:
+        """A participant's shared screen is a tile of its own, on the stage while shared."""
+        key = screen_key(participant.id)
+        stage = self.page.stage
+        if participant.screen and key not in stage.tiles:
+            stage.add_screen(key, f"{participant.name} (screen)")
+        elif not participant.screen and key in stage.tiles:
+            stage.remove(key)
+            self.qualities.pop(key, None)
+
     def participant_joined(self, participant: ParticipantInfo) -> None:
         self.participants[participant.id] = participant
         self._add_tile(participant, joining=True)
@@ -240,6 +262,8 @@ class MeetingController:
         self.hands.discard(event.participant_id)
         self.qualities.pop(event.participant_id, None)
         self.page.stage.remove(event.participant_id)
+        self.page.stage.remove(screen_key(event.participant_id))
+        self.qualities.pop(screen_key(event.participant_id), None)
         reconnect = event.reason == "replaced"
         if event.reason == "disconnected":
             self._gone[event.name] = time.monotonic()
@@ -257,8 +281,10 @@ class MeetingController:
             tile.set_state(camera=event.camera, microphone=event.microphone)
         known = self.participants.get(event.participant_id)
         if known is not None:
-            self.participants[event.participant_id] = msgspec.structs.replace(
-                known, camera=event.camera, microphone=event.microphone)
+            known = self.participants[event.participant_id] = msgspec.structs.replace(
+                known, camera=event.camera, microphone=event.microphone, screen=event.screen)
+            if known.id != self.engine.participant_id:
+                self._sync_screen(known)
         self.refresh()
 
     def chat(self, message: ChatMessage) -> None:
@@ -270,6 +296,8 @@ class MeetingController:
         self.page.side.show_stats(stats)
         now = time.monotonic()
         by_name = {p.name: p.id for p in self.participants.values()}
+        by_name.update({f"{p.name} (screen)": screen_key(p.id)  # a screen: its own tile
+                        for p in self.participants.values() if p.screen})
         for name, values in stats.get("video", {}).items():
             participant_id = by_name.get(name)
             tile = self.page.stage.tiles.get(participant_id or "")
@@ -296,7 +324,14 @@ class MeetingController:
         self.page.self_view.set_state(camera=camera, microphone=microphone)
         self.microphone = microphone
         if not camera:
-            self.camera = self.sharing = False
+            self.camera = False
+        self.refresh()
+
+    def local_screen(self, on: bool) -> None:
+        """What the engine really shares: a failed source, or the meeting's end, stops it."""
+        if not on and self.sharing:
+            self.sharing = False
+            self.page.stage.remove(screen_key(SELF))
         self.refresh()
 
     def recording(self, on: bool, directory: str) -> None:
@@ -321,7 +356,8 @@ class MeetingController:
         page.side.show_people(self.window.name, self.is_creator,
                               [p for p in self.participants.values()
                                if p.id != self.engine.participant_id], self.hands)
-        page.waiting.setVisible(not page.stage.tiles and self.window.in_meeting())
+        others = [k for k in page.stage.tiles if k != screen_key(SELF)]  # our screen: alone
+        page.waiting.setVisible(not others and self.window.in_meeting())
         page.place_overlays()
         page.self_view.set_state(hand=self.hand)
 
@@ -362,20 +398,41 @@ class MeetingController:
         self._use_camera(None if self.camera else self.page.bar.camera_picker.current())
 
     def _use_camera(self, choice: DeviceChoice | None) -> None:
-        self.camera = choice is not None and choice.kind != "screen"
-        self.sharing = choice is not None and choice.kind == "screen"
+        self.camera = choice is not None
         self.engine.set_camera(choice, self.window.name)
         self.refresh()
 
     def toggle_share(self) -> None:
-        display = os.environ.get("DISPLAY")
+        """Share the screen as a second stream (the camera stays on), or stop."""
         if self.sharing:
-            self._use_camera(None)
-        elif not display:
+            self._share(None)
+            return
+        choice = self.share_choice()
+        if choice is None:
             self.window.show_error("There is no X11 display to share (DISPLAY is not set).")
             self.refresh()
         else:
-            self._use_camera(DeviceChoice(f"Screen {display}", "screen", display))
+            self._share(choice)
+
+    @staticmethod
+    def share_choice() -> DeviceChoice | None:
+        """$CONFERO_SCREEN=synthetic: slides; else the X11 display, if there is one."""
+        if os.environ.get("CONFERO_SCREEN") == "synthetic":
+            return SYNTHETIC_SCREEN
+        display = os.environ.get("DISPLAY")
+        return DeviceChoice(f"Screen {display}", "screen", display) if display else None
+
+    def _share(self, choice: DeviceChoice | None) -> None:
+        """Our screen gets a tile of its own, which takes the stage; stopping removes it
+        and the layout from before returns (see LayoutPolicy.screen_started)."""
+        self.sharing = choice is not None
+        key = screen_key(SELF)
+        if choice is None:
+            self.page.stage.remove(key)
+        else:
+            self.page.stage.add_screen(key, "Your screen")
+        self.engine.set_screen(choice, self.window.name)
+        self.refresh()
 
     def toggle_hand(self) -> None:
         self.hand = not self.hand

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -41,6 +42,7 @@ class SidePanel(QTabWidget):
         self.chat_input.setMaxLength(2000)
         self.people = QListWidget()
         self.people.setObjectName("people")
+        self.people.setWordWrap(True)  # a safety code fits the panel on its own line
         self.stats_table = QTableWidget(0, 6)
         self.stats_table.setObjectName("stats_table")
         self.stats_table.setHorizontalHeaderLabels(
@@ -64,6 +66,10 @@ class SidePanel(QTabWidget):
         self.addTab(self.people, "People")
         self.addTab(stats, "Statistics")
         self.setMinimumWidth(280)
+        #: E2EE meetings: participant id -> (verified, safety code or None), shown in People
+        self.safety: dict[str, tuple[bool, str | None]] = {}
+        #: why a participant could not be verified ("cannot verify: wrong passphrase...")
+        self.safety_notes: dict[str, str] = {}
 
     def add_chat(self, message: ChatMessage) -> None:
         stamp = time.strftime("%H:%M", time.localtime(message.ts))
@@ -94,8 +100,19 @@ class SidePanel(QTabWidget):
             words += ["mic on" if participant.microphone else "muted",
                       "camera on" if participant.camera else "camera off"]
             prefix = "✋ " if participant.id in hands else ""
-            item = QListWidgetItem(f"{prefix}{clip(participant.name, 60)} - {', '.join(words)}")
-            item.setToolTip(tooltip(participant.name))
+            text = f"{prefix}{clip(participant.name, 60)} - {', '.join(words)}"
+            hint = participant.name
+            if participant.id in self.safety:
+                verified, code = self.safety[participant.id]
+                note = self.safety_notes.get(participant.id, "")
+                state = "verified" if verified else clip(note, 80) or "not verified"
+                text += (f"\nSafety code {code} ({state})" if code
+                         else f"\nNo safety code yet ({state})")
+                hint += ("\nCompare this code with the one their app shows for you: "
+                         "the same code on both sides means nobody is in between.")
+            item = QListWidgetItem(text)
+            item.setToolTip(tooltip(hint))
+            item.setData(Qt.ItemDataRole.AccessibleTextRole, text.replace("\n", ". "))
             self.people.addItem(item)
         self.setTabText(PEOPLE, f"People ({len(others) + 1})")
 
@@ -115,6 +132,7 @@ class SidePanel(QTabWidget):
         self.bitrate_graph.keep_only(set(video))
 
     def clear_all(self) -> None:
+        self.safety, self.safety_notes = {}, {}
         self.chat_view.clear()
         self.people.clear()
         self.stats_table.setRowCount(0)

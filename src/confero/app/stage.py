@@ -83,7 +83,18 @@ class Stage(QWidget):
         tile.addAction(alone)
         tile.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
 
+    def add_screen(self, key: str, name: str) -> VideoTile:
+        """A shared screen's tile (``"<participant id>:screen"``): it takes the stage."""
+        tile = self.add(key, name)
+        tile.shared_screen = True
+        tile.set_state(camera=True)  # a screen tile shows its picture, never initials
+        tile.set_name(name)  # said as a shared screen
+        self.policy.screen_started(key)
+        self.relayout()
+        return tile
+
     def remove(self, participant_id: str) -> None:
+        self.policy.screen_stopped(participant_id)  # nothing unless it is a screen
         tile = self.tiles.pop(participant_id, None)
         if tile is not None:
             tile.setParent(None)

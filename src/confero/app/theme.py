@@ -41,6 +41,8 @@ QFrame#banner QLabel { color: #202124; font-weight: bold; }
 QFrame#toast { background: #3c4043; border-radius: 8px; }
 QLabel#hint { color: #9aa0a6; }
 QLabel#error { color: #f28b82; }
+QLabel[badge="true"] { background: #3c4043; border: 1px solid #5f6368; border-radius: 9px;
+    padding: 1px 8px; }
 QPushButton { background: #3c4043; border: 1px solid #5f6368; border-radius: 6px;
     padding: 6px 14px; }
 QPushButton:hover { background: #4a4e52; }

@@ -13,6 +13,7 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from confero.app import icons
 from confero.app.plain import tooltip
 from confero.app.quality import ConnectionQuality
 from confero.app.theme import COLOURS
@@ -21,6 +22,12 @@ _BACKGROUND = QColor(48, 49, 52)
 _SPEAKING = QColor(COLOURS["good"])
 _OFF = QColor(COLOURS["off"])
 _HAND = QColor(COLOURS["fair"])
+#: End-to-end encryption of one person's media, said in words on the tile.
+E2EE_BADGES = {"verified": ("Verified", QColor(COLOURS["good"])),
+               "not verified": ("Not verified", QColor(COLOURS["fair"])),
+               "cannot decrypt": ("Cannot decrypt", QColor(COLOURS["poor"]))}
+E2EE_WORDS = {"verified": "media verified", "not verified": "media not verified",
+              "cannot decrypt": "cannot decrypt their media"}
 
 
 def initials(name: str) -> str:
@@ -50,7 +57,10 @@ class VideoTile(QWidget):
         self.speaking = False
         self.hand = False
         self.pinned = False
+        self.shared_screen = False  # a shared screen's tile: no microphone or camera of its own
         self.status = ""  # "Joining...", "Reconnecting..."
+        #: "" (not an E2EE meeting), "verified", "not verified" or "cannot decrypt"
+        self.e2ee = ""
         self.quality: ConnectionQuality | None = None
         self.quality_level = "unknown"
         self.quality_shown = False
@@ -72,12 +82,16 @@ class VideoTile(QWidget):
     def _describe(self) -> None:
         words = [self.name, "microphone on" if self.microphone else "muted",
                  "camera on" if self.camera else "camera off"]
+        if self.shared_screen:
+            words = [self.name, "shared screen"]
         if self.hand:
             words.append("hand raised")
         if self.pinned:
             words.append("pinned")
         if self.status:
             words.append(self.status)
+        if self.e2ee:
+            words.append(E2EE_WORDS.get(self.e2ee, self.e2ee))
         self.setAccessibleName(", ".join(words))
         details = self.quality.details() if self.quality is not None else ""
         self.setToolTip(tooltip(self.name + (f"\n{details}" if details else "")))
@@ -104,6 +118,13 @@ class VideoTile(QWidget):
             self._describe()
             self.update()
 
+    def set_e2ee(self, state: str) -> None:
+        """A frame that cannot be decrypted is never shown: the tile says so instead."""
+        if state != self.e2ee:
+            self.e2ee = state
+            self._describe()
+            self.update()
+
     def set_quality(self, quality: ConnectionQuality, now: float) -> None:
         level, shown = quality.level(now), quality.visible(now)
         self.quality = quality
@@ -113,7 +134,7 @@ class VideoTile(QWidget):
         self._describe()
 
     def shows_video(self) -> bool:
-        return self.image is not None
+        return self.image is not None and self.e2ee != "cannot decrypt"
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         if self.on_double_click is not None:
@@ -127,7 +148,7 @@ class VideoTile(QWidget):
         path.addRoundedRect(rect, 8, 8)
         painter.fillPath(path, _BACKGROUND)
         painter.setClipPath(path)
-        if self.image is not None:
+        if self.image is not None and self.e2ee != "cannot decrypt":
             scaled = self.image.size().scaled(rect.size().toSize(),
                                               Qt.AspectRatioMode.KeepAspectRatio)
             target = QRectF(0, 0, scaled.width(), scaled.height())
@@ -140,8 +161,14 @@ class VideoTile(QWidget):
         self._paint_label(painter, rect)
         if self.hand:
             self._paint_badge(painter, rect, "✋ hand", _HAND)
-        if self.status:
-            self._paint_status(painter, rect)
+        if self.e2ee in E2EE_BADGES:
+            text, colour = E2EE_BADGES[self.e2ee]
+            self._paint_badge(painter, rect, text, colour, top=36 if self.hand else 8,
+                              lock=self.e2ee == "verified")
+        if self.e2ee == "cannot decrypt":
+            self._paint_status(painter, rect, "Cannot decrypt")
+        elif self.status:
+            self._paint_status(painter, rect, self.status)
         if self.quality_shown:
             self._paint_quality(painter, rect)
         if self.speaking:
@@ -176,32 +203,40 @@ class VideoTile(QWidget):
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(0, 0, 0, 150))
         painter.drawRoundedRect(box, 4, 4)
-        self._paint_mic(painter, QPointF(box.left() + 12, box.center().y()), self.microphone)
-        self._paint_camera(painter, QPointF(box.left() + 30, box.center().y()), self.camera)
+        if not self.shared_screen:
+            self._paint_mic(painter, QPointF(box.left() + 12, box.center().y()),
+                            self.microphone)
+            self._paint_camera(painter, QPointF(box.left() + 30, box.center().y()),
+                               self.camera)
         painter.setPen(Qt.GlobalColor.white)
         painter.drawText(box.adjusted(44, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
 
-    def _paint_badge(self, painter: QPainter, rect: QRectF, text: str, colour: QColor) -> None:
+    def _paint_badge(self, painter: QPainter, rect: QRectF, text: str, colour: QColor,
+                     top: float = 8, lock: bool = False) -> None:
         font = QFont(self.font())
         font.setPixelSize(12)
         font.setBold(True)
         painter.setFont(font)
-        width = painter.fontMetrics().horizontalAdvance(text) + 14
-        box = QRectF(rect.left() + 8, rect.top() + 8, width, 22)
+        room = 16 if lock else 0
+        width = painter.fontMetrics().horizontalAdvance(text) + 14 + room
+        box = QRectF(rect.left() + 8, rect.top() + top, width, 22)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(colour)
         painter.drawRoundedRect(box, 11, 11)
+        if lock:
+            painter.drawPixmap(QPointF(box.left() + 7, box.top() + 4),
+                               icons.pixmap("lock", "#202124", size=14))
         painter.setPen(QColor(32, 33, 36))
-        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        painter.drawText(box.adjusted(room, 0, 0, 0), Qt.AlignmentFlag.AlignCenter, text)
 
-    def _paint_status(self, painter: QPainter, rect: QRectF) -> None:
+    def _paint_status(self, painter: QPainter, rect: QRectF, text: str) -> None:
         font = QFont(self.font())
         font.setPixelSize(13)
         painter.setFont(font)
         box = QRectF(rect.left(), rect.center().y() + min(rect.height() * 0.28, 60),
                      rect.width(), 20)
         painter.setPen(QColor(COLOURS["text"]))
-        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, self.status)
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
 
     def _paint_quality(self, painter: QPainter, rect: QRectF) -> None:
         """Four bars, filled up to the score: the count of bars says it without colour."""

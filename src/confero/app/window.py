@@ -25,6 +25,7 @@ from confero.app.engine import DeviceChoice, Engine
 from confero.app.lobby_page import LobbyPage
 from confero.app.meeting import MeetingController
 from confero.app.meeting_page import MeetingPage
+from confero.app.passphrase import ask_passphrase
 from confero.app.plain import clip, plain_label
 from confero.app.prejoin import DeviceCheckPage
 from confero.app.settings import DEFAULT_SERVER, Continuity
@@ -56,6 +57,7 @@ class MainWindow(QMainWindow):
         self.join_choices: tuple[DeviceChoice | None, DeviceChoice | None,
                                  DeviceChoice | None] = (None, None, None)
         self._pending: tuple[str, str, str | None] | None = None  # (action, target, password)
+        self._pending_e2ee: tuple[bool, str | None] = (False, None)  # (create E2EE, passphrase)
         self._joining = False  # a join was sent and its answer has not come
         self._join_retries = 0
         self.start = StartPage(self.continuity)
@@ -199,7 +201,13 @@ class MainWindow(QMainWindow):
             password = self._ask_password(meeting.title)
             if password is None:
                 return
+        passphrase = None
+        if meeting is not None and meeting.e2ee:
+            passphrase = ask_passphrase(self, meeting.title)
+            if passphrase is None:
+                return
         self._pending = ("join", target, password)
+        self._pending_e2ee = (False, passphrase or None)
         self._check_devices(meeting.title if meeting is not None else target)
 
     def _ask_password(self, title: str) -> str | None:
@@ -213,8 +221,10 @@ class MainWindow(QMainWindow):
             return None
         return dialog.textValue()
 
-    def _create(self, title: str, password: str) -> None:
+    def _create(self, title: str, password: str, e2ee: bool = False,
+                passphrase: str = "") -> None:
         self._pending = ("create", title, password or None)
+        self._pending_e2ee = (e2ee, passphrase or None)
         self._check_devices(title)
 
     def _check_devices(self, title: str) -> None:
@@ -239,10 +249,11 @@ class MainWindow(QMainWindow):
         if self._pending is None:
             return
         action, target, password = self._pending
+        e2ee, passphrase = self._pending_e2ee
         if action == "create":
-            self.engine.create_meeting(target, password)
+            self.engine.create_meeting(target, password, e2ee=e2ee, passphrase=passphrase)
         else:
-            self.engine.join_meeting(target, password)
+            self.engine.join_meeting(target, password, passphrase)
 
     def join_done(self) -> None:
         self._joining = False

@@ -27,6 +27,24 @@ def video_share(target_bps: int, audio_on: bool) -> int:
     return max(MIN_VIDEO_BPS, target_bps - (AUDIO_SHARE_BPS if audio_on else 0))
 
 
+#: While a screen is shared the camera gets a quarter of the video share, at most this:
+#: a small picture in a strip, next to the screen people are reading.
+CAMERA_WHILE_SHARING_BPS = 150_000
+
+
+def split_video(video_bps: int, *, camera_on: bool, screen_on: bool) -> tuple[int, int]:
+    """(camera, screen) bitrates out of one video share (issue 12): one uplink estimate,
+    one budget. Sharing: the screen gets most of it (its text must stay legible), the
+    camera a quarter up to ``CAMERA_WHILE_SHARING_BPS`` (the ladder then picks a small
+    picture for it); each keeps at least ``MIN_VIDEO_BPS``."""
+    if not screen_on:
+        return video_bps, 0
+    if not camera_on:
+        return 0, video_bps
+    camera = max(MIN_VIDEO_BPS, min(CAMERA_WHILE_SHARING_BPS, video_bps // 4))
+    return camera, max(MIN_VIDEO_BPS, video_bps - camera)
+
+
 @dataclass
 class ResolutionLadder:
     width: int

@@ -247,9 +247,11 @@ class Client:
     async def send_chat(self, text: str) -> sig.ChatResult:
         return await self._request(sig.SendChat, sig.ChatResult, text=text)
 
-    async def set_media(self, *, camera: bool, microphone: bool) -> None:
-        """Announce camera/microphone state to the meeting (the media itself flows apart)."""
-        await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone)
+    async def set_media(self, *, camera: bool, microphone: bool, screen: bool = False) -> None:
+        """Announce camera/microphone/screen-share state to the meeting (the media itself
+        flows apart)."""
+        await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone,
+                            screen=screen)
 
     async def relay_e2ee_blob(self, to: str, blob: bytes) -> None:
         """Have the server pass an opaque E2EE key-exchange blob to one participant."""
@@ -479,7 +481,8 @@ class Client:
             known = self.participants.get(event.participant_id)
             if known is not None:
                 self.participants[event.participant_id] = msgspec.structs.replace(
-                    known, camera=event.camera, microphone=event.microphone
+                    known, camera=event.camera, microphone=event.microphone,
+                    screen=event.screen,
                 )
         elif isinstance(event, sig.MeetingEnded):
             self._left()

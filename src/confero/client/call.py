@@ -45,6 +45,8 @@ class CallVideo:
     participant: sig.ParticipantInfo | None
     name: str
     video: DecodedVideo
+    #: which of the participant's streams: "camera", or "screen" (a shared screen)
+    kind: str = "camera"
 
 
 class Call:
@@ -75,6 +77,8 @@ class Call:
         self.session: MediaSession | None = None
         self.recorder: MeetingRecorder | None = None
         self.video_source: VideoSource | None = None
+        #: the screen we share as a second video stream (issue 12), None when not sharing
+        self.screen_source: VideoSource | None = None
         self.audio_source: AudioSource | None = None
         self._on_video = on_video
         self._on_audio = on_audio
@@ -120,14 +124,25 @@ class Call:
     # ------------------------------------------------------------------ who is who
 
     def participant_for(self, ssrc: int) -> sig.ParticipantInfo | None:
+        return self.stream_of(ssrc)[0]
+
+    def stream_of(self, ssrc: int) -> tuple[sig.ParticipantInfo | None, str]:
+        """Whose stream ``ssrc`` is, and which: "camera", "screen" or "audio"."""
         for participant in self._known.values():
-            if ssrc in (participant.video_ssrc, participant.audio_ssrc):
-                return participant
-        return None
+            if ssrc == participant.video_ssrc:
+                return participant, "camera"
+            if participant.screen_ssrc and ssrc == participant.screen_ssrc:
+                return participant, "screen"
+            if ssrc == participant.audio_ssrc:
+                return participant, "audio"
+        return None, "camera"
 
     def name_of(self, ssrc: int) -> str:
-        participant = self.participant_for(ssrc)
-        return participant.name if participant is not None else f"ssrc-{ssrc:08x}"
+        """The sender's name; "<name> (screen)" for a shared screen (its own stream)."""
+        participant, kind = self.stream_of(ssrc)
+        if participant is None:
+            return f"ssrc-{ssrc:08x}"
+        return f"{participant.name} (screen)" if kind == "screen" else participant.name
 
     # ------------------------------------------------------------------ meeting life
 
@@ -164,6 +179,10 @@ class Call:
             self.session = session
             session.audio_muted = self.microphone_muted
             session.set_video_source(self.video_source)
+            if self.screen_source is not None and grant.screen_ssrc:
+                session.set_screen_source(self.screen_source)
+            elif self.screen_source is not None:
+                self.screen_source = None  # a server without screen streams
             session.set_audio_source(self.audio_source)
             pending, self._pending_start = self._pending_start, None
             if pending is not None:
@@ -227,6 +246,24 @@ class Call:
             await self.session.encoder_idle()
         await self.announce()
 
+    async def set_screen_source(self, source: VideoSource | None) -> bool:
+        """Share a screen as a second video stream beside the camera (None: stop). When
+        this returns after a stop, the previous source is no longer read and may be
+        closed. False: the server granted no screen stream (nothing is shared)."""
+        grant = self.client.media_grant
+        if source is not None and grant is not None and not grant.screen_ssrc:
+            return False
+        self.screen_source = source
+        if self.session is not None:
+            self.session.set_screen_source(source)
+            await self.session.screen_encoder_idle()
+        await self.announce()
+        return True
+
+    @property
+    def screen_on(self) -> bool:
+        return self.screen_source is not None
+
     async def set_audio_source(self, source: AudioSource | None) -> None:
         self.audio_source = source
         if self.session is not None:
@@ -264,12 +301,15 @@ class Call:
         """Tell the server (and so everyone) what we send."""
         client = self.client
         if client.meeting is not None and client.state == api.ConnectionState.CONNECTED:
-            await client.set_media(camera=self.camera_on, microphone=self.microphone_on)
+            await client.set_media(camera=self.camera_on, microphone=self.microphone_on,
+                                   screen=self.screen_on)
 
     def _source_failed(self, kind: str, message: str) -> None:
         """A camera or microphone died mid-call: it is off now, and everyone is told."""
         if kind == "video":
             self.video_source = None
+        elif kind == "screen":
+            self.screen_source = None
         else:
             self.audio_source = None
         if self._on_source_error is not None:
@@ -280,15 +320,15 @@ class Call:
     # ------------------------------------------------------------------ what arrives
 
     def _video_decoded(self, video: DecodedVideo) -> None:
-        participant = self.participant_for(video.ssrc)
-        name = participant.name if participant is not None else f"ssrc-{video.ssrc:08x}"
+        participant, kind = self.stream_of(video.ssrc)
+        name = self.name_of(video.ssrc)  # "<name> (screen)": its own recorder file too
         recorder, session = self.recorder, self.session
         if recorder is not None and not recorder.video(
             video.ssrc, name, video.encoded, video.frame.width, video.frame.height
         ) and session is not None:
             session.request_keyframe(video.ssrc, time.monotonic())  # a file starts on one
         if self._on_video is not None:
-            self._on_video(CallVideo(participant, name, video))
+            self._on_video(CallVideo(participant, name, video, kind))
 
     def _audio_played(self, samples: Samples) -> None:
         recorder = self.recorder
@@ -316,17 +356,25 @@ class Call:
             case sig.ParticipantLeft(participant_id=pid):
                 gone = self._known.pop(pid, None)
                 if gone is not None:
+                    videos = [s for s in (gone.video_ssrc, gone.screen_ssrc) if s]
                     if self.session is not None:
-                        self.session.forget_stream(gone.video_ssrc, ended=True)
+                        for ssrc in videos:
+                            self.session.forget_stream(ssrc, ended=True)
                         self.session.forget_audio_stream(gone.audio_ssrc)
                     if self.recorder is not None:
-                        self.recorder.end_stream(gone.video_ssrc)
-            case sig.MediaChanged(participant_id=pid, camera=camera):
+                        for ssrc in videos:
+                            self.recorder.end_stream(ssrc)
+            case sig.MediaChanged(participant_id=pid, camera=camera, screen=screen):
                 known = self.client.participants.get(pid)
                 if known is not None:
+                    before = self._known.get(pid)
                     self._known[pid] = known
                     if not camera and self.session is not None:
                         self.session.forget_stream(known.video_ssrc, ended=False)
+                    if not screen and known.screen_ssrc and self.session is not None:
+                        self.session.forget_stream(known.screen_ssrc, ended=False)
+                        if before is not None and before.screen and self.recorder is not None:
+                            self.recorder.end_stream(known.screen_ssrc)
             case sig.ChatEvent(message=message):
                 if self.recorder is not None:
                     self.recorder.chat(message)
@@ -379,7 +427,8 @@ class Call:
                 continue
             state = states.get(participant.id, {"verified": False, "safety_code": None})
             counts = [frames.get(s, {}) for s in (participant.audio_ssrc,
-                                                   participant.video_ssrc)]
+                                                   participant.video_ssrc,
+                                                   participant.screen_ssrc)]
             decrypted = sum(c.get("decrypted", 0) for c in counts)
             undecryptable = sum(c.get("undecryptable", 0) for c in counts)
             out[participant.name] = {

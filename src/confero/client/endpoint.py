@@ -45,6 +45,7 @@ from confero.protocol.profile import (
 from confero.protocol.rtp import RtpError, RtpPacket, is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.srtp import SrtpContext, SrtpError, decode_key
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.twcc import TwccRecorder, read_transport_seq
 from confero.protocol.video_jitter import Frame, FrameAssembler
 from confero.protocol.vp8 import packetize
@@ -79,11 +80,13 @@ class EndpointConfig:
     mix_ssrc: int
     tx_key: bytes
     rx_key: bytes
+    #: the second video stream, a shared screen (issue 12); 0: none granted
+    screen_ssrc: int = 0
 
     @classmethod
     def from_grant(cls, grant: MediaGrant) -> EndpointConfig:
         return cls(grant.audio_ssrc, grant.video_ssrc, grant.mix_ssrc,
-                   decode_key(grant.key_up), decode_key(grant.key_down))
+                   decode_key(grant.key_up), decode_key(grant.key_down), grant.screen_ssrc)
 
 
 # ---------------------------------------------------------------------------- events
@@ -101,7 +104,10 @@ class VideoFrameReady:
 
 @dataclass(frozen=True)
 class KeyframeNeeded:
-    """Someone asked (PLI) for a keyframe of our video: encode the next frame as one."""
+    """Someone asked (PLI) for a keyframe of our video: encode the next frame as one.
+    ``stream``: which of our video streams, "camera" or "screen"."""
+
+    stream: str = "camera"
 
 
 @dataclass(frozen=True)
@@ -135,23 +141,6 @@ class _RemoteVideo:
 
 
 @dataclass
-class _Budget:
-    """A byte token bucket: retransmissions may not exceed what the stream itself costs."""
-
-    rate: float  # bytes per second
-    burst: float
-    tokens: float = 0.0
-    updated: float = 0.0
-
-    def take(self, size: int, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < size:
-            return False
-        self.tokens -= size
-        return True
-
-
 class _RecentSeqs:
     """The last sequence numbers of one stream, to drop a copy that took the other path."""
 
@@ -185,6 +174,22 @@ class _Sender:
         return self.seq
 
 
+@dataclass
+class _VideoOut:
+    """One video stream we send (camera or screen): its own numbering and history, so
+    each is a complete RTP stream a receiver can repair and decode on its own."""
+
+    sender: _Sender
+    ts_offset: int = field(default_factory=lambda: secrets.randbelow(1 << 32))
+    tl0picidx: int = field(default_factory=lambda: secrets.randbelow(256))
+    picture_id: int = field(default_factory=lambda: secrets.randbelow(1 << 15))
+    history: RetransmitBuffer = field(default_factory=lambda: RetransmitBuffer(1024))
+
+
+#: The names of our video streams, as :meth:`MediaEndpoint.send_video_frame` takes them.
+VIDEO_STREAMS: Final = ("camera", "screen")
+
+
 class MediaEndpoint:
     """One participant's media with one hop; see the module docstring."""
 
@@ -209,8 +214,12 @@ class MediaEndpoint:
         self._events: deque[Event] = deque()
         self._video = _Sender(config.video_ssrc)
         self._audio = _Sender(config.audio_ssrc)
-        self._video_ts_offset = secrets.randbelow(1 << 32)
-        self._tl0picidx = secrets.randbelow(256)
+        # our video streams by name, and by SSRC (for NACK and PLI)
+        self._video_out: dict[str, _VideoOut] = {"camera": _VideoOut(self._video)}
+        if config.screen_ssrc:
+            self._video_out["screen"] = _VideoOut(_Sender(config.screen_ssrc))
+        self._video_by_ssrc = {out.sender.ssrc: (name, out)
+                               for name, out in self._video_out.items()}
         # congestion control of the uplink: pacing, transport-wide sequence numbers, the
         # delay+loss estimate; and the receive side of the downlink's (the server's) one
         self.congestion = CongestionSender(start_bps=START_BPS, min_bps=MIN_BPS,
@@ -220,11 +229,8 @@ class MediaEndpoint:
         self._peer_twcc = TwccRecorder()  # the direct path's (issue 10)
         self._audio_ts = secrets.randbelow(1 << 32)
         self._audio_marker = True
-        self._picture_id = secrets.randbelow(1 << 15)
-        self._history = RetransmitBuffer(1024)
         # retransmissions: at most half a 1.2 Mbit/s stream, with a 64 kB burst
-        self._retransmit_budget = _Budget(rate=75_000, burst=64_000, tokens=64_000,
-                                          updated=now)
+        self._retransmit_budget = TokenBucket(rate=75_000, burst=64_000, now=now)
         self._remote: dict[int, _RemoteVideo] = {}
         self.jitter = AudioJitterBuffer(target=2, min_target=1, max_target=10,
                                          hold_on_underrun=True)
@@ -317,11 +323,18 @@ class MediaEndpoint:
 
     def send_video_frame(self, data: bytes, *, keyframe: bool, capture_us: int,
                          captured_at: float, temporal_id: int | None = None,
-                         layer_sync: bool = False, now: float | None = None) -> None:
+                         layer_sync: bool = False, now: float | None = None,
+                         stream: str = "camera") -> None:
         """One encoded VP8 frame. ``captured_at`` is the capture moment on the monotonic
         clock (it sets the RTP timestamp); ``capture_us`` the same moment on the wall
-        clock, carried in the header extension for receivers' delay figures."""
+        clock, carried in the header extension for receivers' delay figures.
+        ``stream``: "camera", or "screen" (the second stream, on the granted screen SSRC;
+        both share the pacer and the uplink estimate)."""
         self._advance(captured_at if now is None else now)
+        out = self._video_out.get(stream)
+        if out is None:
+            self.counters["screen_not_granted"] = self.counters.get("screen_not_granted", 0) + 1
+            return
         if self.cipher is not None:
             try:
                 data = self.cipher.protect_video(data)
@@ -329,36 +342,37 @@ class MediaEndpoint:
                 self.counters["e2ee_protect_failed"] = self.counters.get(
                     "e2ee_protect_failed", 0) + 1
                 return
-        self._picture_id = (self._picture_id + 1) & 0x7FFF
-        rtp_ts = (int(captured_at * VIDEO_CLOCK) + self._video_ts_offset) & 0xFFFFFFFF
+        out.picture_id = (out.picture_id + 1) & 0x7FFF
+        rtp_ts = (int(captured_at * VIDEO_CLOCK) + out.ts_offset) & 0xFFFFFFFF
         temporal = None
         if temporal_id is not None:
             # TL0PICIDX counts base-layer frames, so a receiver of only some layers can
             # tell a missing base frame from a dropped upper-layer one (RFC 7741)
             if temporal_id == 0:
-                self._tl0picidx = (self._tl0picidx + 1) & 0xFF
-            temporal = (temporal_id, layer_sync, self._tl0picidx)
-        payloads = packetize(data, self._picture_id, temporal=temporal)
+                out.tl0picidx = (out.tl0picidx + 1) & 0xFF
+            temporal = (temporal_id, layer_sync, out.tl0picidx)
+        payloads = packetize(data, out.picture_id, temporal=temporal)
+        sender = out.sender
         if keyframe:
             self.counters["keyframes_sent"] += 1
         for index, payload in enumerate(payloads):
-            seq = self._video.next_seq()
+            seq = sender.next_seq()
             packet = RtpPacket(
                 payload_type=VIDEO_PAYLOAD_TYPE,
                 sequence_number=seq,
                 timestamp=rtp_ts,
-                ssrc=self.config.video_ssrc,
+                ssrc=sender.ssrc,
                 payload=payload,
                 marker=index == len(payloads) - 1,
                 extensions={EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")} if index == 0
                 else {},
             )
             plain = packet.serialize()
-            self._history.store(seq, plain)
-            self._send_rtp(plain, self._video, PacketKind.VIDEO)
+            out.history.store(seq, plain)
+            self._send_rtp(plain, sender, PacketKind.VIDEO)
         self._drain(captured_at if now is None else now)
-        self._video.last_rtp_ts = rtp_ts
-        self._video.last_ntp = captured_at + self._wall_offset
+        sender.last_rtp_ts = rtp_ts
+        sender.last_ntp = captured_at + self._wall_offset
 
     def send_audio_frame(self, payload: bytes, *, level: int, capture_us: int,
                          now: float) -> None:
@@ -395,7 +409,7 @@ class MediaEndpoint:
 
     def close(self) -> None:
         """Say goodbye (RTCP BYE) for our streams; the datagram is in the output."""
-        self._send_rtcp(rtcp.Bye([self.config.audio_ssrc, self.config.video_ssrc]).pack())
+        self._send_rtcp(rtcp.Bye([self.config.audio_ssrc, *self._video_by_ssrc]).pack())
 
     def _send_rtp(self, plain: bytes, sender: _Sender | None, kind: PacketKind) -> None:
         """Into the pacer; :meth:`_drain` takes out what may leave now."""
@@ -438,7 +452,8 @@ class MediaEndpoint:
         """Sender reports for what we send (they let receivers map RTP time to wall time:
         lip sync), or a receiver report as a keepalive that holds the NAT binding."""
         packets: list[bytes] = []
-        for sender, clock in ((self._video, VIDEO_CLOCK), (self._audio, AUDIO_CLOCK)):
+        senders = [(out.sender, VIDEO_CLOCK) for out in self._video_out.values()]
+        for sender, clock in (*senders, (self._audio, AUDIO_CLOCK)):
             if sender.last_rtp_ts is None or sender.last_ntp is None:
                 continue
             wall = now + self._wall_offset
@@ -465,15 +480,8 @@ class MediaEndpoint:
             else:
                 plain = self._srtp.unprotect_rtp(data)
                 self.server_rtp_at = now
-                # transport-wide feedback is per path: the server stamps its own sequence
-                transport_seq = read_transport_seq(plain)
-                if transport_seq is not None:
-                    self._twcc.on_packet(transport_seq, arrival)
-                if self._peer_srtp is not None and self._duplicate(plain):
-                    return
-                # the playout side is timed by when we got round to the packet: the
-                # jitter buffer must cover this process's own lateness too
-                self._on_rtp(plain, len(data), now)
+                self._receive_rtp(plain, len(data), now, arrival, self._twcc,
+                                  both_paths=self._peer_srtp is not None)
         except SrtpError:
             self.counters["dropped_auth"] += 1
             self._maybe_duplicate(data)
@@ -493,12 +501,13 @@ class MediaEndpoint:
 
     def _on_rtcp(self, plain: bytes, now: float) -> None:
         for packet in rtcp.parse_compound(plain):
-            if isinstance(packet, rtcp.Nack) and packet.media_ssrc == self.config.video_ssrc:
+            if isinstance(packet, rtcp.Nack) and packet.media_ssrc in self._video_by_ssrc:
                 self.counters["nacks_received"] += 1
-                self._retransmit(packet.lost[:MAX_RETRANSMIT_PER_NACK], now)
-            elif isinstance(packet, rtcp.Pli) and packet.media_ssrc == self.config.video_ssrc:
+                history = self._video_by_ssrc[packet.media_ssrc][1].history
+                self._retransmit(history, packet.lost[:MAX_RETRANSMIT_PER_NACK], now)
+            elif isinstance(packet, rtcp.Pli) and packet.media_ssrc in self._video_by_ssrc:
                 self.counters["plis_received"] += 1
-                self._push_event(KeyframeNeeded())
+                self._push_event(KeyframeNeeded(self._video_by_ssrc[packet.media_ssrc][0]))
             elif isinstance(packet, rtcp.TransportFeedback):
                 self.counters["feedback_received"] += 1
                 self.congestion.on_feedback(packet, now)
@@ -508,12 +517,13 @@ class MediaEndpoint:
             elif (echo := consent.answer(packet, self.config.video_ssrc)) is not None:
                 self._send_rtcp(echo)
 
-    def _retransmit(self, sequence_numbers: list[int], now: float) -> None:
+    def _retransmit(self, history: RetransmitBuffer, sequence_numbers: list[int],
+                    now: float) -> None:
         for seq in sequence_numbers:
-            stored = self._history.get(seq)
+            stored = history.get(seq)
             if stored is None:
                 continue
-            if not self._retransmit_budget.take(len(stored), now):
+            if not self._retransmit_budget.allow(now, len(stored)):
                 self.counters["retransmit_over_budget"] += 1
                 continue
             self._send_rtp(stored, None, PacketKind.RETRANSMISSION)
@@ -669,15 +679,25 @@ class MediaEndpoint:
         self.peer_heard_at = self.peer_rtp_at = now
         self.peer_counters["received_packets"] += 1
         self.peer_counters["received_bytes"] += len(data)
-        transport_seq = read_transport_seq(plain)  # the peer's uplink sequence: its own
-        if transport_seq is not None:                # feedback, sent back on this path
-            self._peer_twcc.on_packet(transport_seq, arrival)
-        if self._duplicate(plain):
-            return
         try:
-            self._on_rtp(plain, len(data), now)
+            self._receive_rtp(plain, len(data), now, arrival, self._peer_twcc,
+                              both_paths=True)
         except (RtpError, rtcp.RtcpError):
             self.counters["dropped_malformed"] += 1
+
+    def _receive_rtp(self, plain: bytes, size: int, now: float, arrival: float,
+                     twcc: TwccRecorder, *, both_paths: bool) -> None:
+        """What either path does with an authentic RTP packet. Transport-wide feedback is
+        per path (each path's sender stamps its own sequence), timed by the kernel's
+        arrival; a packet that already came by the other path is dropped; the rest is
+        timed by ``now``, when we got round to it, so the jitter buffer covers this
+        process's own lateness too."""
+        transport_seq = read_transport_seq(plain)
+        if transport_seq is not None:
+            twcc.on_packet(transport_seq, arrival)
+        if both_paths and self._duplicate(plain):
+            return
+        self._on_rtp(plain, size, now)
 
     def _duplicate(self, plain: bytes) -> bool:
         """The same packet (SSRC and sequence number) already came by the other path."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 
-from confero.client.adaptation import ResolutionLadder, video_share
+from confero.client.adaptation import ResolutionLadder, split_video, video_share
 from confero.client.audio_mix import Crossfade, LocalMixer
 from confero.client.endpoint import (
     LOST,
@@ -51,6 +51,7 @@ from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_soc
 from confero.pacing import Pacer
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
+from confero.protocol.video_playout import VideoPlayout
 
 if TYPE_CHECKING:  # aioice (and dnspython) cost ~0.3 s to import: only when P2P starts
     from confero.client.p2p import PeerLink
@@ -161,19 +162,25 @@ class MediaSession(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._sock: socket.socket | None = None
         self._video_task: asyncio.Task[None] | None = None
+        #: the second video stream, a shared screen (issue 12), on its own encoder thread
+        self._screen_task: asyncio.Task[None] | None = None
+        self.screen_fps = 15
         self._audio_task: asyncio.Task[None] | None = None
         self._playout_task: asyncio.Task[None] | None = None
         self._device_playout = device_playout
-        self._keyframe_wanted = True
+        self._keyframe_wanted = {"camera": True, "screen": True}
         #: the uplink estimate (bit/s), from the endpoint's congestion control
         self.target_bps = START_BPS
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-encode")
+        self._screen_pool = ThreadPoolExecutor(1, thread_name_prefix="screen-encode")
         self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-decode")
         self._decoders: dict[int, Vp8Decoder] = {}  # touched on the decoder thread only
         self._pending_decodes: dict[int, int] = {}
         # bumped when a stream is forgotten: frames of it still on the decoder thread
         # then belong to the past and are not delivered
         self._generations: dict[int, int] = {}
+        #: per stream: when to show each decoded frame (jitter smoothed, least delay)
+        self._video_playouts: dict[int, VideoPlayout] = {}
         self._audio_decoder = OpusDecoder()
         self._audio_decode_lock = threading.Lock()
         self._closed = False
@@ -196,7 +203,7 @@ class MediaSession(asyncio.DatagramProtocol):
         #: what playout took from where, and how often it had to conceal (per source)
         self.playout_counters: dict[str, int] = {
             "mix_frames": 0, "mix_concealed": 0, "direct_frames": 0, "direct_concealed": 0,
-            "blended": 0, "silent": 0,
+            "blended": 0, "silent": 0, "heard_concealed": 0,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -231,8 +238,10 @@ class MediaSession(asyncio.DatagramProtocol):
 
     async def close(self) -> None:
         self.set_video_source(None)
+        self.set_screen_source(None)
         self.set_audio_source(None)
-        tasks = [t for t in (self._video_task, self._audio_task, self._playout_task) if t]
+        tasks = [t for t in (self._video_task, self._screen_task, self._audio_task,
+                             self._playout_task) if t]
         self._playout_task = None
         for task in tasks:
             task.cancel()
@@ -258,6 +267,7 @@ class MediaSession(asyncio.DatagramProtocol):
         if stream is not None:
             await stream.close()
         self._encode_pool.shutdown(wait=False, cancel_futures=True)
+        self._screen_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -309,7 +319,7 @@ class MediaSession(asyncio.DatagramProtocol):
             if isinstance(event, VideoFrameReady):
                 self._decode_later(event)
             elif isinstance(event, KeyframeNeeded):
-                self._keyframe_wanted = True
+                self._keyframe_wanted[event.stream] = True
             elif isinstance(event, TargetBitrate):
                 self.target_bps = event.bps
         self._flush()
@@ -442,8 +452,21 @@ class MediaSession(asyncio.DatagramProtocol):
             self._video_task.cancel()
             self._video_task = None
         if source is not None:
-            self._keyframe_wanted = True
+            self._keyframe_wanted["camera"] = True
             self._video_task = asyncio.create_task(self._send_video(source))
+
+    def set_screen_source(self, source: VideoSource | None) -> None:
+        """Share a screen as the second video stream (None: stop sharing). The camera
+        carries on; while the screen is on it gets most of the video budget."""
+        if self._screen_task is not None:
+            self._screen_task.cancel()
+            self._screen_task = None
+        if source is not None:
+            if not self.grant.screen_ssrc:
+                raise ValueError("the server granted no screen-share stream")
+            self._keyframe_wanted["screen"] = True
+            self._screen_task = asyncio.create_task(
+                self._guard_source("screen", self._video_loop(source, "screen")))
 
     def set_audio_source(self, source: AudioSource | None) -> None:
         if self._audio_task is not None:
@@ -458,9 +481,25 @@ class MediaSession(asyncio.DatagramProtocol):
         with contextlib.suppress(RuntimeError):  # the pool is gone: nothing runs there
             await asyncio.get_running_loop().run_in_executor(self._encode_pool, _nothing)
 
+    async def screen_encoder_idle(self) -> None:
+        """As :meth:`encoder_idle`, for the screen's encoder thread."""
+        with contextlib.suppress(RuntimeError):
+            await asyncio.get_running_loop().run_in_executor(self._screen_pool, _nothing)
+
     @property
     def sending_video(self) -> bool:
         return self._video_task is not None
+
+    @property
+    def sending_screen(self) -> bool:
+        return self._screen_task is not None
+
+    def _video_budget(self, stream: str) -> int:
+        """This stream's part of the video share of the uplink estimate."""
+        camera, screen = split_video(video_share(self.target_bps, self.sending_audio),
+                                     camera_on=self.sending_video,
+                                     screen_on=self.sending_screen)
+        return screen if stream == "screen" else camera
 
     @property
     def sending_audio(self) -> bool:
@@ -469,7 +508,7 @@ class MediaSession(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ sending
 
     async def _send_video(self, source: VideoSource) -> None:
-        await self._guard_source("video", self._video_loop(source))
+        await self._guard_source("video", self._video_loop(source, "camera"))
 
     async def _send_audio(self, source: AudioSource) -> None:
         await self._guard_source("audio", self._audio_loop(source))
@@ -483,27 +522,32 @@ class MediaSession(asyncio.DatagramProtocol):
             self._extra_counters["source_errors"] += 1
             if kind == "video":
                 self._video_task = None
+            elif kind == "screen":
+                self._screen_task = None
             else:
                 self._audio_task = None
             if self._on_source_error is not None:
                 self._on_source_error(kind, str(exc))
 
-    async def _video_loop(self, source: VideoSource) -> None:
+    async def _video_loop(self, source: VideoSource, stream: str) -> None:
+        """Capture, encode and send one video stream ("camera" or "screen"), each on its
+        own encoder thread."""
         loop = asyncio.get_running_loop()
+        pool = self._screen_pool if stream == "screen" else self._encode_pool
+        fps = self.screen_fps if stream == "screen" else self.fps
         ladder = ResolutionLadder(source.width, source.height)
         # three temporal layers: the server forwards each subscriber the layers its
         # downlink carries (30, 15 or 7.5 fps) without touching the encoder
-        encoder = make_video_encoder(source.width, source.height, self.fps,
-                                     video_share(self.target_bps, self.sending_audio),
-                                     temporal_layers=3)
-        pacer = Pacer(1 / self.fps, resync_after=1)  # behind a frame: drop, keep pace
+        encoder = make_video_encoder(source.width, source.height, fps,
+                                     self._video_budget(stream), temporal_layers=3)
+        pacer = Pacer(1 / fps, resync_after=1)  # behind a frame: drop, keep pace
 
         def capture_and_encode(capture_us: int, pts: int, keyframe: bool,
                                bitrate: int) -> list[EncodedFrame]:
             """On the encoder thread: follow the estimate, then capture and encode."""
             width, height = ladder.choose(bitrate)
             if (width, height) != (encoder.width, encoder.height):
-                encoder.reconfigure(width, height, self.fps)  # its next frame is a keyframe
+                encoder.reconfigure(width, height, fps)  # its next frame is a keyframe
             if bitrate != encoder.bitrate:
                 encoder.set_bitrate(bitrate)  # live, no keyframe (libvpx)
             frame = source.frame(capture_us)
@@ -516,15 +560,15 @@ class MediaSession(asyncio.DatagramProtocol):
             while True:
                 captured_at = time.monotonic()
                 capture_us = int(time.time() * 1e6)
-                keyframe = self._keyframe_wanted and (
+                keyframe = self._keyframe_wanted[stream] and (
                     captured_at >= last_keyframe + KEYFRAME_MIN_INTERVAL)
                 if keyframe:  # else the request waits for the interval to pass
-                    self._keyframe_wanted = False
+                    self._keyframe_wanted[stream] = False
                     last_keyframe = captured_at
                 pts = int(captured_at * 90_000)
-                bitrate = video_share(self.target_bps, self.sending_audio)
+                bitrate = self._video_budget(stream)
                 encoded = await loop.run_in_executor(
-                    self._encode_pool, capture_and_encode, capture_us, pts, keyframe, bitrate)
+                    pool, capture_and_encode, capture_us, pts, keyframe, bitrate)
                 endpoint = self._endpoint
                 if endpoint is not None and not self._closed:
                     layered = encoder.temporal_layers > 1
@@ -534,12 +578,12 @@ class MediaSession(asyncio.DatagramProtocol):
                                 frame.data, keyframe=frame.keyframe, capture_us=capture_us,
                                 captured_at=captured_at, now=time.monotonic(),
                                 temporal_id=frame.temporal_id if layered else None,
-                                layer_sync=frame.layer_sync)
+                                layer_sync=frame.layer_sync, stream=stream)
                     self._service()
                 await pacer.wait()
         finally:
             with contextlib.suppress(RuntimeError):  # the pool is gone: the session closed
-                self._encode_pool.submit(encoder.close)
+                pool.submit(encoder.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
         # in-band FEC: each packet carries a coarse copy of the previous one, so a single
@@ -636,12 +680,31 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         frame, prepared = result
         now = time.monotonic()
-        delay = time.time() - event.capture_us / 1e6 if event.capture_us is not None else None
+        playout = self._video_playouts.get(ssrc)
+        if playout is None:
+            playout = self._video_playouts[ssrc] = VideoPlayout()
+        release = playout.schedule(event.frame.timestamp, now)
+        decoded = DecodedVideo(ssrc, frame, event.capture_us, now, event.frame, prepared)
+        loop = self._loop
+        if release - now > 0.001 and loop is not None:
+            # held to its place in the smoothed schedule (at most VideoPlayout.max_delay)
+            loop.call_at(release, self._show, decoded, generation)
+        else:
+            self._show(decoded, generation)
+
+    def _show(self, decoded: DecodedVideo, generation: int) -> None:
+        endpoint = self._endpoint
+        if (endpoint is None or self._closed
+                or generation != self._generations.get(decoded.ssrc, 0)):
+            return  # closed, or the stream was forgotten while the frame waited
+        capture_us = decoded.capture_us
+        delay = time.time() - capture_us / 1e6 if capture_us is not None else None
+        frame = decoded.frame
         with self._lock:
-            endpoint.frame_decoded(ssrc, width=frame.width, height=frame.height, delay=delay)
+            endpoint.frame_decoded(decoded.ssrc, width=frame.width, height=frame.height,
+                                   delay=delay)
         if self._on_video is not None:
-            self._on_video(DecodedVideo(ssrc, frame, event.capture_us, now, event.frame,
-                                        prepared))
+            self._on_video(decoded)
 
     # ------------------------------------------------------------------ audio playout
 
@@ -684,6 +747,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 self.playout_counters["mix_frames"] += 1
                 if item is LOST:
                     self.playout_counters["mix_concealed"] += 1
+                    self.playout_counters["heard_concealed"] += 1
         if self._on_audio is not None:
             self._on_audio(samples)
         return samples
@@ -714,6 +778,14 @@ class MediaSession(asyncio.DatagramProtocol):
         weight_before = self._crossfade.weight_b
         out = self._crossfade.step(mixed if item is not None else None, direct,
                                    prefer_direct)
+        # what a listener hears concealed: a source's concealment counts only while that
+        # source is in the output (the path being left may run dry under the fade-out)
+        heard_mix = weight_before < 1.0 or self._crossfade.weight_b < 1.0
+        heard_direct = weight_before > 0.0 or self._crossfade.weight_b > 0.0
+        if ((heard_mix and item is LOST)
+                or (heard_direct and direct is not None
+                    and any(not isinstance(v, bytes) for v in direct_items.values()))):
+            counters["heard_concealed"] += 1
         if 0.0 < self._crossfade.weight_b < 1.0 or weight_before != self._crossfade.weight_b:
             counters["blended"] += 1
         if out is None:
@@ -849,6 +921,7 @@ class MediaSession(asyncio.DatagramProtocol):
             with self._lock:
                 endpoint.forget_stream(ssrc, ended=ended)
         self._pending_decodes.pop(ssrc, None)
+        self._video_playouts.pop(ssrc, None)
         self._generations[ssrc] = self._generations.get(ssrc, 0) + 1
         with contextlib.suppress(RuntimeError):
             self._decode_pool.submit(self._decoders.pop, ssrc, None)

@@ -144,10 +144,12 @@ class Ping(Request, tag="ping", frozen=True):
 
 
 class SetMedia(Request, tag="set_media", frozen=True):
-    """Announce whether this participant's camera and microphone are on."""
+    """Announce whether this participant's camera and microphone are on, and whether it
+    shares its screen (a second video stream on the granted ``screen_ssrc``)."""
 
     camera: bool
     microphone: bool
+    screen: bool = False
 
 
 class P2pSignal(Request, tag="p2p_signal", frozen=True):
@@ -221,6 +223,9 @@ class ParticipantInfo(Struct, frozen=True):
     video_ssrc: int = 0
     camera: bool = False
     microphone: bool = False
+    #: The screen-share stream (issue 12): its SSRC, and whether it is being shared now.
+    screen_ssrc: int = 0
+    screen: bool = False
 
 
 class ChatMessage(Struct, frozen=True):
@@ -262,6 +267,8 @@ class MediaGrant(Struct, frozen=True):
     mix_ssrc: int
     #: Where to send media; empty means the host of the signaling URL.
     host: str = ""
+    #: SSRC of this participant's second video stream, its shared screen (issue 12).
+    screen_ssrc: int = 0
 
 
 class JoinResult(Struct, frozen=True):
@@ -372,6 +379,7 @@ class MediaChanged(ServerMessage, tag="media_changed", frozen=True):
     participant_id: str
     camera: bool
     microphone: bool
+    screen: bool = False
 
 
 class P2pStart(ServerMessage, tag="p2p_start", frozen=True):

@@ -55,6 +55,8 @@ class FrameAssembler:
         self.waiting_for_keyframe = True
         self._pli_sent_at: float | None = None
         self._incomplete_since: float | None = None
+        self._last_arrival = float("-inf")  # when the latest packet was stored
+        self._newest: int | None = None  # the highest (unwrapped) sequence number stored
         # statistics
         self.frames_released = 0
         self.frames_dropped = 0
@@ -75,39 +77,77 @@ class FrameAssembler:
         if seq in self._packets:
             return []
         self._packets[seq] = _Stored(packet, descriptor, now)
+        self._last_arrival = now
+        if self._newest is None or seq > self._newest:
+            self._newest = seq
         if len(self._packets) > self.max_packets:
             self._give_up(clear=True)
             return []
         return self._release(now)
 
     def poll(self, now: float) -> list[Frame]:
-        """Call periodically: gives up on frames that stayed incomplete too long."""
+        """Call periodically: gives up on frames that stayed incomplete too long.
+
+        Too long means ``max_wait`` with a hole (a missing packet below the newest one,
+        which NACK had that long to repair), or ``max_wait`` without any packet at all (a
+        lost tail). A frame whose packets are still arriving in order is not given up on,
+        however long it takes: on a slow link a paced keyframe takes a second or more,
+        and abandoning it half-way only asks for another one (a keyframe storm)."""
         if (
             self._incomplete_since is not None
             and now >= self._incomplete_since + self.max_wait
             and not self.waiting_for_keyframe
+            and (self._has_hole() or now >= self._last_arrival + self.max_wait)
         ):
             self._give_up(clear=False)
         return self._release(now)
 
     def keyframe_request_due(self, now: float) -> bool:
-        """True when a PLI should be sent now (at most once per ``pli_interval``)."""
+        """True when a PLI should be sent now (at most once per ``pli_interval``), unless
+        a keyframe is already on its way: its first packet is here and the rest keep
+        coming in order."""
         if not self.waiting_for_keyframe:
             return False
         if self._pli_sent_at is not None and now < self._pli_sent_at + self.pli_interval:
+            return False
+        if self._keyframe_arriving(now):
             return False
         self._pli_sent_at = now
         self.keyframe_requests += 1
         return True
 
+    def _has_hole(self) -> bool:
+        """A packet missing between the last released one and the newest one here."""
+        if self._released_until is None or self._newest is None:
+            return False
+        return self._newest - self._released_until != len(self._packets)
+
+    def _keyframe_arriving(self, now: float) -> bool:
+        if self._newest is None or now >= self._last_arrival + self.pli_interval:
+            return False
+        starts = [seq for seq, stored in self._packets.items()
+                  if stored.descriptor.starts_frame
+                  and is_keyframe(stored.packet.payload, stored.descriptor)]
+        if not starts:
+            return False
+        start = max(starts)
+        return sum(1 for seq in self._packets if seq >= start) == self._newest - start + 1
+
     def next_deadline(self) -> float | None:
         """When :meth:`poll` or :meth:`keyframe_request_due` next need to be called."""
         deadlines = []
         if self._incomplete_since is not None and not self.waiting_for_keyframe:
-            deadlines.append(self._incomplete_since + self.max_wait)
+            give_up = self._incomplete_since + self.max_wait
+            if not self._has_hole():  # still arriving in order: from the latest packet
+                give_up = max(give_up, self._last_arrival + self.max_wait)
+            deadlines.append(give_up)
         if self.waiting_for_keyframe:
             sent = self._pli_sent_at
-            deadlines.append(float("-inf") if sent is None else sent + self.pli_interval)
+            due = float("-inf") if sent is None else sent + self.pli_interval
+            if self._newest is not None and self._last_arrival + self.pli_interval > due:
+                due = max(due, self._last_arrival + self.pli_interval) if (
+                    self._keyframe_arriving(self._last_arrival)) else due
+            deadlines.append(due)
         return min(deadlines) if deadlines else None
 
     def request_keyframe(self) -> None:

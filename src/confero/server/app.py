@@ -198,7 +198,7 @@ class SignalingServer:
     async def _serve(self, ws: web.WebSocketResponse, request: web.Request, address: str
                      ) -> web.StreamResponse:
         self._per_address[address] += 1
-        conn_id = self.core.open_connection(time.time(), address)
+        conn_id = self.core.open_connection(time.monotonic(), address)
         peer = _Peer(ws, request.transport, asyncio.Queue(OUTBOX_LIMIT))
         self._peers[conn_id] = peer
         writer = asyncio.create_task(self._write(peer))
@@ -209,7 +209,7 @@ class SignalingServer:
                 ):
                     if msg.type == WSMsgType.BINARY:
                         self.shell_counters["binary_frames_total"] += 1
-                    self._apply(self.core.handle(conn_id, msg.data, time.time()))
+                    self._apply(self.core.handle(conn_id, msg.data, time.monotonic()))
                 elif msg.type == WSMsgType.ERROR:
                     log.info("connection %d failed: %s", conn_id, ws.exception())
         finally:
@@ -219,7 +219,7 @@ class SignalingServer:
             self._peers.pop(conn_id, None)
             writer.cancel()
             try:
-                self._apply(self.core.close_connection(conn_id, time.time()))
+                self._apply(self.core.close_connection(conn_id, time.monotonic()))
             finally:
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
@@ -282,7 +282,7 @@ class SignalingServer:
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             try:
-                self._apply(self.core.tick(time.time()))
+                self._apply(self.core.tick(time.monotonic()))
             except Exception:
                 log.exception("registry tick failed")
 
@@ -376,7 +376,8 @@ def build_server(
 ) -> SignalingServer:
     store = store or Store.in_directory(config.data_dir)
     registry = MeetingRegistry(empty_grace=config.empty_grace,
-                               max_participants=config.max_participants)
+                               max_participants=config.max_participants,
+                               wall_offset=time.time() - time.monotonic())
     settings = CoreSettings(
         rate=config.rate, burst=config.burst, heartbeat_interval=config.heartbeat,
         chat_retention=config.chat_retention_days * 86400.0,
@@ -385,7 +386,7 @@ def build_server(
     )
     settings.turn_url, settings.turn_secret = config.turn_url, config.turn_secret
     core = SignalingCore(registry, store, settings, media=media)
-    restored = core.restore(time.time())
+    restored = core.restore(time.monotonic())
     if restored:
         log.info("restored %d open meeting(s); they end in %gs unless someone joins",
                  restored, config.empty_grace)

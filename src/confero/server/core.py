@@ -20,11 +20,12 @@ from typing import Protocol
 from confero import __version__
 from confero.protocol import signaling as sig
 from confero.protocol.signaling import EndReason, ErrorCode, ProtocolError
+from confero.protocol.token_bucket import TokenBucket
 from confero.server.names import InvalidName, clean_name
 from confero.server.p2p_mode import Action as ModeAction
 from confero.server.p2p_mode import ModeChange, ModeMachine, Setting, Start, Stop
 from confero.server.passwords import hash_password
-from confero.server.ratelimit import GuessLimiter, TokenBucket
+from confero.server.ratelimit import GuessLimiter
 from confero.server.registry import (
     MAX_ADMITTED,
     Meeting,
@@ -62,8 +63,8 @@ Action = Send | Close
 class MediaPlane(Protocol):
     """What the signaling core needs of the media router (``server.media_router``)."""
 
-    def reserve(self, participant_id: str) -> tuple[int, int]:
-        """Server-unique (audio, video) SSRCs for this participant's connection."""
+    def reserve(self, participant_id: str) -> tuple[int, int, int]:
+        """Server-unique (audio, video, screen) SSRCs for this participant's connection."""
 
     def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
               ) -> sig.MediaGrant:
@@ -185,6 +186,9 @@ class SignalingCore:
         new_participant_id: Callable[[], str] = lambda: secrets.token_urlsafe(6),
         media: MediaPlane | None = None,
     ) -> None:
+        """Every ``now`` is monotonic seconds (rate limits, timeouts, the mode machine);
+        the wall clock is ``now + registry.wall_offset``, for what people see and what
+        the store keeps (the same rule as the media plane's)."""
         self.registry = registry
         self.media = media
         self.store = store
@@ -311,7 +315,8 @@ class SignalingCore:
             while self._unsaved_ends:
                 self.store.end_meeting(*self._unsaved_ends[0])
                 self._unsaved_ends.pop(0)
-            purged = self.store.purge_ended(now - self.settings.chat_retention)
+            purged = self.store.purge_ended(
+                now + self.registry.wall_offset - self.settings.chat_retention)
             self.store.flush()
         except StoreError as exc:
             log.error("store: %s", exc)
@@ -439,8 +444,8 @@ class SignalingCore:
                 return sig.Empty()
             case sig.MeetingMedia():
                 return self._meeting_media(participant)
-            case sig.SetMedia(camera=camera, microphone=microphone):
-                notices = self.registry.set_media(participant, camera, microphone)
+            case sig.SetMedia(camera=camera, microphone=microphone, screen=screen):
+                notices = self.registry.set_media(participant, camera, microphone, screen)
                 out += self._deliver(notices)
                 return sig.Empty()
             case sig.RelayE2eeBlob(to=to, blob=blob):
@@ -525,7 +530,8 @@ class SignalingCore:
             out += self._drop(previous, "replaced", now)
             out.append(Close(previous, CLOSE_REPLACED, "replaced by a newer connection"))
         conn.participant = Participant(
-            id=self._new_participant_id(), name=name, token_hash=token_hash, joined_at=now
+            id=self._new_participant_id(), name=name, token_hash=token_hash,
+            joined_at=now + self.registry.wall_offset,
         )
         if hello.p2p:
             self._p2p_capable.add(conn.participant.id)
@@ -541,7 +547,8 @@ class SignalingCore:
 
     def _reserve_ssrcs(self, participant: Participant) -> None:
         if self.media is not None and not participant.audio_ssrc:
-            participant.audio_ssrc, participant.video_ssrc = self.media.reserve(participant.id)
+            (participant.audio_ssrc, participant.video_ssrc,
+             participant.screen_ssrc) = self.media.reserve(participant.id)
 
     def _join_result(self, meeting_id: str, participant: Participant) -> sig.JoinResult:
         meeting = self.registry.meeting(meeting_id)
@@ -596,11 +603,13 @@ class SignalingCore:
                 self._lobby_removed.add(event.meeting_id)
                 self._chat_by_sender.pop(event.meeting_id, None)
                 try:
-                    self.store.end_meeting(event.meeting_id, event.reason, now)
+                    self.store.end_meeting(event.meeting_id, event.reason,
+                                           now + self.registry.wall_offset)
                 except StoreError as exc:  # memory is right; the store catches up later
                     log.error("cannot store the end of meeting %s (will retry): %s",
                               event.meeting_id, exc)
-                    self._unsaved_ends.append((event.meeting_id, event.reason, now))
+                    self._unsaved_ends.append((event.meeting_id, event.reason,
+                                                now + self.registry.wall_offset))
                 for pid in notice.recipients:
                     self._release_media(pid)
             elif isinstance(event, sig.ParticipantLeft):
@@ -615,6 +624,8 @@ class SignalingCore:
         conn = self._connections.get(self._conn_by_participant.get(participant_id, -1))
         if conn is not None and conn.participant is not None:
             conn.participant.audio_ssrc = conn.participant.video_ssrc = 0
+            conn.participant.screen_ssrc = 0
+            conn.participant.screen = False
 
     def _deliver(self, notices: list[Notice]) -> list[Action]:
         actions: list[Action] = []
@@ -701,7 +712,8 @@ class SignalingCore:
     def _turn_credentials(self, participant_id: str, now: float) -> tuple[str, str]:
         """coturn's REST credentials (``use-auth-secret``): the username is the expiry
         (Unix seconds) and who, the password HMAC-SHA1(secret, username) in base64."""
-        username = f"{int(now + self.settings.turn_ttl)}:{participant_id}"
+        expires = now + self.registry.wall_offset + self.settings.turn_ttl
+        username = f"{int(expires)}:{participant_id}"
         digest = hmac.new(self.settings.turn_secret.encode(), username.encode(),
                           hashlib.sha1).digest()
         return username, base64.b64encode(digest).decode()

@@ -39,27 +39,6 @@ class RateMeter:
         return max(self._last_rate, current)
 
 
-class TokenBucket:
-    """Bytes that may still be spent; refills at a rate the caller gives at each use (the
-    budget follows the stream's bitrate), up to ``burst`` bytes. Starts full."""
-
-    def __init__(self) -> None:
-        self._tokens: float | None = None
-        self._updated = 0.0
-
-    def take(self, cost: int, now: float, rate: float, burst: float) -> bool:
-        if self._tokens is None:
-            tokens = burst
-        else:
-            tokens = min(burst, self._tokens + max(0.0, now - self._updated) * rate)
-        self._updated = now
-        if cost > tokens:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - cost
-        return True
-
-
 class UpstreamNacks:
     """What to ask one publisher to retransmit: coalesced, deduplicated, bounded.
 

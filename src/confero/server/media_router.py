@@ -56,6 +56,7 @@ from confero.protocol.srtp import (
     encode_key,
     new_master_key,
 )
+from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.twcc import read_transport_seq
 from confero.protocol.vp8 import (
     Vp8Descriptor,
@@ -64,7 +65,7 @@ from confero.protocol.vp8 import (
     parse_descriptor,
 )
 from confero.server.downlink import LAYER_INTERVAL, Downlink
-from confero.server.media_limits import RateMeter, TokenBucket, UpstreamNacks
+from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 from confero.server.speakers import SpeakerSelector
 
@@ -109,39 +110,57 @@ LIMIT_EVENTS = (
 
 
 @dataclass
+class _VideoStream:
+    """One video stream a participant publishes: its camera, or its shared screen (issue
+    12). Each has its own sequence numbers, history, repair and layers, so the router
+    treats a screen exactly like a camera, under another granted SSRC."""
+
+    ssrc: int
+    kind: str  # "camera" or "screen"
+    history: RetransmitBuffer = field(default_factory=lambda: RetransmitBuffer(HISTORY_PACKETS))
+    last_pli_forwarded: float = float("-inf")
+    # the range of sequence numbers seen (unwrapped), its bitrate, its repair
+    unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
+    first: int | None = None
+    highest: int | None = None
+    rate: RateMeter = field(default_factory=RateMeter)
+    refused: bool = False  # since a keyframe too large, until an acceptable one
+    upstream: UpstreamNacks = field(
+        default_factory=lambda: UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
+    )
+    # its bitrate per temporal layer
+    layer_rates: LayerRateMeter = field(default_factory=LayerRateMeter)
+
+
+@dataclass
 class _Peer:
     participant_id: str
     audio_ssrc: int
     video_ssrc: int
+    screen_ssrc: int = 0
     meeting_id: str | None = None
     srtp: SrtpContext | None = None
     address: Address | None = None
-    history: RetransmitBuffer = field(default_factory=lambda: RetransmitBuffer(HISTORY_PACKETS))
-    last_pli_forwarded: float = float("-inf")
+    # as a publisher: its video streams by SSRC (camera, screen)
+    videos: dict[int, _VideoStream] = field(default_factory=dict)
     # consent: the address being checked, its nonce, when it was challenged
     candidate: Address | None = None
     nonce: bytes | None = None
     challenged_at: float = float("-inf")
     consented_at: float = float("-inf")
-    # video: the range of sequence numbers seen (unwrapped), its bitrate, its repair
-    video_unwrap: SequenceUnwrapper = field(default_factory=SequenceUnwrapper)
-    video_first: int | None = None
-    video_highest: int | None = None
-    video_rate: RateMeter = field(default_factory=RateMeter)
-    video_refused: bool = False  # since a keyframe too large, until an acceptable one
-    upstream: UpstreamNacks = field(
-        default_factory=lambda: UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
-    )
-    # publisher id -> what this receiver may still cost in retransmissions of it
-    retransmit_budget: dict[str, TokenBucket] = field(default_factory=dict)
+    # publisher stream SSRC -> what this receiver may still cost in retransmissions of it
+    retransmit_budget: dict[int, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
     # congestion control: our link to this participant, and the feedback on theirs to us
     downlink: Downlink = field(default_factory=Downlink)
-    # as a publisher: its video's bitrate per temporal layer
-    layer_rates: LayerRateMeter = field(default_factory=LayerRateMeter)
-    # as a subscriber: publisher id -> which of its layers we send here, renumbered
-    forwarders: dict[str, LayerForwarder] = field(default_factory=dict)
+    # as a subscriber: publisher stream SSRC -> which of its layers we send here, renumbered
+    forwarders: dict[int, LayerForwarder] = field(default_factory=dict)
+
+    def new_videos(self) -> None:
+        self.videos = {self.video_ssrc: _VideoStream(self.video_ssrc, "camera")}
+        if self.screen_ssrc:
+            self.videos[self.screen_ssrc] = _VideoStream(self.screen_ssrc, "screen")
 
 
 @dataclass
@@ -186,7 +205,7 @@ class MediaRouter:
         self._peers: dict[str, _Peer] = {}
         self._by_ssrc: dict[int, _Peer] = {}
         self._meetings: dict[str, _Meeting] = {}
-        self._upstream_pending: set[str] = set()  # publishers with NACKs waiting to go
+        self._upstream_pending: set[int] = set()  # streams with NACKs waiting to go
         self._next_layer_choice = 0.0
         #: Datagrams dropped, by reason; and other events worth a counter.
         self.counters: Counter[str] = Counter(dict.fromkeys(LIMIT_EVENTS, 0))
@@ -196,14 +215,20 @@ class MediaRouter:
 
     # ------------------------------------------------------------------ signaling side
 
-    def reserve(self, participant_id: str) -> tuple[int, int]:
+    def reserve(self, participant_id: str) -> tuple[int, int, int]:
+        """The participant's (audio, camera, screen) SSRCs: every stream it may publish is
+        granted here; RTP on any other SSRC is not its own and is dropped."""
         peer = self._peers.get(participant_id)
         if peer is None:
-            audio, video = self._new_ssrc(), self._new_ssrc()
-            peer = _Peer(participant_id, audio, video)
+            audio = self._new_ssrc()
+            self._by_ssrc[audio] = peer = _Peer(participant_id, audio, 0)
+            peer.video_ssrc = self._new_ssrc()
+            self._by_ssrc[peer.video_ssrc] = peer
+            peer.screen_ssrc = self._new_ssrc()
+            self._by_ssrc[peer.screen_ssrc] = peer
+            peer.new_videos()
             self._peers[participant_id] = peer
-            self._by_ssrc[audio] = self._by_ssrc[video] = peer
-        return peer.audio_ssrc, peer.video_ssrc
+        return peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc
 
     def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
               ) -> MediaGrant:
@@ -230,6 +255,7 @@ class MediaRouter:
             video_ssrc=peer.video_ssrc,
             mix_ssrc=meeting.mix_ssrc,
             host=self.host,
+            screen_ssrc=peer.screen_ssrc,
         )
 
     def rekey(self, participant_id: str) -> MediaGrant | None:
@@ -248,6 +274,7 @@ class MediaRouter:
             port=self.port, srtp_profile=PROFILE, key_up=encode_key(key_up),
             key_down=encode_key(key_down), audio_ssrc=peer.audio_ssrc,
             video_ssrc=peer.video_ssrc, mix_ssrc=meeting.mix_ssrc, host=self.host,
+            screen_ssrc=peer.screen_ssrc,
         )
 
     def release(self, participant_id: str) -> None:
@@ -257,8 +284,8 @@ class MediaRouter:
         if peer is None:
             return
         self._leave_meeting(peer)
-        self._by_ssrc.pop(peer.audio_ssrc, None)
-        self._by_ssrc.pop(peer.video_ssrc, None)
+        for ssrc in (peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc):
+            self._by_ssrc.pop(ssrc, None)
 
     def _leave_meeting(self, peer: _Peer) -> None:
         if peer.meeting_id is None:
@@ -279,22 +306,17 @@ class MediaRouter:
         self._reset_media_state(peer)
         if meeting is not None:
             for pid in meeting.members:
-                self._peers[pid].retransmit_budget.pop(participant_id, None)
-                self._peers[pid].forwarders.pop(participant_id, None)
+                for ssrc in (peer.video_ssrc, peer.screen_ssrc):
+                    self._peers[pid].retransmit_budget.pop(ssrc, None)
+                    self._peers[pid].forwarders.pop(ssrc, None)
 
     @staticmethod
     def _reset_media_state(peer: _Peer) -> None:
         peer.address = peer.candidate = peer.nonce = None
         peer.challenged_at = peer.consented_at = float("-inf")
-        peer.history = RetransmitBuffer(HISTORY_PACKETS)
-        peer.video_unwrap = SequenceUnwrapper()
-        peer.video_first = peer.video_highest = None
-        peer.video_rate = RateMeter()
-        peer.video_refused = False
-        peer.upstream = UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
+        peer.new_videos()
         peer.retransmit_budget = {}
         peer.downlink = Downlink()
-        peer.layer_rates = LayerRateMeter()
         peer.forwarders = {}
 
     def on_stream(self, participant_id: str) -> bool:
@@ -454,8 +476,9 @@ class MediaRouter:
         meeting = self._meetings[peer.meeting_id]  # type: ignore[index]
         meeting.received_packets += 1
         meeting.received_bytes += len(plain)
-        if packet.ssrc == peer.video_ssrc and packet.payload_type == VIDEO_PAYLOAD_TYPE:
-            if not self._video_acceptable(peer, packet.payload):
+        stream = peer.videos.get(packet.ssrc)
+        if stream is not None and packet.payload_type == VIDEO_PAYLOAD_TYPE:
+            if not self._video_acceptable(stream, packet.payload):
                 self.counters["dropped_video_too_large"] += 1
                 return []
             try:
@@ -463,10 +486,12 @@ class MediaRouter:
             except Vp8Error:
                 self.counters["dropped_malformed"] += 1
                 return []
-            self._note_video(peer, packet.sequence_number, len(plain), now)
-            peer.layer_rates.on_packet(len(plain), descriptor.tid, now)
-            peer.history.store(packet.sequence_number, plain)
-            return self._forward_video(meeting, peer, packet, descriptor, now)
+            self._note_video(stream, packet.sequence_number, len(plain), now)
+            stream.layer_rates.on_packet(len(plain), descriptor.tid, now)
+            stream.history.store(packet.sequence_number, plain)
+            if stream.kind == "screen":
+                self.counters["screen_packets"] += 1
+            return self._forward_video(meeting, peer, stream, packet, descriptor, now)
         if packet.ssrc == peer.audio_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
@@ -506,7 +531,7 @@ class MediaRouter:
         meeting.forwarded_bytes += size
         return out
 
-    def _video_acceptable(self, peer: _Peer, payload: bytes) -> bool:
+    def _video_acceptable(self, stream: _VideoStream, payload: bytes) -> bool:
         """False for a keyframe declaring more than ``max_video_size`` (either way round)
         and for every packet after it up to the next acceptable keyframe: the frames in
         between predict from the refused one, nobody could decode them."""
@@ -517,19 +542,20 @@ class MediaRouter:
             fits = (width <= most_w and height <= most_h) or (
                 width <= most_h and height <= most_w
             )
-            peer.video_refused = not fits
-        return not peer.video_refused
+            stream.refused = not fits
+        return not stream.refused
 
-    def _note_video(self, peer: _Peer, seq: int, size: int, now: float) -> None:
-        value = peer.video_unwrap.unwrap(seq)
-        if peer.video_first is None or value < peer.video_first:
-            peer.video_first = value
-        if peer.video_highest is None or value > peer.video_highest:
-            peer.video_highest = value
-        peer.video_rate.add(size, now)
+    def _note_video(self, stream: _VideoStream, seq: int, size: int, now: float) -> None:
+        value = stream.unwrap.unwrap(seq)
+        if stream.first is None or value < stream.first:
+            stream.first = value
+        if stream.highest is None or value > stream.highest:
+            stream.highest = value
+        stream.rate.add(size, now)
 
-    def _forward_video(self, meeting: _Meeting, sender: _Peer, packet: RtpPacket,
-                       descriptor: Vp8Descriptor, now: float) -> list[Datagram]:
+    def _forward_video(self, meeting: _Meeting, sender: _Peer, stream: _VideoStream,
+                       packet: RtpPacket, descriptor: Vp8Descriptor,
+                       now: float) -> list[Datagram]:
         """Each subscriber gets the temporal layers its downlink carries, renumbered so a
         dropped layer leaves no hole, numbered for its own congestion control."""
         out: list[Datagram] = []
@@ -540,9 +566,9 @@ class MediaRouter:
             receiver = self._peers[pid]
             if receiver.address is None or receiver.srtp is None:
                 continue
-            forwarder = receiver.forwarders.get(sender.participant_id)
+            forwarder = receiver.forwarders.get(stream.ssrc)
             if forwarder is None:
-                forwarder = receiver.forwarders[sender.participant_id] = LayerForwarder()
+                forwarder = receiver.forwarders[stream.ssrc] = LayerForwarder()
             renumbered = forwarder.forward(packet, descriptor)
             if renumbered is None:
                 self.counters["video_layer_dropped"] += 1
@@ -566,12 +592,14 @@ class MediaRouter:
                 receiver = self._peers[pid]
                 if not receiver.forwarders:
                     continue
+                # an equal share per stream: a shared screen counts as one more publisher
                 share = receiver.downlink.video_share(len(receiver.forwarders))
-                for publisher_id, forwarder in receiver.forwarders.items():
-                    publisher = self._peers.get(publisher_id)
-                    if publisher is None:
+                for ssrc, forwarder in receiver.forwarders.items():
+                    publisher = self._by_ssrc.get(ssrc)
+                    stream = publisher.videos.get(ssrc) if publisher is not None else None
+                    if stream is None:
                         continue
-                    forwarder.set_target(publisher.layer_rates.choose_layer(
+                    forwarder.set_target(stream.layer_rates.choose_layer(
                         share, now, current=forwarder.current_tid))
 
     def _on_rtcp(
@@ -587,48 +615,58 @@ class MediaRouter:
                 out += self._forward_pli(peer, packet, now)
         return out
 
-    def _publisher_in_meeting(self, receiver: _Peer, media_ssrc: int) -> _Peer | None:
+    def _publisher_in_meeting(self, receiver: _Peer, media_ssrc: int
+                              ) -> tuple[_Peer, _VideoStream] | None:
+        """The publisher of video stream ``media_ssrc`` if it shares the receiver's meeting."""
         publisher = self._by_ssrc.get(media_ssrc)
+        stream = publisher.videos.get(media_ssrc) if publisher is not None else None
         if (
             publisher is None
+            or stream is None
             or publisher is receiver
             or publisher.meeting_id != receiver.meeting_id  # never across meetings
             or publisher.srtp is None
         ):
             self.counters["dropped_feedback_foreign"] += 1
             return None
-        return publisher
+        return publisher, stream
 
     def _answer_nack(self, receiver: _Peer, nack: rtcp.Nack, now: float) -> list[Datagram]:
         """Answer from the history within the receiver's budget; ask the publisher only for
         real holes (inside the history's range, never received), coalesced."""
-        publisher = self._publisher_in_meeting(receiver, nack.media_ssrc)
-        if publisher is None or receiver.address is None or receiver.srtp is None:
+        found = self._publisher_in_meeting(receiver, nack.media_ssrc)
+        if found is None or receiver.address is None or receiver.srtp is None:
             return []
+        publisher, stream = found
         out: list[Datagram] = []
         if len(nack.lost) > MAX_NACK_SEQS:
             self.counters["nack_seqs_ignored"] += len(nack.lost) - MAX_NACK_SEQS
-        budget = receiver.retransmit_budget.setdefault(publisher.participant_id, TokenBucket())
         rate = max(MIN_RETRANSMIT_RATE,
-                   RETRANSMIT_RATE_FACTOR * publisher.video_rate.rate(now))
-        forwarder = receiver.forwarders.get(publisher.participant_id)
+                   RETRANSMIT_RATE_FACTOR * stream.rate.rate(now))
+        budget = receiver.retransmit_budget.get(stream.ssrc)
+        if budget is None:
+            budget = receiver.retransmit_budget[stream.ssrc] = TokenBucket(
+                rate, rate * RETRANSMIT_BURST, now)
+        # the budget follows the stream's bitrate
+        budget.rate, budget.burst = rate, rate * RETRANSMIT_BURST
+        forwarder = receiver.forwarders.get(stream.ssrc)
         for asked in nack.lost[:MAX_NACK_SEQS]:
             # the receiver numbers as we renumbered for it; the history as the publisher
             seq = forwarder.publisher_sequence(asked) if forwarder is not None else asked
             if seq is None:
                 self.counters["nack_dropped_unknown"] += 1
                 continue
-            plain = publisher.history.get(seq)
+            plain = stream.history.get(seq)
             if plain is None:
-                self._ask_upstream(publisher, seq, now)
+                self._ask_upstream(stream, seq, now)
                 continue
             if forwarder is not None:
                 resent = forwarder.resend(RtpPacket.parse(plain))
                 if resent is None:
                     continue
                 plain = resent.serialize()
-            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.take(
-                len(plain), now, rate, rate * RETRANSMIT_BURST
+            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.allow(
+                now, len(plain)
             ):
                 self.counters["retransmit_over_budget"] += 1
                 continue
@@ -638,10 +676,10 @@ class MediaRouter:
             except SrtpError:
                 self.counters["protect_failed"] += 1
         self.counters["retransmitted"] += len(out)
-        return out + self._flush_upstream(publisher, now)
+        return out + self._flush_upstream(publisher, stream, now)
 
-    def _ask_upstream(self, publisher: _Peer, seq: int, now: float) -> None:
-        highest, first = publisher.video_highest, publisher.video_first
+    def _ask_upstream(self, stream: _VideoStream, seq: int, now: float) -> None:
+        highest, first = stream.highest, stream.first
         if highest is None or first is None:
             self.counters["nack_dropped_unknown"] += 1
             return
@@ -650,34 +688,38 @@ class MediaRouter:
             self.counters["nack_dropped_unknown"] += 1  # never sent (yet)
         elif value < max(first, highest - HISTORY_PACKETS + 1):
             self.counters["nack_dropped_stale"] += 1  # older than anything we keep
-        elif not publisher.upstream.add(seq, now):
+        elif not stream.upstream.add(seq, now):
             self.counters["nack_throttled"] += 1
         else:
-            self._upstream_pending.add(publisher.participant_id)
+            self._upstream_pending.add(stream.ssrc)
 
-    def _flush_upstream(self, publisher: _Peer, now: float) -> list[Datagram]:
+    def _flush_upstream(self, publisher: _Peer, stream: _VideoStream,
+                        now: float) -> list[Datagram]:
         """The publisher's coalesced NACK, if one is due (its answer reaches everyone)."""
-        seqs = publisher.upstream.due(now)
-        if not publisher.upstream.pending:
-            self._upstream_pending.discard(publisher.participant_id)
+        seqs = stream.upstream.due(now)
+        if not stream.upstream.pending:
+            self._upstream_pending.discard(stream.ssrc)
         if not seqs or publisher.address is None or publisher.srtp is None:
             return []
         assert publisher.meeting_id is not None
         sender = self._meetings[publisher.meeting_id].mix_ssrc  # on behalf of all receivers
-        request = rtcp.Nack(sender, publisher.video_ssrc, seqs).pack()
+        request = rtcp.Nack(sender, stream.ssrc, seqs).pack()
         self.counters["nack_forwarded"] += 1
         return [(publisher.srtp.protect_rtcp(request), publisher.address)]
 
     def _forward_pli(self, receiver: _Peer, pli: rtcp.Pli, now: float) -> list[Datagram]:
-        publisher = self._publisher_in_meeting(receiver, pli.media_ssrc)
-        if publisher is None or publisher.address is None:
+        found = self._publisher_in_meeting(receiver, pli.media_ssrc)
+        if found is None:
             return []
-        if now - publisher.last_pli_forwarded < self.pli_interval:
+        publisher, stream = found
+        if publisher.address is None:
+            return []
+        if now - stream.last_pli_forwarded < self.pli_interval:
             self.counters["pli_throttled"] += 1
             return []
-        publisher.last_pli_forwarded = now
+        stream.last_pli_forwarded = now
         self.counters["pli_forwarded"] += 1
-        request = rtcp.Pli(receiver.video_ssrc, publisher.video_ssrc).pack()
+        request = rtcp.Pli(receiver.video_ssrc, stream.ssrc).pack()
         assert publisher.srtp is not None
         return [(publisher.srtp.protect_rtcp(request), publisher.address)]
 
@@ -687,12 +729,13 @@ class MediaRouter:
         """One 20 ms mixing step for every meeting, the NACKs that waited their turn, and
         consent freshness checks."""
         out = self._refresh_consent(now) + self._congestion_tick(now)
-        for pid in list(self._upstream_pending):
-            publisher = self._peers.get(pid)
-            if publisher is None:
-                self._upstream_pending.discard(pid)
+        for ssrc in list(self._upstream_pending):
+            publisher = self._by_ssrc.get(ssrc)
+            stream = publisher.videos.get(ssrc) if publisher is not None else None
+            if publisher is None or stream is None:
+                self._upstream_pending.discard(ssrc)
             else:
-                out += self._flush_upstream(publisher, now)
+                out += self._flush_upstream(publisher, stream, now)
         for meeting in self._meetings.values():
             meeting.mix_timestamp = (meeting.mix_timestamp + FRAME_TICKS) & 0xFFFFFFFF
             mixes = meeting.mixer.mix()
@@ -756,6 +799,21 @@ class MediaRouter:
         """Participant id -> the server's estimate of its downlink (bit/s)."""
         return {pid: peer.downlink.target_bps for pid, peer in self._peers.items()
                 if peer.meeting_id is not None}
+
+    def subscriber_view(self) -> dict[str, list[tuple[int, dict[int, int]]]]:
+        """Meeting id -> per subscriber: (downlink estimate in bit/s, {temporal layer
+        forwarded: how many video streams (cameras, shared screens)}) -- what /metrics
+        summarises per meeting, so an
+        operator sees who is being served less than full video, and why."""
+        out: dict[str, list[tuple[int, dict[int, int]]]] = {}
+        for peer in self._peers.values():
+            if peer.meeting_id is None:
+                continue
+            layers: dict[int, int] = {}
+            for forwarder in peer.forwarders.values():
+                layers[forwarder.current_tid] = layers.get(forwarder.current_tid, 0) + 1
+            out.setdefault(peer.meeting_id, []).append((peer.downlink.target_bps, layers))
+        return out
 
     # ------------------------------------------------------------------ helpers
 

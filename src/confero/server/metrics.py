@@ -87,6 +87,7 @@ def _media_metrics(media: MediaRouter) -> Iterator[Metric]:
     yield per_packets
     yield per_bytes
     yield from _meeting_media_metrics(media)
+    yield from _downlink_metrics(media)
     events = CounterMetricFamily(
         "confero_media_events", "Media packets dropped (by reason) and other media events",
         labels=["event"],
@@ -129,6 +130,35 @@ def _meeting_media_metrics(media: MediaRouter) -> Iterator[Metric]:
         for key, family in families.items():
             family.add_metric([meeting_id], counts[key])
     yield from families.values()
+
+
+def _downlink_metrics(media: MediaRouter) -> Iterator[Metric]:
+    """The server's congestion control towards each subscriber, summarised per meeting
+    (min/median/max, not one series per participant: ids churn with every join), and how
+    many (subscriber, publisher) pairs get each temporal layer (0: 7.5 fps ... 2: 30 fps)."""
+    estimate = GaugeMetricFamily(
+        "confero_meeting_downlink_estimate_bps",
+        "The server's estimate of its subscribers' downlinks in an open meeting",
+        labels=["meeting", "stat"],
+    )
+    layers = GaugeMetricFamily(
+        "confero_meeting_forwarded_layer_streams",
+        "Video streams forwarded per temporal layer (subscriber, publisher pairs)",
+        labels=["meeting", "layer"],
+    )
+    for meeting_id, subscribers in sorted(media.subscriber_view().items()):
+        rates = sorted(rate for rate, _ in subscribers)
+        for stat, value in (("min", rates[0]), ("median", rates[len(rates) // 2]),
+                            ("max", rates[-1])):
+            estimate.add_metric([meeting_id, stat], value)
+        totals: dict[int, int] = {}
+        for _, per_layer in subscribers:
+            for layer, count in per_layer.items():
+                totals[layer] = totals.get(layer, 0) + count
+        for layer, count in sorted(totals.items()):
+            layers.add_metric([meeting_id, str(layer)], count)
+    yield estimate
+    yield layers
 
 
 def make_registry(

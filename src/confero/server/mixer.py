@@ -58,7 +58,7 @@ def jitter_buffer() -> AudioJitterBuffer:
     """A speaker's buffer at the mixer input: starts at one frame and grows from measured
     jitter; an underrun waits for the late frame instead of skipping it, so a link whose
     only fault is timing jitter conceals nothing once the depth has settled."""
-    return AudioJitterBuffer(target=1, min_target=1, max_target=6, capacity=25,
+    return AudioJitterBuffer(target=1, min_target=1, max_target=8, capacity=25,
                              hold_on_underrun=True)
 
 

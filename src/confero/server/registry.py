@@ -76,6 +76,8 @@ class Participant:
     video_ssrc: int = 0
     camera: bool = False
     microphone: bool = False
+    screen_ssrc: int = 0
+    screen: bool = False
 
     def info(self) -> ParticipantInfo:
         return ParticipantInfo(
@@ -86,12 +88,14 @@ class Participant:
             video_ssrc=self.video_ssrc,
             camera=self.camera,
             microphone=self.microphone,
+            screen_ssrc=self.screen_ssrc,
+            screen=self.screen,
         )
 
     def enter(self, now: float) -> None:
         """Every meeting starts with camera and microphone off until announced."""
         self.joined_at = now
-        self.camera = self.microphone = False
+        self.camera = self.microphone = self.screen = False
 
 
 @dataclass(slots=True)
@@ -152,8 +156,12 @@ class MeetingRegistry:
         remember_ended: int = 10_000,
         new_id: Callable[[], str] = new_meeting_id,
         max_participants: int = 50,
+        wall_offset: float = 0.0,
     ) -> None:
+        """``now`` in every method is monotonic seconds; ``now + wall_offset`` is the
+        Unix time stamped on what people see and what is stored (creation, chat, joins)."""
         self.empty_grace = empty_grace
+        self.wall_offset = wall_offset
         self.max_participants = max_participants
         self._meetings: dict[str, Meeting] = {}
         self._where: dict[str, str] = {}  # participant id -> meeting id
@@ -217,12 +225,12 @@ class MeetingRegistry:
             creator_name=participant.name,
             creator_token_hash=participant.token_hash,
             password_hash=password_hash,
-            created_at=now,
+            created_at=now + self.wall_offset,
             e2ee=e2ee,
         )
         meeting.admit(participant.token_hash)
         self._meetings[meeting_id] = meeting
-        participant.enter(now)
+        participant.enter(now + self.wall_offset)
         meeting.participants[participant.id] = participant
         self._where[participant.id] = meeting_id
         self.lobby_version += 1
@@ -268,7 +276,7 @@ class MeetingRegistry:
                     "that looks the same); choose another display name",
                 )
         meeting.admit(participant.token_hash)
-        participant.enter(now)
+        participant.enter(now + self.wall_offset)
         notice = Notice(
             tuple(meeting.participants),
             ParticipantJoined(meeting_id=meeting.id, participant=participant.info()),
@@ -333,7 +341,7 @@ class MeetingRegistry:
             sender=sender_name,
             sender_id=participant_id,
             text=text,
-            ts=now,
+            ts=now + self.wall_offset,
         )
         return message, [Notice(tuple(meeting.participants), ChatEvent(message=message))]
 
@@ -343,19 +351,23 @@ class MeetingRegistry:
         if meeting is not None and meeting.last_seq == message.seq:
             meeting.last_seq -= 1
 
-    def set_media(self, participant: Participant, camera: bool, microphone: bool) -> list[Notice]:
+    def set_media(self, participant: Participant, camera: bool, microphone: bool,
+                  screen: bool = False) -> list[Notice]:
         meeting = self.meeting_of(participant.id)
         if meeting is None:
             raise RegistryError(
                 ErrorCode.NOT_IN_MEETING, "join a meeting before turning camera or microphone on"
             )
-        if (participant.camera, participant.microphone) == (camera, microphone):
+        screen = screen and participant.screen_ssrc != 0  # no stream granted, no share
+        if (participant.camera, participant.microphone, participant.screen) == (
+                camera, microphone, screen):
             return []
         participant.camera, participant.microphone = camera, microphone
+        participant.screen = screen
         others = tuple(pid for pid in meeting.participants if pid != participant.id)
         event = MediaChanged(
             meeting_id=meeting.id, participant_id=participant.id, camera=camera,
-            microphone=microphone,
+            microphone=microphone, screen=screen,
         )
         return [Notice(others, event)]
 
