@@ -144,7 +144,7 @@ def test_a_client_whose_network_drops_all_udp_carries_its_media_over_tcp(
     """Issue 10, "UDP blocked entirely": the walled client's namespace drops every UDP
     packet it sends (as many corporate and hotel networks do). It must find that out by
     itself, carry its media over the WebSocket, and see and hear the others as they see
-    and hear it; the others stay on UDP."""
+    and hear it; the others stay on UDP. When the wall comes down it returns to UDP."""
     topology = star(netlab, ["alice", "carol", "walled"])
     walled_ns = topology.clients["walled"]
     walled_ns.nft("table inet cfnoudp {\n"
@@ -186,10 +186,22 @@ def test_a_client_whose_network_drops_all_udp_carries_its_media_over_tcp(
         rules = walled_ns.run(["nft", "list", "table", "inet", "cfnoudp"]).stdout
         dropped = [int(n) for n in re.findall(r"packets (\d+)", rules)]
         assert dropped and dropped[0] > 0, rules
+        # the network lets UDP through again: the walled one's periodic UDP probe gets
+        # an answer and its media returns to UDP, with no gap the others would notice
+        before = {bot.name: bot.expect("stats", timeout=30) for bot in started}
+        walled_ns.run(["nft", "delete", "table", "inet", "cfnoudp"])
+        back = walled.expect("transport", timeout=40)
+        assert (back["transport"], back["reason"]) == ("udp", "udp_recovered"), back
+        for bot in started:
+            others = [n for n in names if n != bot.name]
+            counts = {n: before[bot.name]["video"][n]["frames_decoded"] for n in others}
+            bot.expect("stats", lambda e, counts=counts: all(
+                e["video"].get(n, {}).get("frames_decoded", 0) >= c + 30
+                for n, c in counts.items()), timeout=60)
         for bot in started:
             bot.send("leave")
         done = {bot.name: bot.finish() for bot in started}
-        assert done["walled"]["transport"]["transport"] == "tcp"
+        assert done["walled"]["transport"]["reason"] == "udp_recovered"
         for name in ("alice", "carol"):
             assert done[name]["transport"]["transport"] == "udp"
         for name, summary in done.items():

@@ -38,7 +38,13 @@ from confero.client.endpoint import (
     VideoFrameReady,
 )
 from confero.client.frame_cipher import FrameCipher
-from confero.client.media_tcp import FALLBACK_AFTER, STREAM_RETRY, MediaStreamLink
+from confero.client.media_tcp import (
+    FALLBACK_AFTER,
+    STREAM_LINGER,
+    STREAM_RETRY,
+    UDP_PROBE_INTERVAL,
+    MediaStreamLink,
+)
 from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
@@ -49,6 +55,7 @@ from confero.media.video import Vp8Decoder, make_video_encoder
 from confero.media.vpx import EncodedFrame
 from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
+from confero.protocol.rtp import is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
 from confero.protocol.video_playout import VideoPlayout
@@ -139,6 +146,10 @@ class MediaSession(asyncio.DatagramProtocol):
         self._stream: MediaStreamLink | None = None
         self._udp_heard: asyncio.Event | None = None
         self._transport_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_udp = False  # the next RTCP packet goes over UDP (see _flush)
+        self._lingering: set[MediaStreamLink] = set()  # retired, still receiving a moment
+        self._linger_tasks: set[asyncio.Task[None]] = set()
         #: "udp" or "tcp": where the server path's datagrams go now, and why
         self.media_transport = "udp"
         self.transport_reason = ""
@@ -251,11 +262,15 @@ class MediaSession(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport_task is not None:
-            self._transport_task.cancel()
+        tasks_left = [t for t in (self._transport_task, self._probe_task) if t is not None]
+        for task in [*tasks_left, *self._linger_tasks]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._transport_task
-            self._transport_task = None
+                await task
+        self._transport_task = self._probe_task = None
+        for link in list(self._lingering):
+            await link.close()
+        self._lingering.clear()
         if self.transport is not None and self._endpoint is not None:
             with self._lock:
                 self._endpoint.close()
@@ -290,6 +305,8 @@ class MediaSession(asyncio.DatagramProtocol):
             authentic = refused == counters["dropped_auth"] + counters["dropped_malformed"]
         if heard is not None and authentic and not heard.is_set():
             heard.set()  # the server answers over UDP: no need for the WebSocket
+        if authentic and self._stream is not None and self._transport_policy != "tcp":
+            self._return_to_udp()  # before _service: the echo of this challenge goes by UDP
         self._service()
 
     def _on_timer(self) -> None:
@@ -339,7 +356,11 @@ class MediaSession(asyncio.DatagramProtocol):
         stream = self._stream
         if stream is not None:
             for datagram in datagrams:
-                stream.send(datagram)
+                if self._probe_udp and transport is not None and is_rtcp(datagram):
+                    self._probe_udp = False  # is UDP through again? (UDP_PROBE_INTERVAL)
+                    transport.sendto(datagram)
+                else:
+                    stream.send(datagram)
         elif transport is not None:
             for datagram in datagrams:
                 transport.sendto(datagram)
@@ -406,7 +427,43 @@ class MediaSession(asyncio.DatagramProtocol):
             endpoint.nudge_keepalive(time.monotonic())  # start the consent check there now
         self._service()
         self._set_transport("tcp", reason)
+        if self._transport_policy != "tcp":
+            self._probe_task = asyncio.create_task(self._probe_udp_now_and_then())
         return True
+
+    async def _probe_udp_now_and_then(self) -> None:
+        while self._stream is not None and not self._closed:
+            await asyncio.sleep(UDP_PROBE_INTERVAL)
+            self._probe_udp = True
+
+    def _return_to_udp(self) -> None:
+        """Something authenticated came over UDP while on the WebSocket: UDP works (again).
+        Send there from now on; the WebSocket receives a little longer, until the server
+        has moved its sending over (the consent check, answered by UDP)."""
+        link, self._stream = self._stream, None
+        if link is None:
+            return
+        self._probe_udp = False
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
+        self._lingering.add(link)
+
+        async def retire() -> None:
+            try:
+                await asyncio.sleep(STREAM_LINGER)
+            finally:
+                self._lingering.discard(link)
+                await link.close()
+
+        task = asyncio.create_task(retire())
+        self._linger_tasks.add(task)
+        task.add_done_callback(self._linger_tasks.discard)
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.nudge_keepalive(time.monotonic())
+        self._set_transport("udp", "udp_recovered")
 
     def _stream_datagram(self, data: bytes) -> None:
         endpoint = self._endpoint
@@ -419,9 +476,12 @@ class MediaSession(asyncio.DatagramProtocol):
     def _stream_closed(self, reason: str) -> None:
         """The WebSocket went away: back to UDP, and look again."""
         log.warning("media WebSocket closed: %s", reason)
+        if self._stream is None or self._closed:
+            return  # a retired one (back on UDP), or the session is closing
         self._stream = None
-        if self._closed:
-            return
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
         self._set_transport("udp", "tcp_closed")
         if self._udp_heard is not None:
             self._udp_heard.clear()

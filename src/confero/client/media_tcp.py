@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 FALLBACK_AFTER = 2.0
 #: Seconds between attempts to open the WebSocket when it cannot be opened.
 STREAM_RETRY = 5.0
+#: On the WebSocket, one RTCP packet this often goes over UDP instead: if the server's
+#: consent challenge comes back that way (the network lets UDP through again, or it was
+#: only slow at the start), the session returns to UDP.
+UDP_PROBE_INTERVAL = 10.0
+#: After returning to UDP, the WebSocket still receives this long (the server moves its
+#: sending to UDP once the consent check there passed): make-before-break.
+STREAM_LINGER = 3.0
 #: Datagrams waiting for the socket: a third of a second of 1.5 Mbit/s video.
 SEND_QUEUE = 128
 CONNECT_TIMEOUT = 5.0
