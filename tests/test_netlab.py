@@ -7,6 +7,7 @@ them (.ci/run), and the ``netlab`` fixture fails, not skips, where they are miss
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,79 @@ def test_nat_topology_hides_clients_behind_their_routers(netlab: Lab) -> None:
     assert echo.wait(10) == 0
     other = nat.sites[1].wan.b.ip
     assert site.client.run(["ping", "-c", "1", "-W", "5", other], check=False).returncode == 0
+
+
+def test_a_client_whose_network_drops_all_udp_carries_its_media_over_tcp(
+    netlab: Lab, tmp_path: Path
+) -> None:
+    """Issue 10, "UDP blocked entirely": the walled client's namespace drops every UDP
+    packet it sends (as many corporate and hotel networks do). It must find that out by
+    itself, carry its media over the WebSocket, and see and hear the others as they see
+    and hear it; the others stay on UDP. When the wall comes down it returns to UDP."""
+    topology = star(netlab, ["alice", "carol", "walled"])
+    walled_ns = topology.clients["walled"]
+    walled_ns.nft("table inet cfnoudp {\n"
+                  "  chain out { type filter hook output priority 0; policy accept;\n"
+                  "    meta l4proto udp counter drop\n"
+                  "  }\n"
+                  "}\n")
+    server = topology.server.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    started: list[BotProcess] = []
+
+    def launch(role: str, *args: str) -> BotProcess:
+        bot = BotProcess(f"ws://{topology.links[role].a.ip}:{port}/ws", role,
+                         "--video", "synthetic", "--fps", "15", "--stats-interval", "0.5",
+                         "--check-stamps", *args, prefix=topology.clients[role].argv([]))
+        started.append(bot)
+        return bot
+
+    try:
+        alice = launch("alice", "--create", "no udp", "--mode", "server", "--audio", "sine:437")
+        meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
+        carol = launch("carol", "--join", meeting, "--audio", "sine:563")
+        walled = launch("walled", "--join", meeting, "--audio", "sine:691")
+        switched = walled.expect("transport", timeout=30)
+        assert (switched["transport"], switched["reason"]) == ("tcp", "udp_timeout"), switched
+        for bot in (alice, carol):
+            assert bot.expect("transport", timeout=30)["transport"] == "udp"
+        names = ["alice", "carol", "walled"]
+        for bot in started:
+            others = [n for n in names if n != bot.name]
+            bot.expect("stats", lambda e, others=others: all(
+                e["video"].get(n, {}).get("frames_decoded", 0) >= 30 for n in others)
+                and e["audio"]["packets"] >= 100, timeout=60)
+        # the wall really stood: UDP left the walled namespace's stack and was dropped
+        rules = walled_ns.run(["nft", "list", "table", "inet", "cfnoudp"]).stdout
+        dropped = [int(n) for n in re.findall(r"packets (\d+)", rules)]
+        assert dropped and dropped[0] > 0, rules
+        # the network lets UDP through again: the walled one's periodic UDP probe gets
+        # an answer and its media returns to UDP, with no gap the others would notice
+        before = {bot.name: bot.expect("stats", timeout=30) for bot in started}
+        walled_ns.run(["nft", "delete", "table", "inet", "cfnoudp"])
+        back = walled.expect("transport", timeout=40)
+        assert (back["transport"], back["reason"]) == ("udp", "udp_recovered"), back
+        for bot in started:
+            others = [n for n in names if n != bot.name]
+            counts = {n: before[bot.name]["video"][n]["frames_decoded"] for n in others}
+            bot.expect("stats", lambda e, counts=counts: all(
+                e["video"].get(n, {}).get("frames_decoded", 0) >= c + 30
+                for n, c in counts.items()), timeout=60)
+        for bot in started:
+            bot.send("leave")
+        done = {bot.name: bot.finish() for bot in started}
+        assert done["walled"]["transport"]["reason"] == "udp_recovered"
+        for name in ("alice", "carol"):
+            assert done[name]["transport"]["transport"] == "udp"
+        for name, summary in done.items():
+            for other in (n for n in names if n != name):
+                seen = summary["video"][other]
+                assert seen["stamps"].get("match", 0) >= 30, (name, other, seen)
+                assert not seen["stamps"].get("mismatch"), (name, other, seen)
+    finally:
+        for bot in started:
+            bot.cleanup()

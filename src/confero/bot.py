@@ -125,7 +125,10 @@ class Bot:
                          on_media_started=self._media_started,
                          passphrase=getattr(args, "passphrase", None),
                          on_e2ee=self._on_e2ee,
-                         on_mode_changed=self._mode_changed)
+                         on_mode_changed=self._mode_changed,
+                         on_transport_changed=self._transport_changed,
+                         media_transport=getattr(args, "media_transport", "auto") or "auto",
+                         udp_port=getattr(args, "media_udp_port", None))
         self.client.p2p = not getattr(args, "no_p2p", False)
         self.speaker: Speaker | None = None
         source = make_video_source(args.video, args.name, args.width, args.height)
@@ -383,7 +386,8 @@ class Bot:
              gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
                                "over_100ms": seen.gaps_over_100ms}
                    for seen in self.seen.values()},
-             paths=self.call.session.path_counters())
+             paths=self.call.session.path_counters(),
+             transport=self.call.session.transport_counters())
 
     def _frames_sent(self) -> int:
         return self.video_source.frames if self.video_source is not None else 0
@@ -407,7 +411,18 @@ class Bot:
             "mode": self.call.mode,
             "paths": self.call.session.path_counters() if self.call.session is not None
             else None,
+            "transport": self.call.session.transport_counters()
+            if self.call.session is not None else None,
         }
+
+    # ------------------------------------------------------------------ transport
+
+    def _transport_changed(self, transport: str, reason: str) -> None:
+        """UDP or TCP (a WebSocket, when the network drops UDP) and why."""
+        session = self.call.session
+        seconds = session.fallback_seconds if session is not None else None
+        emit("transport", transport=transport, reason=reason,
+             after_ms=None if seconds is None or transport != "tcp" else round(seconds * 1000))
 
     # ------------------------------------------------------------------ peer-to-peer
 

@@ -91,6 +91,11 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
                         "default) or server (media always through the server)")
     parser.add_argument("--no-p2p", action="store_true",
                         help="never take part in peer-to-peer media")
+    parser.add_argument("--media-transport", choices=("auto", "udp", "tcp"), default="auto",
+                        help="auto (UDP; a WebSocket to the server when UDP gets no answer "
+                        "within 2 s, the default), udp or tcp only")
+    parser.add_argument("--media-udp-port", type=int, default=None, metavar="PORT",
+                        help=argparse.SUPPRESS)  # tests: send UDP to a dead port
     parser.add_argument("--send-only", action="store_true",
                         help="do not receive or decode others' video (a cheap load "
                         "generator; audio is still received)")

@@ -159,6 +159,9 @@ class Engine(QObject):
     #: server's own counters for it (MeetingMediaResult as a dict: mode, received_bytes,
     #: forwarded_bytes, mixed_bytes, ... packets)
     server_media = Signal(object)
+    #: how our media reaches the server: "udp", or "tcp" (a WebSocket: this network drops
+    #: UDP), and why (docs/protocol.md "Media over WebSocket"); for a badge in the UI
+    media_transport_changed = Signal(str, str)
     # --- added for the app UI (branch app-ui); small and separate from the call logic ---
     resume_token = Signal(str)  # the server's resume token after each connect (remembered)
     hand_changed = Signal(str, bool)  # participant id, hand raised
@@ -233,7 +236,8 @@ class Engine(QObject):
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started, on_e2ee=self._on_e2ee,
                          on_muted_level=self.muted_level.emit,
-                         on_mode_changed=self._mode_changed)
+                         on_mode_changed=self._mode_changed,
+                         on_transport_changed=self.media_transport_changed.emit)
         client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
         self.call.microphone_muted = self._muted

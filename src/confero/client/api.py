@@ -162,6 +162,12 @@ class Client:
         #: The lobby as the server last described it: ``meetings_delta`` events apply to it.
         self._lobby: dict[str, sig.MeetingInfo] | None = None
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What the signaling connection verifies the server with (False: plain ws://);
+        the media WebSocket (UDP blocked) uses the same."""
+        return self._ssl
+
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Client:

@@ -29,6 +29,7 @@ import av
 from confero.client import api
 from confero.client.e2ee_call import E2eeCall, E2eeNotice
 from confero.client.media import AudioSource, DecodedVideo, MediaSession, VideoSource
+from confero.client.media_tcp import stream_url
 from confero.media.audio import SILENCE, Samples
 from confero.media.recorder import MeetingRecorder
 from confero.protocol import signaling as sig
@@ -69,6 +70,9 @@ class Call:
         passphrase: str | None = None,
         on_e2ee: Callable[[E2eeNotice], None] | None = None,
         on_mode_changed: Callable[[str, str], None] | None = None,
+        on_transport_changed: Callable[[str, str], None] | None = None,
+        media_transport: str = "auto",
+        udp_port: int | None = None,
     ) -> None:
         """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
         otherwise the session plays out on a 20 ms schedule and hands frames to
@@ -115,6 +119,13 @@ class Call:
         self.peer_silence_timeout = 3.0
         #: a P2P switch's old path is kept this long after the server ends the session
         self.p2p_drain = 1.5
+        # ---- media over a WebSocket when UDP is blocked (issue 10)
+        #: "auto" (UDP, the WebSocket if UDP stays silent), "udp" or "tcp"
+        self.media_transport_policy = media_transport
+        self._udp_port = udp_port  # tests: aim UDP at a dead port
+        self._on_transport_changed = on_transport_changed
+        #: the last session needed the WebSocket: the next one (a rejoin) starts there
+        self._udp_blocked = False
 
     # ------------------------------------------------------------------ who is who
 
@@ -167,6 +178,10 @@ class Call:
                 receive_video=self._receive_video, on_source_error=self._source_failed,
                 prepare_video=self._prepare_video, on_level=self._level,
                 cipher=self.e2ee.cipher,
+                media_transport="tcp_again" if self._udp_blocked
+                and self.media_transport_policy == "auto" else self.media_transport_policy,
+                stream_url=stream_url(self.client.url), stream_ssl=self.client.ssl_context,
+                on_transport=self._transport_changed, udp_port=self._udp_port,
             )
             await session.open()
             self.session = session
@@ -185,12 +200,27 @@ class Call:
         await self.announce()
         return True
 
+    @property
+    def media_transport(self) -> str:
+        """How our media reaches the server: "udp", "tcp" (a WebSocket: UDP is blocked),
+        or "" without media. Peer-to-peer is off over TCP (the server decides so)."""
+        return self.session.media_transport if self.session is not None else ""
+
+    @property
+    def media_transport_reason(self) -> str:
+        return self.session.transport_reason if self.session is not None else ""
+
+    def _transport_changed(self, transport: str, reason: str) -> None:
+        if self._on_transport_changed is not None:
+            self._on_transport_changed(transport, reason)
+
     async def stop_media(self, *, keep_recording: bool = False) -> None:
         async with self._guard():
             await self._close_link()
             self._set_mode("server", "media_stopped", announce=self.mode != "server")
             if self.session is not None:
                 session, self.session = self.session, None
+                self._udp_blocked = session.media_transport == "tcp"
                 await session.close()
             if not keep_recording:
                 self.stop_recording()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -37,6 +38,13 @@ from confero.client.endpoint import (
     VideoFrameReady,
 )
 from confero.client.frame_cipher import FrameCipher
+from confero.client.media_tcp import (
+    FALLBACK_AFTER,
+    STREAM_LINGER,
+    STREAM_RETRY,
+    UDP_PROBE_INTERVAL,
+    MediaStreamLink,
+)
 from confero.client.p2p_switch import PathSwitch
 from confero.client.stats import StreamStats
 from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
@@ -47,6 +55,7 @@ from confero.media.video import Vp8Decoder, make_video_encoder
 from confero.media.vpx import EncodedFrame
 from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
+from confero.protocol.rtp import is_rtcp
 from confero.protocol.signaling import MediaGrant
 from confero.protocol.video_jitter import Frame
 from confero.protocol.video_playout import VideoPlayout
@@ -111,13 +120,42 @@ class MediaSession(asyncio.DatagramProtocol):
         prepare_video: Callable[[av.VideoFrame], Any] | None = None,
         cipher: FrameCipher | None = None,
         on_level: Callable[[int], None] | None = None,
+        media_transport: str = "auto",
+        stream_url: str | None = None,
+        stream_ssl: ssl.SSLContext | bool = False,
+        on_transport: Callable[[str, str], None] | None = None,
+        udp_port: int | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
         and hands each frame to ``on_audio``. ``prepare_video`` runs on the decoder
-        thread for every decoded frame (convert it for display there, not on the loop)."""
+        thread for every decoded frame (convert it for display there, not on the loop).
+
+        ``media_transport``: ``auto`` (UDP; the WebSocket at ``stream_url`` when nothing
+        comes back over UDP within :data:`FALLBACK_AFTER`), ``udp`` or ``tcp`` (only;
+        ``tcp_again``: the same, because the previous session found UDP blocked).
+        ``on_transport(transport, reason)`` is told each choice. ``udp_port`` replaces
+        the grant's port for UDP (tests: a dead port is a network that drops UDP)."""
         self.grant = grant
-        self.address = (grant.host or host, grant.port)
+        self.address = (grant.host or host, udp_port or grant.port)
+        # ---- media over a WebSocket when UDP is blocked (issue 10)
+        self._transport_policy = media_transport
+        self._stream_url = stream_url
+        self._stream_ssl = stream_ssl
+        self._on_transport = on_transport
+        self._stream: MediaStreamLink | None = None
+        self._udp_heard: asyncio.Event | None = None
+        self._transport_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_udp = False  # the next RTCP packet goes over UDP (see _flush)
+        self._lingering: set[MediaStreamLink] = set()  # retired, still receiving a moment
+        self._linger_tasks: set[asyncio.Task[None]] = set()
+        #: "udp" or "tcp": where the server path's datagrams go now, and why
+        self.media_transport = "udp"
+        self.transport_reason = ""
+        #: seconds from open() to the WebSocket carrying media (None: never fell back)
+        self.fallback_seconds: float | None = None
+        self._opened_at = 0.0
         self._config = EndpointConfig.from_grant(grant)
         self._receive_video = receive_video
         self._endpoint: MediaEndpoint | None = None
@@ -194,6 +232,10 @@ class MediaSession(asyncio.DatagramProtocol):
         enlarge_socket_buffers(transport, 1024 * 1024)
         self._service()
         self.set_device_playout(self._device_playout)
+        self._opened_at = time.monotonic()
+        self._udp_heard = asyncio.Event()
+        if self._stream_url is not None and self._transport_policy != "udp":
+            self._transport_task = asyncio.create_task(self._choose_transport())
 
     def set_device_playout(self, device: bool) -> None:
         """True: a sound device pulls audio (:meth:`pull_audio`); False: a 20 ms schedule
@@ -220,6 +262,15 @@ class MediaSession(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        tasks_left = [t for t in (self._transport_task, self._probe_task) if t is not None]
+        for task in [*tasks_left, *self._linger_tasks]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._transport_task = self._probe_task = None
+        for link in list(self._lingering):
+            await link.close()
+        self._lingering.clear()
         if self.transport is not None and self._endpoint is not None:
             with self._lock:
                 self._endpoint.close()
@@ -227,6 +278,9 @@ class MediaSession(asyncio.DatagramProtocol):
             self.transport.close()
             self.transport = None
         self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
         self._encode_pool.shutdown(wait=False, cancel_futures=True)
         self._screen_pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -243,8 +297,16 @@ class MediaSession(asyncio.DatagramProtocol):
         endpoint = self._endpoint
         if endpoint is None or self._closed:
             return
+        heard = self._udp_heard
         with self._lock:
+            counters = endpoint.counters
+            refused = counters["dropped_auth"] + counters["dropped_malformed"]
             endpoint.receive_datagram(data, time.monotonic(), arrival_time(self._sock))
+            authentic = refused == counters["dropped_auth"] + counters["dropped_malformed"]
+        if heard is not None and authentic and not heard.is_set():
+            heard.set()  # the server answers over UDP: no need for the WebSocket
+        if authentic and self._stream is not None and self._transport_policy != "tcp":
+            self._return_to_udp()  # before _service: the echo of this challenge goes by UDP
         self._service()
 
     def _on_timer(self) -> None:
@@ -291,7 +353,15 @@ class MediaSession(asyncio.DatagramProtocol):
             return
         with self._lock:
             datagrams = endpoint.datagrams_to_send()
-        if transport is not None:
+        stream = self._stream
+        if stream is not None:
+            for datagram in datagrams:
+                if self._probe_udp and transport is not None and is_rtcp(datagram):
+                    self._probe_udp = False  # is UDP through again? (UDP_PROBE_INTERVAL)
+                    transport.sendto(datagram)
+                else:
+                    stream.send(datagram)
+        elif transport is not None:
             for datagram in datagrams:
                 transport.sendto(datagram)
         peer = self._peer
@@ -300,6 +370,140 @@ class MediaSession(asyncio.DatagramProtocol):
                 direct = endpoint.peer_datagrams_to_send()
             for datagram in direct:
                 peer.send(datagram)
+
+    # ------------------------------------------------------------------ UDP or TCP
+
+    async def _choose_transport(self) -> None:
+        """UDP unless the server stays silent there; then the WebSocket, retried every
+        few seconds while UDP is still silent and it cannot be opened."""
+        heard = self._udp_heard
+        assert heard is not None
+        forced = self._transport_policy in ("tcp", "tcp_again")
+        if not forced:
+            try:
+                await asyncio.wait_for(heard.wait(), FALLBACK_AFTER)
+            except TimeoutError:
+                pass
+            else:
+                self._set_transport("udp", "udp_ok")
+                return
+        reason = {"tcp": "forced", "tcp_again": "udp_blocked_before"}.get(
+            self._transport_policy, "udp_timeout")
+        while not self._closed:
+            if await self._open_stream(reason):
+                return
+            if heard.is_set() and not forced:
+                break  # UDP answered after all
+            self._set_transport("udp", "tcp_failed")
+            if forced:
+                await asyncio.sleep(STREAM_RETRY)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), STREAM_RETRY)
+                if heard.is_set():
+                    break
+        if heard.is_set() and not self._closed:
+            self._set_transport("udp", "udp_ok")
+
+    async def _open_stream(self, reason: str) -> bool:
+        assert self._stream_url is not None
+        link = MediaStreamLink(self._stream_url, self._stream_datagram,
+                               ssl_context=self._stream_ssl, on_closed=self._stream_closed)
+        try:
+            await link.connect()
+        except ConnectionError as exc:
+            log.warning("media over WebSocket failed: %s", exc)
+            return False
+        endpoint = self._endpoint
+        heard = self._udp_heard
+        late_udp = (heard is not None and heard.is_set()
+                    and self._transport_policy not in ("tcp", "tcp_again"))
+        if self._closed or endpoint is None or late_udp:  # UDP answered meanwhile: keep it
+            await link.close()
+            return False
+        self._stream = link
+        self.fallback_seconds = time.monotonic() - self._opened_at
+        with self._lock:
+            endpoint.nudge_keepalive(time.monotonic())  # start the consent check there now
+        self._service()
+        self._set_transport("tcp", reason)
+        if self._transport_policy != "tcp":
+            self._probe_task = asyncio.create_task(self._probe_udp_now_and_then())
+        return True
+
+    async def _probe_udp_now_and_then(self) -> None:
+        while self._stream is not None and not self._closed:
+            await asyncio.sleep(UDP_PROBE_INTERVAL)
+            self._probe_udp = True
+
+    def _return_to_udp(self) -> None:
+        """Something authenticated came over UDP while on the WebSocket: UDP works (again).
+        Send there from now on; the WebSocket receives a little longer, until the server
+        has moved its sending over (the consent check, answered by UDP)."""
+        link, self._stream = self._stream, None
+        if link is None:
+            return
+        self._probe_udp = False
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
+        self._lingering.add(link)
+
+        async def retire() -> None:
+            try:
+                await asyncio.sleep(STREAM_LINGER)
+            finally:
+                self._lingering.discard(link)
+                await link.close()
+
+        task = asyncio.create_task(retire())
+        self._linger_tasks.add(task)
+        task.add_done_callback(self._linger_tasks.discard)
+        endpoint = self._endpoint
+        if endpoint is not None:
+            with self._lock:
+                endpoint.nudge_keepalive(time.monotonic())
+        self._set_transport("udp", "udp_recovered")
+
+    def _stream_datagram(self, data: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is None or self._closed:
+            return
+        with self._lock:
+            endpoint.receive_datagram(data, time.monotonic())  # no kernel stamp on TCP
+        self._service()
+
+    def _stream_closed(self, reason: str) -> None:
+        """The WebSocket went away: back to UDP, and look again."""
+        log.warning("media WebSocket closed: %s", reason)
+        if self._stream is None or self._closed:
+            return  # a retired one (back on UDP), or the session is closing
+        self._stream = None
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
+        self._set_transport("udp", "tcp_closed")
+        if self._udp_heard is not None:
+            self._udp_heard.clear()
+        with self._lock:
+            if self._endpoint is not None:
+                self._endpoint.nudge_keepalive(time.monotonic())
+        self._service()
+        self._transport_task = asyncio.create_task(self._choose_transport())
+
+    def _set_transport(self, transport: str, reason: str) -> None:
+        if (transport, reason) == (self.media_transport, self.transport_reason):
+            return
+        self.media_transport, self.transport_reason = transport, reason
+        if self._on_transport is not None:
+            self._on_transport(transport, reason)
+
+    def transport_counters(self) -> dict[str, object]:
+        stream = self._stream
+        return {"transport": self.media_transport, "reason": self.transport_reason,
+                "fallback_ms": None if self.fallback_seconds is None
+                else round(self.fallback_seconds * 1000),
+                "stream": dict(stream.counters) if stream is not None else {}}
 
     # ------------------------------------------------------------------ sources
 

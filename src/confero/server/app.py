@@ -39,6 +39,7 @@ from confero.server.guard import (
 )
 from confero.server.media_app import MediaServer
 from confero.server.media_router import MediaRouter
+from confero.server.media_ws import MediaStreams
 from confero.server.metrics import make_registry
 from confero.server.registry import MeetingRegistry
 from confero.server.store import Store
@@ -153,6 +154,8 @@ class SignalingServer:
                                "refused_connections_total": 0}
         #: Set by ``serve`` when raw connections pass a guard (its refusals are exported).
         self.guard: ConnectionGuard | None = None
+        #: Set by ``serve``: media WebSockets of clients whose UDP is blocked (counters).
+        self.media_streams: MediaStreams | None = None
         self.metrics = make_registry(core, self._counters, media)
         self.app = web.Application()
         self.app.add_routes(
@@ -172,6 +175,9 @@ class SignalingServer:
         if self.guard is not None:
             counters["refused_sockets_per_address_total"] = self.guard.refused_per_address
             counters["refused_sockets_low_fds_total"] = self.guard.refused_low_fds
+        if self.media_streams is not None:
+            for event, value in self.media_streams.counters.items():
+                counters[f"media_stream_{event}_total"] = value
         return counters
 
     # ------------------------------------------------------------------ WebSocket
@@ -420,6 +426,14 @@ async def serve(config: ServerConfig) -> None:
                          wall_offset=time.time() - time.monotonic())
     media = await MediaServer.start(router, config.host, config.media_port)
     server = build_server(config, store=store, media=router)
+    # media over a WebSocket for clients whose UDP is blocked (issue 10)
+    server.app.router.add_get("/media", media.streams.handle)
+    server.media_streams = media.streams
+
+    async def close_media_streams(app: web.Application) -> None:
+        await media.streams.close()
+
+    server.app.on_shutdown.append(close_media_streams)
     context = _ssl_context(config)
     runner = web.AppRunner(server.app, access_log=None, handle_signals=False,
                            keepalive_timeout=config.idle_timeout)

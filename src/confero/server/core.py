@@ -700,7 +700,11 @@ class SignalingCore:
             machine = self._modes[meeting_id] = ModeMachine(
                 self._mode_settings.get(meeting_id, "auto"))
         members = list(meeting.participants)
-        actions = machine.members(members, self._p2p_capable, now)
+        capable = self._p2p_capable
+        on_stream = getattr(self.media, "on_stream", None)
+        if on_stream is not None:  # media over TCP (UDP blocked): no peer-to-peer
+            capable = capable - {p for p in members if on_stream(p)}
+        actions = machine.members(members, capable, now)
         if tick:
             actions += machine.tick(now)
         return self._mode_actions(meeting_id, actions, now)

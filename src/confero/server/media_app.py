@@ -10,7 +10,8 @@ import time
 
 from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
-from confero.server.media_router import Datagram, MediaRouter
+from confero.server.media_router import STREAM_HOST, Address, Datagram, MediaRouter
+from confero.server.media_ws import MediaStreams
 from confero.server.stun import StunResponder, is_stun
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ class MediaServer(asyncio.DatagramProtocol):
         #: router's, so /metrics shows them with the other media events.
         self.stun = StunResponder(router.counters)
         self._sock: socket.socket | None = None
+        #: Clients whose UDP is blocked send the same datagrams over WebSockets (``/media``
+        #: on the signaling port, mounted by the HTTP shell); they have ``("tcp", n)``
+        #: addresses and what the router sends there goes through these connections.
+        self.streams = MediaStreams(self.stream_datagram, router.addresses_in_use)
 
     @classmethod
     async def start(cls, router: MediaRouter, host: str, port: int) -> MediaServer:
@@ -56,6 +61,7 @@ class MediaServer(asyncio.DatagramProtocol):
             self._clock.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._clock
+        await self.streams.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -75,6 +81,14 @@ class MediaServer(asyncio.DatagramProtocol):
             self.router.counters["internal_errors"] += 1
             log.exception("media packet from %s failed", addr)
 
+    def stream_datagram(self, data: bytes, address: Address) -> None:
+        """A datagram that came over a media WebSocket (no STUN there: no P2P over TCP)."""
+        try:
+            self._send(self.router.handle_datagram(data, address, time.monotonic()))
+        except Exception:
+            self.router.counters["internal_errors"] += 1
+            log.exception("media packet from %s failed", address)
+
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (e.g. a receiver that went away) are normal on UDP.
         self.router.counters["socket_errors"] += 1
@@ -84,7 +98,10 @@ class MediaServer(asyncio.DatagramProtocol):
         if transport is None:
             return
         for payload, address in datagrams:
-            transport.sendto(payload, address)
+            if address[0] == STREAM_HOST:
+                self.streams.send(payload, address)
+            else:
+                transport.sendto(payload, address)
 
     async def _run_clock(self) -> None:
         """Tick every 20 ms on a drift-free schedule; resynchronise after a long stall."""

@@ -71,6 +71,9 @@ from confero.server.speakers import SpeakerSelector
 
 Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
+#: The host part of a synthetic address ``(STREAM_HOST, n)``: a client whose media comes
+#: over a WebSocket because its UDP is blocked (server/media_ws.py); routed like any other.
+STREAM_HOST = "tcp"
 
 FRAME_TICKS = AUDIO_FRAME_TICKS
 #: Packets of each publisher the server keeps to answer NACKs.
@@ -315,6 +318,21 @@ class MediaRouter:
         peer.retransmit_budget = {}
         peer.downlink = Downlink()
         peer.forwarders = {}
+
+    def on_stream(self, participant_id: str) -> bool:
+        """Its media goes over a WebSocket (UDP blocked): it cannot do peer-to-peer."""
+        peer = self._peers.get(participant_id)
+        return peer is not None and peer.address is not None and peer.address[0] == STREAM_HOST
+
+    def addresses_in_use(self) -> set[Address]:
+        """Media addresses, and addresses being consent-checked, of current members."""
+        used: set[Address] = set()
+        for peer in self._peers.values():
+            if peer.address is not None:
+                used.add(peer.address)
+            if peer.candidate is not None:
+                used.add(peer.candidate)
+        return used
 
     # ------------------------------------------------------------------ statistics
 

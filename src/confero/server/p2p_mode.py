@@ -109,7 +109,8 @@ class ModeMachine:
         if attempt is not None and (
             set(attempt.peers) != set(new) or not set(attempt.peers) <= self._capable
         ):
-            out += self._end("participant_joined" if joined else "participant_left", now)
+            out += self._end("participant_joined" if joined else "participant_left"
+                             if changed_people else "not_capable", now)
         if changed_people:
             self._declined = False
             self._retry_delay = self._retry_base
