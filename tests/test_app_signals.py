@@ -76,8 +76,16 @@ def test_header_badges_say_it_in_words(qtbot: QtBot) -> None:
     assert header.e2ee.isVisibleTo(header)
     assert header.e2ee.text() == "Cannot decrypt: no passphrase"
     assert header.e2ee.accessibleName().startswith("Cannot decrypt: no passphrase.")
+    assert not header.transport.isVisibleTo(header)  # UDP, the normal case: nothing said
+    header.show_transport("tcp", "udp_timeout")
+    assert header.transport.isVisibleTo(header) and header.transport.text() == "Media over TCP"
+    assert "blocks UDP" in header.transport.accessibleName()
+    header.show_transport("udp", "udp_recovered")
+    assert not header.transport.isVisibleTo(header)
+    header.show_transport("tcp", "forced")
     header.stop()
     assert not header.e2ee.isVisibleTo(header) and header.mode_badge.text() == ""
+    assert not header.transport.isVisibleTo(header)
 
 
 def test_tile_never_shows_a_picture_it_cannot_decrypt(qtbot: QtBot) -> None:

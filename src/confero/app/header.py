@@ -103,6 +103,13 @@ def copy_to_clipboard(text: str) -> None:
         clipboard.setText(text)
 
 
+TRANSPORT_REASON_TEXT = {
+    "udp_timeout": "nothing came back over UDP within 2 s (a network that blocks UDP)",
+    "udp_blocked_before": "UDP was blocked earlier in this call",
+    "forced": "chosen with --media-transport tcp",
+}
+
+
 class MeetingHeader(QWidget):
     def __init__(self) -> None:
         super().__init__()
@@ -136,6 +143,10 @@ class MeetingHeader(QWidget):
         self.e2ee.hide()
         self.mode_badge = plain_label("", "mode_badge")
         self.mode_badge.setProperty("badge", True)
+        #: shown only while our media goes over the WebSocket (UDP blocked): in words
+        self.transport = plain_label("", "media_transport")
+        self.transport.setProperty("badge", True)
+        self.transport.hide()
         self.relayed = plain_label("", "server_relayed")
         self.relayed.setProperty("class", "hint")
         self.relay_meter = RelayMeter()
@@ -153,6 +164,7 @@ class MeetingHeader(QWidget):
         row.addWidget(self.e2ee)
         row.addSpacing(8)
         row.addWidget(self.mode_badge)
+        row.addWidget(self.transport)
         row.addWidget(self.relayed)
         row.addStretch(1)
         row.addWidget(self.notice)
@@ -182,6 +194,7 @@ class MeetingHeader(QWidget):
         self.notice.setText("")
         self.show_e2ee(None)
         self.mode = ""
+        self.show_transport("udp", "")
         for label in (self.mode_badge, self.relayed):
             label.setText("")
             label.setToolTip("")
@@ -201,6 +214,22 @@ class MeetingHeader(QWidget):
         self.relay_meter.mode_changed(mode, time.monotonic())
         self.relayed.setText("")
         self.relayed.setAccessibleName("")
+
+    def show_transport(self, transport: str, reason: str) -> None:
+        """How our media travels: nothing said for UDP (the normal case); over TCP, a
+        badge with why (the network drops UDP to the server) in tooltip and name."""
+        if transport != "tcp":
+            self.transport.hide()
+            self.transport.setText("")
+            self.transport.setAccessibleName("")
+            return
+        why = TRANSPORT_REASON_TEXT.get(reason, reason.replace("_", " "))
+        self.transport.setText("Media over TCP")
+        detail = ("Your media goes to the server over TCP (a WebSocket): " + why
+                  + ". It works, with a little more delay on a lossy network.")
+        self.transport.setToolTip(tooltip(detail))
+        self.transport.setAccessibleName("Media over TCP. " + detail)
+        self.transport.show()
 
     def show_server_media(self, counters: dict[str, Any]) -> None:
         mode = str(counters.get("mode", self.mode))

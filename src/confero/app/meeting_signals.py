@@ -32,6 +32,7 @@ class MeetingSignals:
         engine.mode_changed.connect(self.mode_changed)
         engine.server_media.connect(self.server_media)
         engine.e2ee_state.connect(self.e2ee_state)
+        engine.media_transport_changed.connect(self.page.header.show_transport)
 
     def joined(self, result: JoinResult) -> None:
         self.e2ee = result.meeting.e2ee
