@@ -26,7 +26,7 @@ from typing import Final
 
 from confero.client.frame_cipher import FrameCipher, SFrameError
 from confero.client.stats import StreamStats
-from confero.protocol import consent, rtcp
+from confero.protocol import consent, red, rtcp
 from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
 from confero.protocol.audio_streams import AudioStreams
 from confero.protocol.congestion import CongestionSender
@@ -39,6 +39,7 @@ from confero.protocol.profile import (
     EXT_AUDIO_LEVEL,
     EXT_CAPTURE_TIME,
     EXT_MIXER_LEVELS,
+    RED_PAYLOAD_TYPE,
     VIDEO_CLOCK,
     VIDEO_PAYLOAD_TYPE,
 )
@@ -229,6 +230,11 @@ class MediaEndpoint:
         self._peer_twcc = TwccRecorder()  # the direct path's (issue 10)
         self._audio_ts = secrets.randbelow(1 << 32)
         self._audio_marker = True
+        #: our previous audio frame (RTP timestamp, payload), for RFC 2198 redundancy
+        self._previous_audio: tuple[int, bytes] | None = None
+        #: send each audio frame with a copy of the previous one (RFC 2198), except under
+        #: E2EE (the server forwards those packets as they are, to clients that mix)
+        self.redundant_audio = True
         # retransmissions: at most half a 1.2 Mbit/s stream, with a 64 kB burst
         self._retransmit_budget = TokenBucket(rate=75_000, burst=64_000, now=now)
         self._remote: dict[int, _RemoteVideo] = {}
@@ -386,12 +392,21 @@ class MediaEndpoint:
                     "e2ee_protect_failed", 0) + 1
                 return
         self._audio_ts = (self._audio_ts + AUDIO_FRAME_TICKS) & 0xFFFFFFFF
+        wire_type, wire_payload = AUDIO_PAYLOAD_TYPE, payload
+        previous = self._previous_audio
+        if self.redundant_audio and self.cipher is None and previous is not None \
+                and not self._audio_marker:
+            # RFC 2198: the previous frame rides along, so one lost packet costs nothing
+            wire_type = RED_PAYLOAD_TYPE
+            wire_payload = red.encode(payload, AUDIO_PAYLOAD_TYPE, [
+                ((self._audio_ts - previous[0]) & 0xFFFFFFFF, previous[1])])
+        self._previous_audio = (self._audio_ts, payload)
         packet = RtpPacket(
-            payload_type=AUDIO_PAYLOAD_TYPE,
+            payload_type=wire_type,
             sequence_number=self._audio.next_seq(),
             timestamp=self._audio_ts,
             ssrc=self.config.audio_ssrc,
-            payload=payload,
+            payload=wire_payload,
             marker=self._audio_marker,
             extensions={
                 EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big"),
@@ -406,6 +421,7 @@ class MediaEndpoint:
     def audio_paused(self) -> None:
         """The microphone stopped sending: the next frame starts a talkspurt (marker)."""
         self._audio_marker = True
+        self._previous_audio = None
 
     def close(self) -> None:
         """Say goodbye (RTCP BYE) for our streams; the datagram is in the output."""
@@ -532,6 +548,11 @@ class MediaEndpoint:
 
     def _on_rtp(self, plain: bytes, size: int, now: float) -> None:
         packet = RtpPacket.parse(plain)
+        if packet.payload_type == RED_PAYLOAD_TYPE:
+            unpacked = self._unpack_redundant(packet, now)
+            if unpacked is None:
+                return
+            packet = unpacked
         if packet.payload_type == AUDIO_PAYLOAD_TYPE and packet.ssrc != self.config.mix_ssrc:
             self._on_sender_audio(packet, now)  # a sender's own stream (P2P, E2EE)
             return
@@ -559,6 +580,30 @@ class MediaEndpoint:
         remote.nack.on_packet(packet.sequence_number, now)
         for frame in remote.assembler.push(packet, now):
             self._frame_ready(packet.ssrc, remote, frame)
+
+    def _unpack_redundant(self, packet: RtpPacket, now: float) -> RtpPacket | None:
+        """RFC 2198 audio: the redundant copies go into their stream's buffer (where they
+        fill a hole, if any), the primary comes back as a plain Opus packet."""
+        try:
+            blocks = red.decode(packet.payload)
+        except red.RedError:
+            self.counters["dropped_malformed"] += 1
+            return None
+        if any(block.payload_type != AUDIO_PAYLOAD_TYPE for block in blocks):
+            self.counters["dropped_malformed"] += 1
+            return None
+        for block in blocks[:-1]:
+            if not block.data:
+                continue
+            timestamp = (packet.timestamp - block.offset) & 0xFFFFFFFF
+            if packet.ssrc == self.config.mix_ssrc:
+                self.jitter.push(timestamp, block.data, now, redundant=True)
+            elif self.cipher is None:  # a sender's own stream (peer to peer)
+                self.peer_audio.push(packet.ssrc, timestamp, block.data, now,
+                                     redundant=True)
+        packet.payload_type = AUDIO_PAYLOAD_TYPE
+        packet.payload = blocks[-1].data
+        return packet
 
     def _on_sender_audio(self, packet: RtpPacket, now: float) -> None:
         """A sender's own audio (forwarded, not mixed: E2EE or peer to peer); in an E2EE
@@ -792,6 +837,7 @@ class MediaEndpoint:
                 "target_frames": self.jitter.target,
                 "depth_frames": self.jitter.depth,
                 "concealed": self.jitter.concealed,
+                "recovered": self.jitter.recovered,
                 "late": self.jitter.late,
             },
             "sent": dict(self.counters),

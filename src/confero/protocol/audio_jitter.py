@@ -87,6 +87,7 @@ class AudioJitterBuffer:
         self.late = 0
         self.dropped_for_latency = 0
         self.underruns = 0  # due frames missing with nothing later queued (late, or lost)
+        self.recovered = 0  # frames filled in from a later packet's redundant copy
 
     @property
     def depth(self) -> int:
@@ -97,8 +98,20 @@ class AudioJitterBuffer:
     def playing(self) -> bool:
         return self._next is not None
 
-    def push(self, timestamp: int, payload: bytes, now: float) -> None:
+    def push(self, timestamp: int, payload: bytes, now: float, *,
+             redundant: bool = False) -> None:
+        """``redundant``: a copy of an earlier frame that rode in a later packet (RFC
+        2198): it fills a hole if there is one, and is no timing sample (it arrives a
+        frame late by design) nor a late packet when its original already played."""
         ts = self._unwrap.unwrap(timestamp)
+        if redundant:
+            if (self._next is None or ts >= self._next) and ts not in self._frames:
+                self._frames[ts] = payload
+                self.recovered += 1
+                while len(self._frames) > self.capacity:
+                    del self._frames[min(self._frames)]
+                    self.dropped_for_latency += 1
+            return
         self._update_jitter(ts, now)
         if self._next is not None and ts < self._next:
             self.late += 1

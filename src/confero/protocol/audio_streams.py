@@ -25,7 +25,8 @@ class AudioStreams:
         self._last_packet: dict[int, float] = {}
         self.dropped_too_many = 0
 
-    def push(self, ssrc: int, timestamp: int, payload: bytes, now: float) -> None:
+    def push(self, ssrc: int, timestamp: int, payload: bytes, now: float, *,
+             redundant: bool = False) -> None:
         buffer = self._buffers.get(ssrc)
         if buffer is None:
             if len(self._buffers) >= self.max_streams:
@@ -33,8 +34,9 @@ class AudioStreams:
                 return
             buffer = self._buffers[ssrc] = AudioJitterBuffer(target=2, min_target=1,
                                                              max_target=10)
-        self._last_packet[ssrc] = now
-        buffer.push(timestamp, payload, now)
+        if not redundant:
+            self._last_packet[ssrc] = now
+        buffer.push(timestamp, payload, now, redundant=redundant)
 
     def pop(self, now: float) -> dict[int, bytes | object]:
         """One 20 ms step of every stream: SSRC -> Opus bytes or ``LOST``; streams with

@@ -15,6 +15,9 @@ VIDEO_CLOCK: Final = 90_000
 AUDIO_PAYLOAD_TYPE: Final = 111
 AUDIO_CLOCK: Final = 48_000
 AUDIO_FRAME_TICKS: Final = 960
+#: Redundant audio (RFC 2198): Opus frames with a copy of the previous one
+#: (``protocol/red.py``), on the server's path in ordinary meetings.
+RED_PAYLOAD_TYPE: Final = 121
 
 # RFC 8285 one-byte header extension ids.
 #: 8 bytes: the sender's capture time, microseconds on the sender's wall clock (Unix epoch).

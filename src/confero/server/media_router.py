@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confero.protocol import consent, rtcp
+from confero.protocol import consent, red, rtcp
 from confero.protocol.layers import LayerForwarder, LayerRateMeter
 from confero.protocol.nack import RetransmitBuffer
 from confero.protocol.profile import (
@@ -37,6 +37,7 @@ from confero.protocol.profile import (
     EXT_CAPTURE_TIME,
     EXT_MIXER_LEVELS,
     MAX_CSRCS,
+    RED_PAYLOAD_TYPE,
     VIDEO_PAYLOAD_TYPE,
 )
 from confero.protocol.rtp import (
@@ -152,6 +153,8 @@ class _Peer:
     retransmit_budget: dict[int, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
+    #: the last mix frame sent to this listener (RTP timestamp, Opus), for RFC 2198
+    previous_mix: tuple[int, bytes] | None = None
     # congestion control: our link to this participant, and the feedback on theirs to us
     downlink: Downlink = field(default_factory=Downlink)
     # as a subscriber: publisher stream SSRC -> which of its layers we send here, renumbered
@@ -492,12 +495,28 @@ class MediaRouter:
             if stream.kind == "screen":
                 self.counters["screen_packets"] += 1
             return self._forward_video(meeting, peer, stream, packet, descriptor, now)
-        if packet.ssrc == peer.audio_ssrc and packet.payload_type == AUDIO_PAYLOAD_TYPE:
+        if packet.ssrc == peer.audio_ssrc and packet.payload_type in (AUDIO_PAYLOAD_TYPE,
+                                                                     RED_PAYLOAD_TYPE):
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
             if meeting.speakers is not None:
                 return self._forward_e2ee_audio(meeting, peer, plain, level, now)
-            meeting.mixer.push(peer.participant_id, packet.timestamp, packet.payload, level, now)
+            payload = packet.payload
+            redundant: tuple[tuple[int, bytes], ...] = ()
+            if packet.payload_type == RED_PAYLOAD_TYPE:
+                try:
+                    blocks = red.decode(packet.payload)
+                except red.RedError:
+                    self.counters["dropped_malformed"] += 1
+                    return []
+                if any(block.payload_type != AUDIO_PAYLOAD_TYPE for block in blocks):
+                    self.counters["dropped_malformed"] += 1
+                    return []
+                payload = blocks[-1].data
+                redundant = tuple(((packet.timestamp - block.offset) & 0xFFFFFFFF, block.data)
+                                  for block in blocks[:-1])
+            meeting.mixer.push(peer.participant_id, packet.timestamp, payload, level, now,
+                               redundant=redundant)
             return []
         self.counters["dropped_wrong_stream"] += 1
         return []
@@ -758,12 +777,21 @@ class MediaRouter:
                 extensions = {EXT_CAPTURE_TIME: capture_us.to_bytes(8, "big")}
                 if mixed:
                     extensions[EXT_MIXER_LEVELS] = bytes(level for level, _ in mixed)
+                wire_type, wire_payload = AUDIO_PAYLOAD_TYPE, payload
+                previous = listener.previous_mix
+                if previous is not None and not listener.mix_was_silent:
+                    # RFC 2198: the previous mix frame rides along (a lost packet costs
+                    # the listener nothing)
+                    wire_type = RED_PAYLOAD_TYPE
+                    wire_payload = red.encode(payload, AUDIO_PAYLOAD_TYPE, [(
+                        (meeting.mix_timestamp - previous[0]) & 0xFFFFFFFF, previous[1])])
+                listener.previous_mix = (meeting.mix_timestamp, payload)
                 packet = RtpPacket(
-                    payload_type=AUDIO_PAYLOAD_TYPE,
+                    payload_type=wire_type,
                     sequence_number=listener.mix_seq,
                     timestamp=meeting.mix_timestamp,
                     ssrc=meeting.mix_ssrc,
-                    payload=payload,
+                    payload=wire_payload,
                     marker=listener.mix_was_silent,  # first packet of a talkspurt
                     csrcs=[ssrc for _, ssrc in mixed],
                     extensions=extensions,

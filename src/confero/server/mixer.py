@@ -131,7 +131,9 @@ class MeetingMixer:
         return not self._members
 
     def push(self, participant_id: str, timestamp: int, payload: bytes, level: int | None,
-             now: float) -> None:
+             now: float, *, redundant: tuple[tuple[int, bytes], ...] = ()) -> None:
+        """``redundant``: (timestamp, payload) copies of earlier frames that came with
+        this packet (RFC 2198); they fill holes a lost packet left."""
         member = self._members.get(participant_id)
         if member is None or not payload:
             return
@@ -139,6 +141,9 @@ class MeetingMixer:
             self.stats.skipped_silent += 1  # silent: not worth a decode
             return
         member.level = level if level is not None else 0  # unknown counts as loud
+        for earlier, data in redundant:
+            if data:
+                member.buffer.push(earlier, data, now, redundant=True)
         member.buffer.push(timestamp, payload, now)
 
     def mix(self) -> dict[str, bytes]:

@@ -1,0 +1,55 @@
+"""RFC 2198 redundant audio payloads: round trip, limits, and garbage."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from confero.protocol import red
+
+OPUS = 111
+
+
+def test_round_trip_with_one_and_two_redundant_blocks() -> None:
+    payload = red.encode(b"now", OPUS, [(960, b"before")])
+    assert payload[0] == 0x80 | OPUS and payload[4] == OPUS  # one 4-byte header, then F=0
+    assert red.decode(payload) == [red.Block(OPUS, 960, b"before"), red.Block(OPUS, 0, b"now")]
+    two = red.decode(red.encode(b"c", OPUS, [(1920, b"a"), (960, b"bb")]))
+    assert [(b.offset, b.data) for b in two] == [(1920, b"a"), (960, b"bb"), (0, b"c")]
+
+
+def test_blocks_that_do_not_fit_are_left_out_not_sent_broken() -> None:
+    assert red.decode(red.encode(b"p", OPUS, [(960, bytes(1024))])) == [red.Block(OPUS, 0, b"p")]
+    assert red.decode(red.encode(b"p", OPUS, [(1 << 14, b"x")])) == [red.Block(OPUS, 0, b"p")]
+    assert red.decode(red.encode(b"p", OPUS, [(960, b"")])) == [red.Block(OPUS, 0, b"p")]
+
+
+@pytest.mark.parametrize("payload", [
+    b"",  # no header at all
+    bytes([0x80 | OPUS, 0, 0]),  # truncated block header
+    bytes([0x80 | OPUS, 15, 0, 10, OPUS]) + b"short",  # block longer than the payload
+    bytes([0x80 | OPUS, 0, 0, 1, OPUS, 7]),  # offset 0 for a redundant block
+    bytes([0x80 | OPUS, 15, 0, 1] * 3 + [OPUS]) + b"abc",  # more blocks than accepted
+])
+def test_malformed_payloads_are_refused(payload: bytes) -> None:
+    with pytest.raises(red.RedError):
+        red.decode(payload)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_or_raise_red_error_only(data: bytes) -> None:
+    try:
+        blocks = red.decode(data)
+    except red.RedError:
+        return
+    assert blocks and blocks[-1].offset == 0
+    assert sum(len(b.data) for b in blocks) <= len(data)
+
+
+@given(st.binary(min_size=1, max_size=1023), st.binary(max_size=1500),
+       st.integers(1, (1 << 14) - 1))
+def test_encode_then_decode_gives_back_the_frames(previous: bytes, primary: bytes,
+                                                   offset: int) -> None:
+    blocks = red.decode(red.encode(primary, OPUS, [(offset, previous)]))
+    assert blocks == [red.Block(OPUS, offset, previous), red.Block(OPUS, 0, primary)]
