@@ -512,3 +512,22 @@ def test_switching_layers_keeps_every_forwarded_frame_exact(upswitch_at_base: bo
     assert 0 < len(reduced) < len(full)
     for ts, picture in reduced.items():
         assert np.array_equal(picture, full[ts]), ts
+
+
+def test_a_paused_stream_sends_nothing_and_resumes_at_a_keyframe_without_a_hole() -> None:
+    """A subscriber whose link cannot carry a stream's base layer gets none of it; when
+    the link allows again, forwarding resumes at the next keyframe (nothing before one
+    would decode) and the numbering continues as if the stream had been quiet."""
+    pub = Publisher()
+    forwarder = LayerForwarder(2)
+    before = run(forwarder, [p for f in [pub.frame(keyframe=True), *pub.frames(8)] for p in f])
+    forwarder.pause()
+    assert run(forwarder, [p for f in pub.frames(12) for p in f]) == []  # paused
+    forwarder.resume()
+    waiting = run(forwarder, [p for f in pub.frames(5) for p in f])
+    assert waiting == []  # resumed, but no keyframe yet
+    after = run(forwarder, [p for f in [pub.frame(keyframe=True), *pub.frames(8)] for p in f])
+    assert parse_descriptor(after[0].payload).starts_frame
+    assert after[0].payload[parse_descriptor(after[0].payload).header_size] & 0x01 == 0
+    assert_continuous(before + after)
+    assert forwarder.stats.pauses == 1

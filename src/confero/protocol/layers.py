@@ -55,6 +55,7 @@ class ForwarderStats:
     resent: int = 0
     switches_up: int = 0
     switches_down: int = 0
+    pauses: int = 0
 
 
 class LayerForwarder:
@@ -68,6 +69,10 @@ class LayerForwarder:
         self.current_tid = self.target_tid
         self.upswitch_at_base = upswitch_at_base
         self.stats = ForwarderStats()
+        #: nothing forwarded (see :meth:`pause`); after :meth:`resume`, nothing until a
+        #: keyframe
+        self.paused = False
+        self._await_keyframe = False
         self._seq = SequenceUnwrapper()
         self._pid = Unwrapper(15)
         self._next: int | None = None  # highest publisher ext seq seen + 1
@@ -93,6 +98,21 @@ class LayerForwarder:
     def set_target(self, tid: int) -> None:
         """The layer the subscriber's downlink can carry (from :class:`LayerRateMeter`)."""
         self.target_tid = max(0, min(MAX_TID, tid))
+
+    def pause(self) -> None:
+        """Forward no picture of this stream from the next one on (the subscriber's link
+        cannot carry even its base layer). The numbering stays continuous: to the
+        subscriber a paused stream is a stream that sends nothing."""
+        if not self.paused:
+            self.paused = True
+            self.stats.pauses += 1
+
+    def resume(self) -> None:
+        """Forward again, from the next keyframe (the pictures in between are gone, so
+        nothing before a keyframe would decode): ask the publisher for one."""
+        if self.paused:
+            self.paused = False
+            self._await_keyframe = True
 
     # -- forwarding --------------------------------------------------------------------------
 
@@ -281,7 +301,12 @@ class LayerForwarder:
                     del self._reserved_pids[next(iter(self._reserved_pids))]
             self._highest_pid = pid
             self._switch(descriptor, packet, tid)
-            forward = tid <= self.current_tid
+            forward = tid <= self.current_tid and not self.paused
+            if forward and self._await_keyframe:
+                if descriptor.starts_frame and is_keyframe(packet.payload, descriptor):
+                    self._await_keyframe = False
+                else:
+                    forward = False
             offset = self._pid_offset
             if not forward:
                 self._pid_offset += 1
@@ -291,7 +316,8 @@ class LayerForwarder:
                 offset, level = self._pid_offset, -1  # long forgotten: drop unless TL0
             else:
                 offset, level = reserved
-            forward = tid == 0 or tid <= level
+            forward = ((tid == 0 or tid <= level) and not self.paused
+                       and not self._await_keyframe)
         entry = _Picture(forward, (pid - offset) & 0x7FFF if forward else None)
         self._pictures[pid] = entry
         while len(self._pictures) > _MAX_PICTURES:

@@ -93,6 +93,14 @@ MAX_RETRANSMIT_PER_NACK = 32
 #: bitrate (with a floor, so a quiet stream can still be repaired), in bursts of
 #: ``RETRANSMIT_BURST`` seconds' worth.
 RETRANSMIT_RATE_FACTOR = 2.0
+#: ... and all of a subscriber's retransmissions together at most this share of its
+#: downlink estimate: a full link gets no flood of repairs on top (at 500 kbit/s the
+#: server once sent 4 000 retransmissions in 30 s into a link that had no room).
+RETRANSMIT_DOWNLINK_SHARE = 0.2
+#: A paused stream resumes when its base layer fits this many times over.
+PAUSE_RESUME_MARGIN = 1.33
+#: Audio louder than this (-dBov) counts as speaking, for who keeps their picture.
+SPOKE_LEVEL = 50
 MIN_RETRANSMIT_RATE = 32_000.0
 RETRANSMIT_BURST = 1.0
 #: Forwarded NACKs: at most one per publisher per interval.
@@ -153,6 +161,11 @@ class _Peer:
     retransmit_budget: dict[int, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
+    #: when this participant last sent audio louder than SPOKE_LEVEL (monotonic): who
+    #: keeps their picture first on a link too slow for everyone's
+    spoke_at: float = float("-inf")
+    #: all retransmissions to this participant, within a share of its downlink estimate
+    retransmit_total: TokenBucket | None = None
     #: the last mix frame sent to this listener (RTP timestamp, Opus), for RFC 2198
     previous_mix: tuple[int, bytes] | None = None
     # congestion control: our link to this participant, and the feedback on theirs to us
@@ -499,6 +512,8 @@ class MediaRouter:
                                                                      RED_PAYLOAD_TYPE):
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
             level = level_ext[0] & 0x7F if level_ext else None
+            if level is not None and level < SPOKE_LEVEL:
+                peer.spoke_at = now
             if meeting.speakers is not None:
                 return self._forward_e2ee_audio(meeting, peer, plain, level, now)
             payload = packet.payload
@@ -603,23 +618,61 @@ class MediaRouter:
         meeting.forwarded_bytes += size
         return out
 
-    def _choose_layers(self, now: float) -> None:
-        """Per subscriber: split its downlink estimate among the publishers it sees, and
-        forward of each the most temporal layers that fit (never less than the base)."""
+    def _choose_layers(self, now: float) -> list[Datagram]:
+        """Per subscriber: which video streams its downlink estimate carries at all, and of
+        each the most temporal layers that fit.
+
+        When even the base layers do not all fit, streams are paused for this subscriber
+        in order of priority (shared screens first, then whoever spoke last): a link
+        that carries one picture gets one smooth picture instead of frozen ones and a
+        queue that also drowns its audio. A paused stream resumes once its base layer fits
+        with a third of headroom, from a keyframe asked of its publisher."""
+        out: list[Datagram] = []
         for meeting in self._meetings.values():
             for pid in meeting.members:
                 receiver = self._peers[pid]
                 if not receiver.forwarders:
                     continue
-                # an equal share per stream: a shared screen counts as one more publisher
-                share = receiver.downlink.video_share(len(receiver.forwarders))
+                streams: list[tuple[LayerForwarder, _Peer, _VideoStream]] = []
                 for ssrc, forwarder in receiver.forwarders.items():
                     publisher = self._by_ssrc.get(ssrc)
                     stream = publisher.videos.get(ssrc) if publisher is not None else None
-                    if stream is None:
+                    if publisher is not None and stream is not None:
+                        streams.append((forwarder, publisher, stream))
+                streams.sort(key=lambda item: (item[2].kind != "screen", -item[1].spoke_at))
+                budget = receiver.downlink.video_share(1)
+                carried: list[tuple[LayerForwarder, _VideoStream]] = []
+                for forwarder, publisher, stream in streams:
+                    base = stream.layer_rates.cumulative(now)[0]
+                    needed = base * (PAUSE_RESUME_MARGIN if forwarder.paused else 1.0)
+                    if carried and needed > budget:  # the first stream is never paused
+                        forwarder.pause()
                         continue
+                    if forwarder.paused:
+                        forwarder.resume()
+                        out += self._request_keyframe(publisher, stream, receiver, now)
+                    budget -= base
+                    carried.append((forwarder, stream))
+                # an equal share of the estimate per stream carried
+                share = receiver.downlink.video_share(len(carried))
+                for forwarder, stream in carried:
                     forwarder.set_target(stream.layer_rates.choose_layer(
                         share, now, current=forwarder.current_tid))
+        return out
+
+    def _request_keyframe(self, publisher: _Peer, stream: _VideoStream, receiver: _Peer,
+                          now: float) -> list[Datagram]:
+        """A PLI to ``publisher`` for ``stream`` on behalf of ``receiver`` (throttled as
+        the receivers' own PLIs are)."""
+        if publisher.address is None or publisher.srtp is None:
+            return []
+        if now - stream.last_pli_forwarded < self.pli_interval:
+            self.counters["pli_throttled"] += 1
+            return []
+        stream.last_pli_forwarded = now
+        self.counters["pli_for_resume"] += 1
+        request = rtcp.Pli(receiver.video_ssrc, stream.ssrc).pack()
+        return [(publisher.srtp.protect_rtcp(request), publisher.address)]
 
     def _on_rtcp(
         self, peer: _Peer, packets: list[rtcp.RtcpPacket], now: float
@@ -668,6 +721,12 @@ class MediaRouter:
                 rate, rate * RETRANSMIT_BURST, now)
         # the budget follows the stream's bitrate
         budget.rate, budget.burst = rate, rate * RETRANSMIT_BURST
+        # and the receiver's link: all its repairs within a share of its estimate (bytes)
+        link_rate = RETRANSMIT_DOWNLINK_SHARE * receiver.downlink.target_bps / 8
+        total = receiver.retransmit_total
+        if total is None:
+            total = receiver.retransmit_total = TokenBucket(link_rate, link_rate, now)
+        total.rate, total.burst = link_rate, link_rate * RETRANSMIT_BURST
         forwarder = receiver.forwarders.get(stream.ssrc)
         for asked in nack.lost[:MAX_NACK_SEQS]:
             # the receiver numbers as we renumbered for it; the history as the publisher
@@ -684,9 +743,8 @@ class MediaRouter:
                 if resent is None:
                     continue
                 plain = resent.serialize()
-            if len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.allow(
-                now, len(plain)
-            ):
+            if (len(out) >= MAX_RETRANSMIT_PER_NACK or not budget.allow(now, len(plain))
+                    or not total.allow(now, len(plain))):
                 self.counters["retransmit_over_budget"] += 1
                 continue
             try:
@@ -820,7 +878,7 @@ class MediaRouter:
                         out.append((peer.srtp.protect_rtcp(feedback), peer.address))
         if now >= self._next_layer_choice:
             self._next_layer_choice = now + LAYER_INTERVAL
-            self._choose_layers(now)
+            out += self._choose_layers(now)
         return out
 
     def downlink_estimates(self) -> dict[str, int]:
