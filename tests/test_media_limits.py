@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from confero.protocol import consent, rtcp
-from confero.protocol.rtp import RtpPacket
+from confero.protocol.rtp import RtpPacket, is_rtcp
 from confero.protocol.token_bucket import TokenBucket
 from confero.protocol.vp8 import keyframe_dimensions, packetize
+from confero.server.downlink import Downlink
 from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.media_router import (
     CONSENT_REFRESH,
@@ -335,3 +336,80 @@ def test_max_video_size_option_parses_width_by_height() -> None:
     for bad in ("1280", "x720", "0x10", "-5x5", "axb", "1280x720x3"):
         with pytest.raises(argparse.ArgumentTypeError):
             _video_size(bad)
+
+
+# ---------------------------------------------------------------------------- pausing streams
+
+
+class _FixedDownlink(Downlink):
+    """A subscriber whose estimated downlink is what the test says."""
+
+    bps = 1_000_000
+
+    @property
+    def target_bps(self) -> int:
+        return self.bps
+
+
+def test_a_slow_subscriber_keeps_the_last_speakers_picture_and_pauses_the_rest() -> None:
+    """Two publishers of ~580 kbit/s whose base layers are ~145 kbit/s each; carol's link
+    carries 250 kbit/s (~200 for video): she gets the picture of whoever spoke last, as
+    many of its layers as fit, and none of the other's (rather than both frozen behind a
+    full queue); when her link grows, the other comes back from a keyframe the server
+    asked for."""
+    router = MediaRouter(5000)
+    alice, bob, carol = (Peer(router, n, "m", p) for n, p in
+                         (("alice", 1), ("bob", 2), ("carol", 3)))
+    bind(router, alice, bob, carol)
+    link = _FixedDownlink()
+    link.bps = 250_000
+    router._peers["carol"].downlink = link
+    pids = {"alice": 0, "bob": 0}
+
+    def frame(peer: Peer, name: str, index: int, now: float) -> Datagrams:
+        tid = (0, 2, 1, 2)[index % 4]
+        keyframe = index % 120 == 0
+        data = (vp8_keyframe(320, 240, 2300) if keyframe else b"\x01" + b"v" * 2300)
+        pids[name] += 1
+        out: Datagrams = []
+        payloads = packetize(data, pids[name], temporal=(tid, False, index // 4))
+        for i, payload in enumerate(payloads):
+            peer.seq += 1
+            packet = RtpPacket(96, peer.seq, 3000 * index, peer.grant.video_ssrc, payload,
+                               i == len(payloads) - 1)
+            out += router.handle_datagram(peer.srtp.protect_rtp(packet.serialize()),
+                                          peer.address, now)
+        return out
+
+    def speak(peer: Peer, level: int, now: float) -> None:
+        packet = RtpPacket(111, 1, int(now * 48_000), peer.grant.audio_ssrc, b"\xf8\xff\xfe",
+                           extensions={2: bytes([0x80 | level])})
+        router.handle_datagram(peer.srtp.protect_rtp(packet.serialize()), peer.address, now)
+
+    def video_to_carol(out: Datagrams) -> list[RtpPacket]:
+        return [packet for data, address in out if address == carol.address
+                and not is_rtcp(data) and (packet := carol.read(data)).payload_type == 96]
+
+    received: dict[int, int] = {}
+    now = 0.0
+    for index in range(240):  # 8 s at 30 fps; bob talks, alice is quiet
+        now = index / 30
+        speak(bob, 20, now)
+        speak(alice, 120, now)
+        out = frame(alice, "alice", index, now) + frame(bob, "bob", index, now)
+        out += router.tick(now)
+        for packet in video_to_carol(out):
+            if index >= 150:
+                received[packet.ssrc] = received.get(packet.ssrc, 0) + 1
+    assert received.get(bob.grant.video_ssrc, 0) >= 40  # his base layer: 7.5 fps
+    assert alice.grant.video_ssrc not in received  # paused for carol
+    link.bps = 2_000_000  # her link grows: alice resumes, from a keyframe asked for
+    pli_before = router.counters["pli_for_resume"]
+    resumed: list[RtpPacket] = []
+    for index in range(240, 420):
+        now = index / 30
+        out = frame(alice, "alice", index, now) + frame(bob, "bob", index, now)
+        out += router.tick(now)
+        resumed += [p for p in video_to_carol(out) if p.ssrc == alice.grant.video_ssrc]
+    assert router.counters["pli_for_resume"] > pli_before
+    assert resumed and resumed[0].payload[1] & 0x01 == 0  # the first is a keyframe

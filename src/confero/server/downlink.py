@@ -23,8 +23,9 @@ from confero.protocol.twcc import SentHistory, TwccRecorder, stamp_transport_seq
 DOWNLINK_START_BPS = 1_000_000
 DOWNLINK_MIN_BPS = 60_000
 DOWNLINK_MAX_BPS = 20_000_000
-#: What a subscriber's audio mix costs on the wire (Opus + headers at 50 packets/s).
-MIX_SHARE_BPS = 48_000
+#: What a subscriber's audio mix costs on the wire: Opus with the previous frame again
+#: (RFC 2198) and headers, 50 packets a second.
+MIX_SHARE_BPS = 96_000
 #: How often each subscriber's layer choice is revisited.
 LAYER_INTERVAL = 0.2
 
