@@ -119,13 +119,16 @@ def read_wav(path: Path) -> npt.NDArray[np.float64]:
 
 
 def analyse(samples: npt.NDArray[np.float64], tones: list[float], absent: list[float],
-            skip_seconds: float, marks: list[int] | None = None) -> dict[str, Any]:
+            skip_seconds: float, marks: list[int] | None = None,
+            end_seconds: float | None = None) -> dict[str, Any]:
     """Per 20 ms window: amplitudes of ``tones`` (expected) and ``absent`` (must not be
     heard, e.g. the listener's own tone), and the residual. ``marks`` (window indices from
     the start of ``samples``, e.g. where the mic toggled) split the glitches into those
-    within 240 ms after a mark (from 40 ms before) and the others."""
+    within 240 ms after a mark (from 40 ms before) and the others. ``end_seconds``: where
+    the call ended in the recording (the talkers leaving is not a dropout)."""
     start = int(skip_seconds * RATE) // WINDOW * WINDOW
-    body = samples[start:]
+    end = len(samples) if end_seconds is None else int(end_seconds * RATE)
+    body = samples[start:end]
     count = len(body) // WINDOW
     if count < 10:
         raise RuntimeError(f"recording too short: {len(samples)} samples")
@@ -243,7 +246,7 @@ def bench_toggle(seconds: float) -> dict[str, Any]:
                     "third (the recorded listener) toggling its 811 Hz mic every 1.5 s",
         "seconds": seconds,
         **info,
-        **analyse(samples, tones, [own], skip_seconds=3.0),
+        **analyse(samples, tones, [own], skip_seconds=3.0, end_seconds=seconds),
         "load_average": os.getloadavg(),
         "machine": MACHINE,
     }
@@ -475,7 +478,7 @@ def bench_hogs(seconds: float, hogs: int) -> dict[str, Any]:
                     f"{hogs} busy-looping processes",
         "seconds": seconds,
         **info,
-        **analyse(samples, tones, [], skip_seconds=3.0),
+        **analyse(samples, tones, [], skip_seconds=3.0, end_seconds=seconds),
         "load_average": os.getloadavg(),
         "machine": MACHINE,
     }

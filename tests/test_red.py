@@ -53,3 +53,22 @@ def test_encode_then_decode_gives_back_the_frames(previous: bytes, primary: byte
                                                    offset: int) -> None:
     blocks = red.decode(red.encode(primary, OPUS, [(offset, previous)]))
     assert blocks == [red.Block(OPUS, offset, previous), red.Block(OPUS, 0, primary)]
+
+
+def test_a_redundant_copy_fills_a_hole_but_never_starts_a_talkspurt_early() -> None:
+    """In the jitter buffer: a copy that arrives while playing fills the hole its
+    original left; one that reaches an idle buffer (the frame before a talkspurt's first)
+    is ignored, or the talkspurt would start a frame later than it needs to."""
+    from confero.protocol.audio_jitter import AudioJitterBuffer
+
+    idle = AudioJitterBuffer(target=1, adaptive=False)
+    idle.push(960, b"previous", 0.0, redundant=True)
+    idle.push(1920, b"first", 0.0)
+    assert idle.pop() == b"first" and idle.recovered == 0
+    playing = AudioJitterBuffer(target=1, adaptive=False)
+    playing.push(0, b"a", 0.0)
+    assert playing.pop() == b"a"
+    playing.push(1920, b"c", 0.04)  # 960 was lost ...
+    playing.push(960, b"b", 0.04, redundant=True)  # ... and came again with c
+    assert [playing.pop(), playing.pop()] == [b"b", b"c"] and playing.recovered == 1
+    assert playing.late == 0

@@ -105,7 +105,9 @@ class AudioJitterBuffer:
         frame late by design) nor a late packet when its original already played."""
         ts = self._unwrap.unwrap(timestamp)
         if redundant:
-            if (self._next is None or ts >= self._next) and ts not in self._frames:
+            # only while playing: a copy that reaches an idle buffer is of a frame before
+            # the talkspurt's first, and playing it would add a frame of latency
+            if self._next is not None and ts >= self._next and ts not in self._frames:
                 self._frames[ts] = payload
                 self.recovered += 1
                 while len(self._frames) > self.capacity:
