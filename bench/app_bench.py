@@ -40,6 +40,22 @@ def wait(app: QApplication, condition: Any, timeout: float) -> bool:
     return bool(condition())
 
 
+def server_view(url: str) -> dict[str, Any]:
+    """The server's estimate of the subscribers' downlinks (min/median/max, bit/s) and the
+    temporal layers it forwards (layer -> streams), from its /metrics."""
+    import re
+    import urllib.request
+
+    http = url.replace("ws://", "http://").rsplit("/ws", 1)[0] + "/metrics"
+    body = urllib.request.urlopen(http, timeout=5).read().decode()
+    estimate = {stat: float(value) for stat, value in re.findall(
+        r'confero_meeting_downlink_estimate_bps\{meeting="[^"]+",stat="(\w+)"\} (\S+)', body)}
+    layers = {layer: float(value) for layer, value in re.findall(
+        r'confero_meeting_forwarded_layer_streams\{layer="(\d)",meeting="[^"]+"\} (\S+)',
+        body)}
+    return {"downlink_estimate_bps": estimate, "forwarded_layer_streams": layers}
+
+
 def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[str, Any]:
     width, height = size.split("x")
     with tempfile.TemporaryDirectory() as data:
@@ -89,6 +105,8 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                 "tile_fps_min": round(fps[0], 1),
                 "tile_fps_median": round(fps[len(fps) // 2], 1),
                 "app_cpu_share_of_one_core": round(cpu / wall, 3),
+                # why a tile shows fewer frames than sent: the server's congestion control
+                "server_view": server_view(url),
             }
         finally:
             window.close()

@@ -35,6 +35,7 @@ from confero.client import Client
 from confero.client.media import MediaSession
 from confero.media.audio import FRAME_SAMPLES, OpusEncoder, Samples, SineSource
 from confero.protocol import consent, rtcp
+from confero.protocol.profile import EXT_TRANSPORT_SEQ
 from confero.protocol.rtp import RtpPacket
 from confero.protocol.srtp import SrtpContext, decode_key
 from confero.protocol.vp8 import packetize
@@ -189,8 +190,12 @@ async def bench_forward_async(seconds: float, subscribers: int, rate: int) -> di
         while (elapsed := time.perf_counter() - started) < seconds:
             due = int(elapsed * rate)
             while sent < due:
+                # as a client sends it: with its transport-wide sequence number (ext 4),
+                # which the server rewrites in place for each subscriber
                 packet = RtpPacket(96, sent & 0xFFFF, sent // 3 * 3000, pub_grant.video_ssrc,
-                                   payload, marker=sent % 3 == 2)
+                                   payload, marker=sent % 3 == 2,
+                                   extensions={EXT_TRANSPORT_SEQ: (sent & 0xFFFF).to_bytes(
+                                       2, "big")})
                 publisher.sendto(pub_ctx.protect_rtp(packet.serialize()), target)
                 sent += 1
             await asyncio.sleep(0.002)

@@ -62,7 +62,14 @@ def _transport_seq_offset(packet: bytes) -> int | None:
     return None
 
 
-def stamp_transport_seq(packet: bytes, transport_seq: int) -> bytes:
+def transport_seq_offset(packet: bytes) -> int | None:
+    """Where extension 4's two bytes sit in a plaintext RTP packet (None: not there).
+    Copies of one packet that differ only after the header share it: find it once."""
+    return _transport_seq_offset(packet)
+
+
+def stamp_transport_seq(packet: bytes, transport_seq: int,
+                        offset: int | None = None) -> bytes:
     """The plaintext RTP ``packet`` carrying ``transport_seq`` in its extension 4.
 
     Fast path: the packet already has the extension (a placeholder written when it was
@@ -70,7 +77,8 @@ def stamp_transport_seq(packet: bytes, transport_seq: int) -> bytes:
     patched. Otherwise it is re-serialised with the extension added. Stamp after the
     pacer, then SRTP-protect: the authentication tag covers the extension.
     """
-    offset = _transport_seq_offset(packet)
+    if offset is None:
+        offset = _transport_seq_offset(packet)
     value = (transport_seq & 0xFFFF).to_bytes(2, "big")
     if offset is not None:
         return packet[:offset] + value + packet[offset + 2 :]

@@ -42,9 +42,10 @@ class Downlink:
     received: TwccRecorder = field(default_factory=TwccRecorder)
     feedbacks: int = 0
 
-    def stamp(self, plain: bytes, now: float) -> bytes:
-        """Number a plaintext RTP packet about to go to this participant."""
-        stamped = stamp_transport_seq(plain, self.next_seq)
+    def stamp(self, plain: bytes, now: float, offset: int | None = None) -> bytes:
+        """Number a plaintext RTP packet about to go to this participant (``offset``:
+        where its extension 4 is, if the caller knows)."""
+        stamped = stamp_transport_seq(plain, self.next_seq, offset)
         self.history.on_sent(self.next_seq, len(stamped) + WIRE_OVERHEAD, now)
         self.next_seq = (self.next_seq + 1) & 0xFFFF
         return stamped

@@ -58,7 +58,7 @@ from confero.protocol.srtp import (
     new_master_key,
 )
 from confero.protocol.token_bucket import TokenBucket
-from confero.protocol.twcc import read_transport_seq
+from confero.protocol.twcc import read_transport_seq, transport_seq_offset
 from confero.protocol.vp8 import (
     Vp8Descriptor,
     Vp8Error,
@@ -507,7 +507,7 @@ class MediaRouter:
             stream.history.store(packet.sequence_number, plain)
             if stream.kind == "screen":
                 self.counters["screen_packets"] += 1
-            return self._forward_video(meeting, peer, stream, packet, descriptor, now)
+            return self._forward_video(meeting, peer, stream, packet, plain, descriptor, now)
         if packet.ssrc == peer.audio_ssrc and packet.payload_type in (AUDIO_PAYLOAD_TYPE,
                                                                      RED_PAYLOAD_TYPE):
             level_ext = packet.extensions.get(EXT_AUDIO_LEVEL)
@@ -588,12 +588,20 @@ class MediaRouter:
         stream.rate.add(size, now)
 
     def _forward_video(self, meeting: _Meeting, sender: _Peer, stream: _VideoStream,
-                       packet: RtpPacket, descriptor: Vp8Descriptor,
+                       packet: RtpPacket, plain: bytes, descriptor: Vp8Descriptor,
                        now: float) -> list[Datagram]:
         """Each subscriber gets the temporal layers its downlink carries, renumbered so a
-        dropped layer leaves no hole, numbered for its own congestion control."""
+        dropped layer leaves no hole, numbered for its own congestion control.
+
+        The copy for each subscriber is the publisher's bytes with its sequence number
+        (and PictureID, when layers are dropped) patched in place: rebuilding the packet
+        per subscriber cost about a third of the server's time per forwarded packet."""
         out: list[Datagram] = []
         size = 0
+        # where the payload starts in ``plain`` (None: padded, rebuild instead)
+        payload_at = None if plain[0] & 0x20 else len(plain) - len(packet.payload)
+        # extension 4 sits in the header, which the copies share
+        seq_at = transport_seq_offset(plain) if payload_at is not None else None
         for pid in meeting.members:
             if pid == sender.participant_id:
                 continue
@@ -607,13 +615,20 @@ class MediaRouter:
             if renumbered is None:
                 self.counters["video_layer_dropped"] += 1
                 continue
-            plain = receiver.downlink.stamp(renumbered.serialize(), now)
+            seq = renumbered.sequence_number.to_bytes(2, "big")
+            if payload_at is None:
+                copy = renumbered.serialize()
+            elif renumbered.payload is packet.payload:
+                copy = plain[:2] + seq + plain[4:]
+            else:  # the descriptor was rewritten (PictureID): same header, new payload
+                copy = plain[:2] + seq + plain[4:payload_at] + renumbered.payload
+            stamped = receiver.downlink.stamp(copy, now, seq_at)
             try:
-                out.append((receiver.srtp.protect_rtp(plain), receiver.address))
+                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
             except SrtpError:
                 self.counters["protect_failed"] += 1  # one receiver's problem, not all
                 continue
-            size += len(plain)
+            size += len(stamped)
         meeting.forwarded_packets += len(out)
         meeting.forwarded_bytes += size
         return out
