@@ -71,7 +71,9 @@ def test_switch_to_p2p_and_back_loses_no_frame_and_needs_no_keyframe() -> None:
     assert alice.endpoint.send_to_server
     pair.switch["bob"].to_p2p(bob.endpoint, pair.net.now)
     bob.endpoint.nudge_keepalive(pair.net.now)  # bob sends no media: RTCP says it is there
-    pair.run(1.5)
+    pair.run(1.45)
+    assert alice.endpoint.send_to_server  # heard directly, both paths still carry (linger)
+    pair.run(1.7)
     # the switch finished: alice no longer sends media to the server
     assert not alice.endpoint.send_to_server and alice.endpoint.send_to_peer
     assert pair.switch["alice"].history[-1].completed is not None
