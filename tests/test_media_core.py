@@ -323,7 +323,7 @@ def simulate(buffer: AudioJitterBuffer, jitter: float, seconds: float) -> tuple[
 
 def test_audio_buffer_adapts_its_depth_to_the_jitter() -> None:
     adaptive = AudioJitterBuffer(target=1, max_target=10)
-    fixed = AudioJitterBuffer(target=1, adaptive=False, shed_after=5)  # held shallow
+    fixed = AudioJitterBuffer(target=1, adaptive=False, shed_after=1)  # held shallow
     lost_adaptive, played_adaptive = simulate(adaptive, jitter=0.08, seconds=20)
     lost_fixed, _ = simulate(fixed, jitter=0.08, seconds=20)
     assert adaptive.jitter > 0.01

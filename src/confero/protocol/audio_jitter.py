@@ -128,12 +128,15 @@ class AudioJitterBuffer:
             if len(self._frames) < self.target:
                 return None
             self._next = min(self._frames)
-        if len(self._frames) > self.target + 1:
+        if len(self._frames) > self.target + 2:
             self._over_target_pops += 1
             if self._over_target_pops >= self.shed_after:
                 # Persistently too deep (a burst after a stall): shed the excess in one
                 # jump, oldest first. One discontinuity is one click; skipping a frame
-                # every 100 ms until caught up would be a click every 100 ms.
+                # every 100 ms until caught up would be a click every 100 ms. Two frames
+                # of slack, not one: a target relaxed by a frame is met when the stream
+                # next pauses (it rebuffers at the new target), not by a cut mid-sound
+                # (that cut was a click every 10 s in the toggling scenario).
                 self._over_target_pops = 0
                 while len(self._frames) > self.target + 1:
                     oldest = min(self._frames)
