@@ -455,3 +455,18 @@ def test_an_empty_or_corrupt_opus_packet_does_not_mute_the_decoder() -> None:
     assert decoder.errors >= 1
     later = [np.abs(decoder.decode(f)).max() for f in frames[2:]]
     assert max(later) > 1000  # still decoding: the bad packets did not end it
+
+
+def test_audio_streams_keep_the_figures_of_a_stream_that_ended() -> None:
+    """A sender who left is forgotten (its buffer freed), but a report made afterwards
+    (a bot's summary after everyone left) still says what was played of them."""
+    from confero.protocol.audio_streams import AudioStreams
+
+    streams = AudioStreams(idle_forget=1.0)
+    for tick in range(20):
+        streams.push(7, tick * 960, b"x", tick * 0.02)
+        streams.pop(tick * 0.02 + 0.01)
+    streams.forget(7)
+    assert streams.ssrcs() == []
+    [(ssrc, figures)] = streams.stats().items()
+    assert ssrc == 7 and figures["ended"] == 1 and figures["played"] >= 15

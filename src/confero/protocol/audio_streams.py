@@ -9,11 +9,13 @@ are bounded in number and forgotten once silent for ``idle_forget`` seconds.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Final
 
 from confero.protocol.audio_jitter import AudioJitterBuffer
 
 MAX_AUDIO_STREAMS: Final = 16
+MAX_ENDED_STATS: Final = 32
 
 
 class AudioStreams:
@@ -24,6 +26,9 @@ class AudioStreams:
         self._buffers: dict[int, AudioJitterBuffer] = {}
         self._last_packet: dict[int, float] = {}
         self.dropped_too_many = 0
+        #: the final statistics of streams forgotten lately (a sender who left), so a
+        #: report made after they left still says what was played of them
+        self._ended: OrderedDict[int, dict[str, int]] = OrderedDict()
 
     def push(self, ssrc: int, timestamp: int, payload: bytes, now: float, *,
              redundant: bool = False) -> None:
@@ -56,15 +61,22 @@ class AudioStreams:
         return buffer.depth if buffer is not None else 0
 
     def forget(self, ssrc: int) -> None:
-        self._buffers.pop(ssrc, None)
+        buffer = self._buffers.pop(ssrc, None)
         self._last_packet.pop(ssrc, None)
+        if buffer is not None:
+            self._ended[ssrc] = {**self._stats_of(buffer), "ended": 1}
+            while len(self._ended) > MAX_ENDED_STATS:
+                self._ended.popitem(last=False)
 
     def ssrcs(self) -> list[int]:
         return list(self._buffers)
 
     def stats(self) -> dict[int, dict[str, int]]:
-        return {
-            ssrc: {"depth_frames": b.depth, "concealed": b.concealed, "late": b.late,
-                   "played": b.played}
-            for ssrc, b in self._buffers.items()
-        }
+        """Per stream, live ones and those forgotten lately (``ended``: 1)."""
+        live = {ssrc: self._stats_of(b) for ssrc, b in self._buffers.items()}
+        return {**{k: v for k, v in self._ended.items() if k not in live}, **live}
+
+    @staticmethod
+    def _stats_of(buffer: AudioJitterBuffer) -> dict[str, int]:
+        return {"depth_frames": buffer.depth, "concealed": buffer.concealed,
+                "late": buffer.late, "played": buffer.played}
