@@ -6,6 +6,8 @@ the repair (NACK, PLI, jitter buffer) deterministically, without sockets or the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from confero.client.endpoint import LOST, VideoFrameReady, keyframe_size
@@ -21,6 +23,22 @@ def frames_of(client: Client, sender: Client | None = None) -> list[VideoFrameRe
     if sender is not None:
         frames = [f for f in frames if f.ssrc == sender.endpoint.config.video_ssrc]
     return frames
+
+
+def audio_sender(client: Client) -> Callable[[float], None]:
+    """Each call: a 20 ms Opus frame of a 440 Hz tone from ``client`` when one is due."""
+    encoder, tone = OpusEncoder(), SineSource(440.0)
+    next_at = [0.0]
+
+    def each(now: float) -> None:
+        if now >= next_at[0]:
+            next_at[0] += 0.02
+            samples = tone.next_frame()
+            client.endpoint.send_audio_frame(encoder.encode(samples),
+                                             level=level_dbov(samples),
+                                             capture_us=int(now * 1e6), now=now)
+
+    return each
 
 
 def video_sender(client: Client, fps: float = 30, size: int = 3000):  # type: ignore[no-untyped-def]
@@ -215,15 +233,7 @@ def test_mixed_audio_plays_in_order_and_a_lost_frame_has_its_successor_at_hand(
     (its FEC) at hand."""
     net = MemoryNetwork()
     alice, bob = net.join("alice"), net.join("bob")
-    encoder, tone = OpusEncoder(), SineSource(440.0)
-    next_at = [0.0]
-
-    def talk(now: float) -> None:
-        if now >= next_at[0]:
-            next_at[0] += 0.02
-            samples = tone.next_frame()
-            alice.endpoint.send_audio_frame(encoder.encode(samples), level=level_dbov(samples),
-                                            capture_us=int(now * 1e6), now=now)
+    talk = audio_sender(alice)
 
     dropped: list[int] = []
 
@@ -270,15 +280,7 @@ def test_a_lost_uplink_audio_packet_is_rebuilt_at_the_mixer_from_the_next(
     net = MemoryNetwork()
     alice, _bob = net.join("alice"), net.join("bob")
     alice.endpoint.redundant_audio = redundant
-    encoder, tone = OpusEncoder(), SineSource(440.0)
-    next_at = [0.0]
-
-    def talk(now: float) -> None:
-        if now >= next_at[0]:
-            next_at[0] += 0.02
-            samples = tone.next_frame()
-            alice.endpoint.send_audio_frame(encoder.encode(samples), level=level_dbov(samples),
-                                            capture_us=int(now * 1e6), now=now)
+    talk = audio_sender(alice)
 
     dropped: list[int] = []
 
