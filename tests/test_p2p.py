@@ -54,6 +54,24 @@ def cut_direct_path(nat: NatTopology) -> None:
     )
 
 
+def start_public_server(nat: NatTopology, tmp_path: Path, *extra: str
+                        ) -> tuple[subprocess.Popen[str], str]:
+    """The real server in the public namespace; (its process, its port)."""
+    server = nat.public.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3",
+         *extra],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return server, str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+
+
+def site_bot(nat: NatTopology, port: str, site: int, name: str, *args: str) -> BotProcess:
+    """A bot in the client namespace of ``site``, reaching the server through its NAT."""
+    return BotProcess(f"ws://{nat.sites[site].wan.a.ip}:{port}/ws", name, *args, *COMMON,
+                      prefix=nat.sites[site].client.argv([]))
+
+
 def _frames(event: dict[str, Any], name: str) -> int:
     return int(event["video"].get(name, {}).get("frames_decoded", 0))
 
@@ -69,26 +87,16 @@ def test_two_go_p2p_behind_nat_a_third_brings_the_server_back(
 ) -> None:
     nat = nat_topology(netlab, 3)
     home_router_firewall(nat)
-    server = nat.public.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
-
-    def url(site: int) -> str:
-        return f"ws://{nat.sites[site].wan.a.ip}:{port}/ws"
+    server, port = start_public_server(nat, tmp_path)
 
     started: list[BotProcess] = []
     try:
-        alice = BotProcess(url(0), "alice", "--create", "p2p", "--audio", "sine:440",
-                           "--record", str(tmp_path / "alice"), *COMMON,
-                           prefix=nat.sites[0].client.argv([]))
+        alice = site_bot(nat, port, 0, "alice", "--create", "p2p", "--audio", "sine:440",
+                         "--record", str(tmp_path / "alice"))
         started.append(alice)
         meeting = str(alice.expect("joined", timeout=40)["meeting_id"])
-        bob = BotProcess(url(1), "bob", "--join", meeting, "--audio", "sine:660",
-                         "--record", str(tmp_path / "bob"), *COMMON,
-                         prefix=nat.sites[1].client.argv([]))
+        bob = site_bot(nat, port, 1, "bob", "--join", meeting, "--audio", "sine:660",
+                       "--record", str(tmp_path / "bob"))
         started.append(bob)
         bob.expect("joined", timeout=40)
 
@@ -122,9 +130,8 @@ def test_two_go_p2p_behind_nat_a_third_brings_the_server_back(
         assert a1["paths"]["peer"]["dropped_auth"] == 0
 
         # 3. a third person: back through the server, and all three see each other
-        carol = BotProcess(url(2), "carol", "--join", meeting, "--audio", "none",
-                           "--record", str(tmp_path / "carol"), *COMMON,
-                           prefix=nat.sites[2].client.argv([]))
+        carol = site_bot(nat, port, 2, "carol", "--join", meeting, "--audio", "none",
+                         "--record", str(tmp_path / "carol"))
         started.append(carol)
         for bot in (alice, bob):
             mode = bot.expect("mode", timeout=40)
@@ -173,22 +180,14 @@ def test_blocked_direct_path_falls_back_to_the_server_by_itself(
     (it stays on the server, with the reason)."""
     nat = nat_topology(netlab, 2)
     home_router_firewall(nat)
-    server = nat.public.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    server, port = start_public_server(nat, tmp_path)
     started: list[BotProcess] = []
     try:
-        alice = BotProcess(f"ws://{nat.sites[0].wan.a.ip}:{port}/ws", "alice", "--create",
-                           "cut", "--audio", "sine:440", *COMMON,
-                           prefix=nat.sites[0].client.argv([]))
+        alice = site_bot(nat, port, 0, "alice", "--create", "cut", "--audio", "sine:440")
         started.append(alice)
         meeting = str(alice.expect("joined", timeout=40)["meeting_id"])
-        bob = BotProcess(f"ws://{nat.sites[1].wan.a.ip}:{port}/ws", "bob", "--join", meeting,
-                         "--audio", "sine:660", "--record", str(tmp_path / "bob"), *COMMON,
-                         prefix=nat.sites[1].client.argv([]))
+        bob = site_bot(nat, port, 1, "bob", "--join", meeting, "--audio", "sine:660",
+                       "--record", str(tmp_path / "bob"))
         started.append(bob)
         for bot in (alice, bob):
             assert bot.expect("mode", timeout=40)["mode"] == "p2p"
@@ -250,23 +249,16 @@ def test_direct_path_blocked_p2p_goes_through_a_turn_relay(
     cut_direct_path(nat)
     secret = os.urandom(12).hex()
     coturn = start_coturn(nat, tmp_path, secret)
-    server = nat.public.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3",
-         "--turn-url", f"turn:{nat.sites[0].wan.a.ip}:3478", "--turn-secret", secret],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    server, port = start_public_server(
+        nat, tmp_path, "--turn-url", f"turn:{nat.sites[0].wan.a.ip}:3478",
+        "--turn-secret", secret)
     started: list[BotProcess] = []
     try:
-        alice = BotProcess(f"ws://{nat.sites[0].wan.a.ip}:{port}/ws", "alice", "--create",
-                           "relay", "--audio", "sine:440", *COMMON,
-                           prefix=nat.sites[0].client.argv([]))
+        alice = site_bot(nat, port, 0, "alice", "--create", "relay", "--audio", "sine:440")
         started.append(alice)
         meeting = str(alice.expect("joined", timeout=40)["meeting_id"])
-        bob = BotProcess(f"ws://{nat.sites[1].wan.a.ip}:{port}/ws", "bob", "--join", meeting,
-                         "--audio", "sine:660", "--record", str(tmp_path / "bob"), *COMMON,
-                         prefix=nat.sites[1].client.argv([]))
+        bob = site_bot(nat, port, 1, "bob", "--join", meeting, "--audio", "sine:660",
+                       "--record", str(tmp_path / "bob"))
         started.append(bob)
         modes = {}
         for bot in (alice, bob):
