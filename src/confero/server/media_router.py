@@ -665,7 +665,8 @@ class MediaRouter:
                         continue
                     if forwarder.paused:
                         forwarder.resume()
-                        out += self._request_keyframe(publisher, stream, receiver, now)
+                        out += self._request_keyframe(publisher, stream, receiver, now,
+                                                   "pli_for_resume")
                     budget -= base
                     carried.append((forwarder, stream))
                 # an equal share of the estimate per stream carried
@@ -676,16 +677,16 @@ class MediaRouter:
         return out
 
     def _request_keyframe(self, publisher: _Peer, stream: _VideoStream, receiver: _Peer,
-                          now: float) -> list[Datagram]:
-        """A PLI to ``publisher`` for ``stream`` on behalf of ``receiver`` (throttled as
-        the receivers' own PLIs are)."""
+                          now: float, counter: str) -> list[Datagram]:
+        """A PLI to ``publisher`` for ``stream`` on behalf of ``receiver``, at most one per
+        ``pli_interval`` per stream whoever asks (counted under ``counter``)."""
         if publisher.address is None or publisher.srtp is None:
             return []
         if now - stream.last_pli_forwarded < self.pli_interval:
             self.counters["pli_throttled"] += 1
             return []
         stream.last_pli_forwarded = now
-        self.counters["pli_for_resume"] += 1
+        self.counters[counter] += 1
         request = rtcp.Pli(receiver.video_ssrc, stream.ssrc).pack()
         return [(publisher.srtp.protect_rtcp(request), publisher.address)]
 
@@ -804,16 +805,7 @@ class MediaRouter:
         if found is None:
             return []
         publisher, stream = found
-        if publisher.address is None:
-            return []
-        if now - stream.last_pli_forwarded < self.pli_interval:
-            self.counters["pli_throttled"] += 1
-            return []
-        stream.last_pli_forwarded = now
-        self.counters["pli_forwarded"] += 1
-        request = rtcp.Pli(receiver.video_ssrc, stream.ssrc).pack()
-        assert publisher.srtp is not None
-        return [(publisher.srtp.protect_rtcp(request), publisher.address)]
+        return self._request_keyframe(publisher, stream, receiver, now, "pli_forwarded")
 
     # ------------------------------------------------------------------ mixing clock
 
