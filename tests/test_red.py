@@ -37,6 +37,13 @@ def test_malformed_payloads_are_refused(payload: bytes) -> None:
         red.decode(payload)
 
 
+def test_a_block_of_another_payload_type_is_refused_when_one_is_expected() -> None:
+    payload = red.encode(b"now", OPUS, [(960, b"before")])
+    assert len(red.decode(payload, OPUS)) == 2
+    with pytest.raises(red.RedError):
+        red.decode(payload, 96)
+
+
 @given(st.binary(max_size=300))
 def test_any_bytes_decode_or_raise_red_error_only(data: bytes) -> None:
     try:

@@ -585,11 +585,8 @@ class MediaEndpoint:
         """RFC 2198 audio: the redundant copies go into their stream's buffer (where they
         fill a hole, if any), the primary comes back as a plain Opus packet."""
         try:
-            blocks = red.decode(packet.payload)
+            blocks = red.decode(packet.payload, AUDIO_PAYLOAD_TYPE)
         except red.RedError:
-            self.counters["dropped_malformed"] += 1
-            return None
-        if any(block.payload_type != AUDIO_PAYLOAD_TYPE for block in blocks):
             self.counters["dropped_malformed"] += 1
             return None
         for block in blocks[:-1]:

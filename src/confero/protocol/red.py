@@ -52,8 +52,9 @@ def encode(primary: bytes, payload_type: int, redundant: list[tuple[int, bytes]]
     return bytes(headers + body + primary)
 
 
-def decode(payload: bytes) -> list[Block]:
-    """The blocks, redundant ones first and the primary last (offset 0)."""
+def decode(payload: bytes, expected_type: int | None = None) -> list[Block]:
+    """The blocks, redundant ones first and the primary last (offset 0). With
+    ``expected_type``, a block of any other payload type makes the payload malformed."""
     headers: list[tuple[int, int, int]] = []
     pos = 0
     while True:
@@ -79,4 +80,6 @@ def decode(payload: bytes) -> list[Block]:
         blocks.append(Block(payload_type, offset, payload[pos : pos + length]))
         pos += length
     blocks.append(Block(primary_type, 0, payload[pos:]))
+    if expected_type is not None and any(b.payload_type != expected_type for b in blocks):
+        raise RedError("RED block of an unexpected payload type")
     return blocks

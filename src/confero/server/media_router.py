@@ -520,11 +520,8 @@ class MediaRouter:
             redundant: tuple[tuple[int, bytes], ...] = ()
             if packet.payload_type == RED_PAYLOAD_TYPE:
                 try:
-                    blocks = red.decode(packet.payload)
+                    blocks = red.decode(packet.payload, AUDIO_PAYLOAD_TYPE)
                 except red.RedError:
-                    self.counters["dropped_malformed"] += 1
-                    return []
-                if any(block.payload_type != AUDIO_PAYLOAD_TYPE for block in blocks):
                     self.counters["dropped_malformed"] += 1
                     return []
                 payload = blocks[-1].data
