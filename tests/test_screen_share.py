@@ -61,7 +61,7 @@ def router() -> MediaRouter:
 
 
 def test_every_participant_is_granted_a_distinct_screen_ssrc(router: MediaRouter) -> None:
-    audio, video, screen = router.reserve("alice")
+    audio, video, screen, _low = router.reserve("alice")
     grant = router.admit("alice", "m")
     assert grant.screen_ssrc == screen and len({audio, video, screen, grant.mix_ssrc}) == 4
     other = router.reserve("bob")[2]

@@ -226,6 +226,10 @@ class ParticipantInfo(Struct, frozen=True):
     #: The screen-share stream (issue 12): its SSRC, and whether it is being shared now.
     screen_ssrc: int = 0
     screen: bool = False
+    #: The camera's low-resolution copy (simulcast, issue 9): the server forwards each
+    #: subscriber either the camera or this stream, whichever its downlink carries; a
+    #: receiver shows both in the same tile. 0: the participant sends no copy.
+    low_ssrc: int = 0
 
 
 class ChatMessage(Struct, frozen=True):
@@ -269,6 +273,8 @@ class MediaGrant(Struct, frozen=True):
     host: str = ""
     #: SSRC of this participant's second video stream, its shared screen (issue 12).
     screen_ssrc: int = 0
+    #: SSRC for a low-resolution copy of the camera (simulcast, issue 9); 0: none wanted.
+    low_ssrc: int = 0
 
 
 class JoinResult(Struct, frozen=True):

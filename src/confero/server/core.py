@@ -547,8 +547,8 @@ class SignalingCore:
 
     def _reserve_ssrcs(self, participant: Participant) -> None:
         if self.media is not None and not participant.audio_ssrc:
-            (participant.audio_ssrc, participant.video_ssrc,
-             participant.screen_ssrc) = self.media.reserve(participant.id)
+            (participant.audio_ssrc, participant.video_ssrc, participant.screen_ssrc,
+             participant.low_ssrc) = self.media.reserve(participant.id)
 
     def _join_result(self, meeting_id: str, participant: Participant) -> sig.JoinResult:
         meeting = self.registry.meeting(meeting_id)
@@ -624,7 +624,7 @@ class SignalingCore:
         conn = self._connections.get(self._conn_by_participant.get(participant_id, -1))
         if conn is not None and conn.participant is not None:
             conn.participant.audio_ssrc = conn.participant.video_ssrc = 0
-            conn.participant.screen_ssrc = 0
+            conn.participant.screen_ssrc = conn.participant.low_ssrc = 0
             conn.participant.screen = False
 
     def _deliver(self, notices: list[Notice]) -> list[Action]:

@@ -147,6 +147,7 @@ class _Peer:
     audio_ssrc: int
     video_ssrc: int
     screen_ssrc: int = 0
+    low_ssrc: int = 0
     meeting_id: str | None = None
     srtp: SrtpContext | None = None
     address: Address | None = None
@@ -177,6 +178,8 @@ class _Peer:
         self.videos = {self.video_ssrc: _VideoStream(self.video_ssrc, "camera")}
         if self.screen_ssrc:
             self.videos[self.screen_ssrc] = _VideoStream(self.screen_ssrc, "screen")
+        if self.low_ssrc:
+            self.videos[self.low_ssrc] = _VideoStream(self.low_ssrc, "camera_low")
 
 
 @dataclass
@@ -231,9 +234,10 @@ class MediaRouter:
 
     # ------------------------------------------------------------------ signaling side
 
-    def reserve(self, participant_id: str) -> tuple[int, int, int]:
-        """The participant's (audio, camera, screen) SSRCs: every stream it may publish is
-        granted here; RTP on any other SSRC is not its own and is dropped."""
+    def reserve(self, participant_id: str) -> tuple[int, int, int, int]:
+        """The participant's (audio, camera, screen, camera's low copy) SSRCs: every
+        stream it may publish is granted here; RTP on any other SSRC is not its own and
+        is dropped."""
         peer = self._peers.get(participant_id)
         if peer is None:
             audio = self._new_ssrc()
@@ -242,9 +246,11 @@ class MediaRouter:
             self._by_ssrc[peer.video_ssrc] = peer
             peer.screen_ssrc = self._new_ssrc()
             self._by_ssrc[peer.screen_ssrc] = peer
+            peer.low_ssrc = self._new_ssrc()
+            self._by_ssrc[peer.low_ssrc] = peer
             peer.new_videos()
             self._peers[participant_id] = peer
-        return peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc
+        return peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc, peer.low_ssrc
 
     def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
               ) -> MediaGrant:
@@ -272,6 +278,7 @@ class MediaRouter:
             mix_ssrc=meeting.mix_ssrc,
             host=self.host,
             screen_ssrc=peer.screen_ssrc,
+            low_ssrc=peer.low_ssrc,
         )
 
     def rekey(self, participant_id: str) -> MediaGrant | None:
@@ -291,6 +298,7 @@ class MediaRouter:
             key_down=encode_key(key_down), audio_ssrc=peer.audio_ssrc,
             video_ssrc=peer.video_ssrc, mix_ssrc=meeting.mix_ssrc, host=self.host,
             screen_ssrc=peer.screen_ssrc,
+            low_ssrc=peer.low_ssrc,
         )
 
     def release(self, participant_id: str) -> None:
@@ -300,7 +308,7 @@ class MediaRouter:
         if peer is None:
             return
         self._leave_meeting(peer)
-        for ssrc in (peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc):
+        for ssrc in (peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc, peer.low_ssrc):
             self._by_ssrc.pop(ssrc, None)
 
     def _leave_meeting(self, peer: _Peer) -> None:

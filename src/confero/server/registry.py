@@ -78,6 +78,7 @@ class Participant:
     microphone: bool = False
     screen_ssrc: int = 0
     screen: bool = False
+    low_ssrc: int = 0
 
     def info(self) -> ParticipantInfo:
         return ParticipantInfo(
@@ -90,6 +91,7 @@ class Participant:
             microphone=self.microphone,
             screen_ssrc=self.screen_ssrc,
             screen=self.screen,
+            low_ssrc=self.low_ssrc,
         )
 
     def enter(self, now: float) -> None:
