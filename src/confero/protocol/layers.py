@@ -107,6 +107,11 @@ class LayerForwarder:
             self.paused = True
             self.stats.pauses += 1
 
+    @property
+    def awaiting_keyframe(self) -> bool:
+        """Resumed, but nothing forwarded yet: the publisher's keyframe has not come."""
+        return self._await_keyframe
+
     def resume(self) -> None:
         """Forward again, from the next keyframe (the pictures in between are gone, so
         nothing before a keyframe would decode): ask the publisher for one."""
