@@ -39,6 +39,7 @@ from confero.protocol.profile import (
     EXT_AUDIO_LEVEL,
     EXT_CAPTURE_TIME,
     EXT_MIXER_LEVELS,
+    PROBE_PAYLOAD_TYPE,
     RED_PAYLOAD_TYPE,
     VIDEO_CLOCK,
     VIDEO_PAYLOAD_TYPE,
@@ -254,7 +255,7 @@ class MediaEndpoint:
             "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
             "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
             "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
-            "feedback_received": 0,
+            "feedback_received": 0, "probe_packets": 0,
         }
         # ---- the peer-to-peer path (issue 10): a second hop with its own SRTP keys.
         # Which hops our media goes to; RTCP keepalives always go to the server.
@@ -737,6 +738,9 @@ class MediaEndpoint:
         transport_seq = read_transport_seq(plain)
         if transport_seq is not None:
             twcc.on_packet(transport_seq, arrival)
+        if plain[1] & 0x7F == PROBE_PAYLOAD_TYPE:  # bandwidth-probe padding: only counted
+            self.counters["probe_packets"] += 1
+            return
         if both_paths and self._duplicate(plain):
             return
         self._on_rtp(plain, size, now)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confero.protocol.bwe import SendSideBwe
+from confero.protocol.bwe import SendSideBwe, Usage
 from confero.protocol.congestion import WIRE_OVERHEAD
+from confero.protocol.probe import Prober
 from confero.protocol.rtcp import TransportFeedback
 from confero.protocol.twcc import SentHistory, TwccRecorder, stamp_transport_seq
 
@@ -28,6 +29,10 @@ DOWNLINK_MAX_BPS = 20_000_000
 MIX_SHARE_BPS = 96_000
 #: How often each subscriber's layer choice is revisited.
 LAYER_INTERVAL = 0.2
+#: A link is quiet enough to probe while its queueing delay stays below this.
+PROBE_QUIET_QUEUE = 0.03
+#: ... or when it has had no feedback this long (nothing sent: its last verdict is stale).
+PROBE_STALE_FEEDBACK = 1.0
 
 
 @dataclass
@@ -41,21 +46,50 @@ class Downlink:
     #: feedback the other way: what we received from this participant
     received: TwccRecorder = field(default_factory=TwccRecorder)
     feedbacks: int = 0
+    last_feedback_at: float = float("-inf")
+    #: what this participant would take if its link carried everything (all pictures at
+    #: full size and every layer, and the mix): probes run only while it is above the
+    #: estimate (set by the router's layer choice)
+    wanted_bps: float = 0.0
+    prober: Prober = field(default_factory=Prober)
+    probes_raised: int = 0
 
     def stamp(self, plain: bytes, now: float, offset: int | None = None) -> bytes:
         """Number a plaintext RTP packet about to go to this participant (``offset``:
         where its extension 4 is, if the caller knows)."""
         stamped = stamp_transport_seq(plain, self.next_seq, offset)
-        self.history.on_sent(self.next_seq, len(stamped) + WIRE_OVERHEAD, now)
+        size = len(stamped) + WIRE_OVERHEAD
+        self.history.on_sent(self.next_seq, size, now)
+        self.prober.on_sent(self.next_seq, size, now)
         self.next_seq = (self.next_seq + 1) & 0xFFFF
         return stamped
 
     def on_feedback(self, feedback: TransportFeedback, now: float) -> None:
         self.feedbacks += 1
-        self.bwe.on_packet_results(self.history.on_feedback(feedback, now), now)
+        self.last_feedback_at = now
+        results = self.history.on_feedback(feedback, now)
+        before = self.bwe.target_bps
+        self.bwe.on_packet_results(results, now)
+        outcome = self.prober.on_results(results, now)
+        if outcome is not None and self.bwe.on_probe(outcome.estimate_bps(), now) > before:
+            self.probes_raised += 1
+
+    def padding(self, now: float, tick: float) -> list[int]:
+        """Sizes of the probe padding packets to send this participant now."""
+        bwe = self.bwe
+        # what the estimator last saw, unless it saw nothing for a while (nothing was
+        # sent): then its verdict is stale and the probe is what tells
+        stale = now - self.last_feedback_at > PROBE_STALE_FEEDBACK
+        quiet = stale or (bwe.usage is Usage.NORMAL and bwe.loss.loss_fraction < bwe.loss.low
+                          and bwe.queue_delay < PROBE_QUIET_QUEUE)
+        return self.prober.padding(now, estimate_bps=self.target_bps,
+                                   wanted_bps=self.wanted_bps, quiet=quiet, tick=tick)
 
     def tick(self, now: float) -> None:
-        self.bwe.on_tick(now, sending=self.history.in_flight > 0)
+        # a link we sent nothing on lately (a paused picture, a silent meeting) gets no
+        # feedback and must not be backed off for it, even with packets unaccounted for
+        self.bwe.on_tick(now, sending=self.history.in_flight > 0
+                         and self.prober.sending_bps(now) > 0)
 
     @property
     def target_bps(self) -> int:

@@ -28,15 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confero.protocol import consent, red, rtcp
-from confero.protocol.layers import LayerForwarder, LayerRateMeter
+from confero.protocol.layers import MAX_TID, LayerForwarder, LayerRateMeter
 from confero.protocol.nack import RetransmitBuffer
 from confero.protocol.profile import (
+    AUDIO_CLOCK,
     AUDIO_FRAME_TICKS,
     AUDIO_PAYLOAD_TYPE,
     EXT_AUDIO_LEVEL,
     EXT_CAPTURE_TIME,
     EXT_MIXER_LEVELS,
     MAX_CSRCS,
+    PROBE_PAYLOAD_TYPE,
     RED_PAYLOAD_TYPE,
     VIDEO_PAYLOAD_TYPE,
 )
@@ -65,7 +67,7 @@ from confero.protocol.vp8 import (
     keyframe_dimensions,
     parse_descriptor,
 )
-from confero.server.downlink import LAYER_INTERVAL, Downlink
+from confero.server.downlink import LAYER_INTERVAL, MIX_SHARE_BPS, Downlink
 from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 from confero.server.speakers import SpeakerSelector
@@ -99,6 +101,11 @@ RETRANSMIT_RATE_FACTOR = 2.0
 RETRANSMIT_DOWNLINK_SHARE = 0.2
 #: A paused stream resumes when its base layer fits this many times over.
 PAUSE_RESUME_MARGIN = 1.33
+#: The first picture (in order of priority) is paused only when its cheapest form needs
+#: more than this times the subscriber's video budget: a link a little too slow still
+#: shows one picture; one it would flood (and the audio with it) shows none until it
+#: recovers, which probing finds out.
+FIRST_PICTURE_EXCESS = 2.0
 #: A picture moves up from its low copy to the full camera when 15 fps of the camera
 #: fit this many times over.
 SIMULCAST_UP_MARGIN = 1.25
@@ -164,6 +171,7 @@ class _Peer:
     # publisher stream SSRC -> what this receiver may still cost in retransmissions of it
     retransmit_budget: dict[int, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
+    probe_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
     #: when this participant last sent audio louder than SPOKE_LEVEL (monotonic): who
     #: keeps their picture first on a link too slow for everyone's
@@ -724,7 +732,7 @@ class MediaRouter:
 
         First every picture gets its cheapest form (the low copy's base layer, else the
         camera's); when even those do not all fit, pictures are paused in order of
-        priority (the first is never paused): a link that carries one picture gets one
+        priority (the first only on a link it would flood): a link that carries one picture gets one
         smooth picture instead of frozen ones and a queue that also drowns its audio. Then,
         in order of priority, a picture moves up to the full-size camera where 15 fps of
         it fits. A paused picture resumes with a third of headroom, a copy moves up with a
@@ -734,12 +742,18 @@ class MediaRouter:
         out: list[Datagram] = []
         budget = float(receiver.downlink.video_share(1))
         plan: list[tuple[_Source, str]] = []
-        for source in self._sources(receiver, now):
+        sources = self._sources(receiver, now)
+        receiver.downlink.wanted_bps = MIX_SHARE_BPS + sum(
+            max(source.rate("high", MAX_TID, now), source.rate("low", MAX_TID, now))
+            for source in sources)
+        for source in sources:
             current = source.current()
             cheap = "low" if source.live(source.low, now) else "high"
             base = source.rate(cheap, 0, now)
             needed = base * (PAUSE_RESUME_MARGIN if current == "off" else 1.0)
-            if plan and needed > budget:
+            # the first picture is kept on a link a little too slow for it (its layers
+            # or its copy may still fit), not on one it would flood
+            if needed > budget * (FIRST_PICTURE_EXCESS if not plan else 1.0):
                 plan.append((source, "off"))
                 continue
             plan.append((source, cheap))
@@ -954,6 +968,7 @@ class MediaRouter:
                 out += self._flush_upstream(publisher, stream, now)
         for meeting in self._meetings.values():
             meeting.mix_timestamp = (meeting.mix_timestamp + FRAME_TICKS) & 0xFFFFFFFF
+            out += self._probe(meeting, now)
             mixes = meeting.mixer.mix()
             levels = meeting.mixer.levels
             for pid in meeting.members:
@@ -998,6 +1013,24 @@ class MediaRouter:
                 meeting.mixed_packets += 1
                 meeting.mixed_bytes += len(plain)
                 out.append((listener.srtp.protect_rtp(plain), listener.address))
+        return out
+
+    def _probe(self, meeting: _Meeting, now: float) -> list[Datagram]:
+        """Bandwidth-probe padding for members whose link may carry more than their
+        estimate (:mod:`confero.protocol.probe`): zeros on the mix SSRC, numbered for
+        transport feedback like everything else the member gets."""
+        out: list[Datagram] = []
+        for pid in meeting.members:
+            listener = self._peers[pid]
+            if listener.address is None or listener.srtp is None or not listener.forwarders:
+                continue
+            for size in listener.downlink.padding(now, FRAME_TICKS / AUDIO_CLOCK):
+                listener.probe_seq = (listener.probe_seq + 1) & 0xFFFF
+                packet = RtpPacket(PROBE_PAYLOAD_TYPE, listener.probe_seq,
+                                   meeting.mix_timestamp, meeting.mix_ssrc, bytes(size))
+                plain = listener.downlink.stamp(packet.serialize(), now)
+                out.append((listener.srtp.protect_rtp(plain), listener.address))
+                self.counters["probe_packets"] += 1
         return out
 
     def _congestion_tick(self, now: float) -> list[Datagram]:
