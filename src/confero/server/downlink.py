@@ -80,7 +80,9 @@ class Downlink:
         # what the estimator last saw, unless it saw nothing for a while (nothing was
         # sent): then its verdict is stale and the probe is what tells
         stale = now - self.last_feedback_at > PROBE_STALE_FEEDBACK
-        quiet = stale or (bwe.usage is Usage.NORMAL and bwe.loss.loss_fraction < bwe.loss.low
+        # random loss (a radio link) below the loss controller's cut does not stop a
+        # probe: only a probe shows whether the link has room despite it
+        quiet = stale or (bwe.usage is Usage.NORMAL and bwe.loss.loss_fraction < bwe.loss.high
                           and bwe.queue_delay < PROBE_QUIET_QUEUE)
         return self.prober.padding(now, estimate_bps=self.target_bps,
                                    wanted_bps=self.wanted_bps, quiet=quiet, tick=tick)
