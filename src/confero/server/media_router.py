@@ -669,21 +669,24 @@ class MediaRouter:
                 forwarder = receiver.forwarders[stream.ssrc] = LayerForwarder()
                 if stream.kind == "camera_low":
                     forwarder.pause()  # the camera itself until the estimate says otherwise
-            renumbered = forwarder.forward(packet, descriptor)
-            if renumbered is None:
+            fields = forwarder.forward_fields(packet, descriptor)
+            if fields is None:
                 self.counters["video_layer_dropped"] += 1
                 continue
             if receiver.handovers:  # a simulcast switch: the new form's keyframe is out
                 replaced = receiver.handovers.pop(stream.ssrc, None)
                 if replaced is not None:
                     replaced.pause()
-            seq = renumbered.sequence_number.to_bytes(2, "big")
+            sub_seq, payload = fields
+            seq = sub_seq.to_bytes(2, "big")
             if payload_at is None:
-                copy = renumbered.serialize()
-            elif renumbered.payload is packet.payload:
+                copy = RtpPacket(packet.payload_type, sub_seq, packet.timestamp, packet.ssrc,
+                                 payload, packet.marker, list(packet.csrcs),
+                                 dict(packet.extensions)).serialize()
+            elif payload is packet.payload:
                 copy = plain[:2] + seq + plain[4:]
             else:  # the descriptor was rewritten (PictureID): same header, new payload
-                copy = plain[:2] + seq + plain[4:payload_at] + renumbered.payload
+                copy = plain[:2] + seq + plain[4:payload_at] + payload
             stamped = receiver.downlink.stamp(copy, now, seq_at)
             try:
                 out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
