@@ -6,7 +6,7 @@ from __future__ import annotations
 from confero.protocol.probe import ProbeOutcome, Prober
 from confero.protocol.twcc import PacketResult
 from tests.memnet import Client, Datagram, MemoryNetwork
-from tests.test_endpoint import video_sender
+from tests.test_endpoint import audio_sender, video_sender
 
 TICK = 0.02
 
@@ -98,7 +98,12 @@ def test_the_servers_estimate_of_a_recovered_link_climbs_back_within_seconds() -
     bob: Client = net.join("bob")
     capacity = [3_000_000.0]
     bob.downlink = bottleneck(capacity)
-    send = video_sender(alice, size=5000)  # 1.2 Mbit/s, three temporal layers
+    video, talk = video_sender(alice, size=5000), audio_sender(alice)  # 1.2 Mbit/s
+
+    def send(now: float) -> None:
+        video(now)
+        talk(now)  # the mix flows beside the probes, each on its own SSRC
+
     net.run(4.0, each=send)
     capacity[0] = 300_000
     net.run(12.0, each=send)
@@ -110,3 +115,4 @@ def test_the_servers_estimate_of_a_recovered_link_climbs_back_within_seconds() -
     assert downlink.probes_raised >= 1
     assert net.router.counters["probe_packets"] > 0
     assert bob.endpoint.counters["probe_packets"] > 0  # counted, not taken for media
+    assert bob.endpoint.audio_stats.lost < 200  # the mix lost only in the 300 kbit/s spell

@@ -145,3 +145,28 @@ def test_without_a_copy_the_camera_is_forwarded_as_before() -> None:
                 got[packet.ssrc] = got.get(packet.ssrc, 0) + 1
             assert video_to(bob, out) or index % 4  # bob gets every picture
     assert set(got) == {camera}
+
+
+def test_a_keyframe_leaves_for_a_slow_subscriber_paced_not_as_one_burst() -> None:
+    """A 60 kB keyframe arrives at once; carol's link is estimated at 500 kbit/s: the server
+    sends her at most 2.5x that (plus a 25 ms burst), spread over its ticks, every packet
+    in order and none dropped; bob's fast link gets most of it at once."""
+    router, alice, bob, carol, _ = setup()
+    camera = alice.peer.grant.video_ssrc
+    out = alice.frame(camera, 0, 20_000, 0.0)  # a keyframe: 3 x 20 kB
+    sent = alice.seq[camera]  # packets of the keyframe
+    assert len(video_to(bob, out)) >= 30  # a fast link: most of it at once
+    first = video_to(carol, out)
+    got = [p.sequence_number for p in first]
+    size = sum(len(p.payload) + 60 for p in first)  # with headers and the wire's
+    assert sent >= 30 and len(got) < sent / 3
+    now = 0.0
+    while len(got) < sent and now < 1.0:
+        now = round(now + 0.02, 3)
+        released = video_to(carol, router.tick(now))
+        got += [p.sequence_number for p in released]
+        size += sum(len(p.payload) + 60 for p in released)
+        assert size * 8 <= 2.5 * 500_000 * (now + 0.025) + 8 * 2000  # paced
+    assert len(got) == sent  # nothing dropped
+    assert got == sorted(got)  # in order
+    assert now >= 0.3  # 60 kB at 1.25 Mbit/s takes ~0.4 s

@@ -244,6 +244,8 @@ class _Meeting:
     #: mixed audio packets sent to the members (not counted as forwarded)
     mixed_packets: int = 0
     mixed_bytes: int = 0
+    #: the SSRC of bandwidth-probe padding to the members
+    probe_ssrc: int = field(default_factory=lambda: secrets.randbits(32) | 1)
 
 
 class MediaRouter:
@@ -687,13 +689,13 @@ class MediaRouter:
                 copy = plain[:2] + seq + plain[4:]
             else:  # the descriptor was rewritten (PictureID): same header, new payload
                 copy = plain[:2] + seq + plain[4:payload_at] + payload
-            stamped = receiver.downlink.stamp(copy, now, seq_at)
-            try:
-                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
-            except SrtpError:
-                self.counters["protect_failed"] += 1  # one receiver's problem, not all
-                continue
-            size += len(stamped)
+            for stamped in receiver.downlink.pace(copy, now, seq_at):
+                try:
+                    out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
+                except SrtpError:
+                    self.counters["protect_failed"] += 1  # one receiver's problem, not all
+                    continue
+                size += len(stamped)
         meeting.forwarded_packets += len(out)
         meeting.forwarded_bytes += size
         return out
@@ -971,7 +973,7 @@ class MediaRouter:
                 out += self._flush_upstream(publisher, stream, now)
         for meeting in self._meetings.values():
             meeting.mix_timestamp = (meeting.mix_timestamp + FRAME_TICKS) & 0xFFFFFFFF
-            out += self._probe(meeting, now)
+            out += self._release_paced(meeting, now) + self._probe(meeting, now)
             mixes = meeting.mixer.mix()
             levels = meeting.mixer.levels
             for pid in meeting.members:
@@ -1018,10 +1020,27 @@ class MediaRouter:
                 out.append((listener.srtp.protect_rtp(plain), listener.address))
         return out
 
+    def _release_paced(self, meeting: _Meeting, now: float) -> list[Datagram]:
+        """Forwarded video that waited for its member's pacing budget and may go now."""
+        out: list[Datagram] = []
+        for pid in meeting.members:
+            listener = self._peers[pid]
+            if not listener.downlink.paced:
+                continue
+            released = listener.downlink.release(now)
+            if listener.address is None or listener.srtp is None:
+                continue
+            for stamped in released:
+                out.append((listener.srtp.protect_rtp(stamped), listener.address))
+                meeting.forwarded_packets += 1
+                meeting.forwarded_bytes += len(stamped)
+        return out
+
     def _probe(self, meeting: _Meeting, now: float) -> list[Datagram]:
         """Bandwidth-probe padding for members whose link may carry more than their
-        estimate (:mod:`confero.protocol.probe`): zeros on the mix SSRC, numbered for
-        transport feedback like everything else the member gets."""
+        estimate (:mod:`confero.protocol.probe`): zeros on the meeting's probe SSRC (a
+        stream of its own: SRTP refuses a sequence that jumps about on one SSRC), numbered
+        for transport feedback like everything else the member gets."""
         out: list[Datagram] = []
         for pid in meeting.members:
             listener = self._peers[pid]
@@ -1030,7 +1049,7 @@ class MediaRouter:
             for size in listener.downlink.padding(now, FRAME_TICKS / AUDIO_CLOCK):
                 listener.probe_seq = (listener.probe_seq + 1) & 0xFFFF
                 packet = RtpPacket(PROBE_PAYLOAD_TYPE, listener.probe_seq,
-                                   meeting.mix_timestamp, meeting.mix_ssrc, bytes(size))
+                                   meeting.mix_timestamp, meeting.probe_ssrc, bytes(size))
                 plain = listener.downlink.stamp(packet.serialize(), now)
                 out.append((listener.srtp.protect_rtp(plain), listener.address))
                 self.counters["probe_packets"] += 1
