@@ -73,10 +73,13 @@ class Call:
         on_transport_changed: Callable[[str, str], None] | None = None,
         media_transport: str = "auto",
         udp_port: int | None = None,
+        simulcast: bool = True,
     ) -> None:
         """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
         otherwise the session plays out on a 20 ms schedule and hands frames to
-        ``on_audio``. ``prepare_video`` runs on the decoder thread per decoded frame."""
+        ``on_audio``. ``prepare_video`` runs on the decoder thread per decoded frame.
+        ``simulcast``: send a low-resolution copy of the camera too (issue 9; not in an
+        E2EE meeting), for the server to forward to those whose downlink is slow."""
         self.client = client
         self.session: MediaSession | None = None
         self.recorder: MeetingRecorder | None = None
@@ -126,6 +129,7 @@ class Call:
         self._on_transport_changed = on_transport_changed
         #: the last session needed the WebSocket: the next one (a rejoin) starts there
         self._udp_blocked = False
+        self.simulcast = simulcast
 
     # ------------------------------------------------------------------ who is who
 
@@ -133,15 +137,28 @@ class Call:
         return self.stream_of(ssrc)[0]
 
     def stream_of(self, ssrc: int) -> tuple[sig.ParticipantInfo | None, str]:
-        """Whose stream ``ssrc`` is, and which: "camera", "screen" or "audio"."""
+        """Whose stream ``ssrc`` is, and which: "camera", "screen" or "audio". The
+        camera's low-resolution copy (simulcast) is the "camera" too: same person, same
+        tile, just a smaller picture."""
         for participant in self._known.values():
             if ssrc == participant.video_ssrc:
+                return participant, "camera"
+            if participant.low_ssrc and ssrc == participant.low_ssrc:
                 return participant, "camera"
             if participant.screen_ssrc and ssrc == participant.screen_ssrc:
                 return participant, "screen"
             if ssrc == participant.audio_ssrc:
                 return participant, "audio"
         return None, "camera"
+
+    def camera_ssrc_of(self, ssrc: int) -> int:
+        """The SSRC that stands for the stream ``ssrc`` belongs to: a low copy's camera
+        SSRC, else ``ssrc`` itself. Front ends key a sender's camera by it (one tile, one
+        count, whichever of the two streams the server forwards)."""
+        for participant in self._known.values():
+            if participant.low_ssrc and ssrc == participant.low_ssrc:
+                return participant.video_ssrc
+        return ssrc
 
     def name_of(self, ssrc: int) -> str:
         """The sender's name; "<name> (screen)" for a shared screen (its own stream)."""
@@ -182,6 +199,7 @@ class Call:
                 and self.media_transport_policy == "auto" else self.media_transport_policy,
                 stream_url=stream_url(self.client.url), stream_ssl=self.client.ssl_context,
                 on_transport=self._transport_changed, udp_port=self._udp_port,
+                simulcast=self.simulcast, stream_group=self.camera_ssrc_of,
             )
             await session.open()
             self.session = session
@@ -331,10 +349,14 @@ class Call:
         participant, kind = self.stream_of(video.ssrc)
         name = self.name_of(video.ssrc)  # "<name> (screen)": its own recorder file too
         recorder, session = self.recorder, self.session
+        # every stream is recorded whole, in its own file (a camera's low copy too: a
+        # file of only the frames shown would miss references and not decode)
         if recorder is not None and not recorder.video(
             video.ssrc, name, video.encoded, video.frame.width, video.frame.height
         ) and session is not None:
             session.request_keyframe(video.ssrc, time.monotonic())  # a file starts on one
+        if not video.shown:
+            return  # the sender's other camera stream is the one on screen (simulcast)
         if self._on_video is not None:
             self._on_video(CallVideo(participant, name, video, kind))
 
@@ -364,7 +386,8 @@ class Call:
             case sig.ParticipantLeft(participant_id=pid):
                 gone = self._known.pop(pid, None)
                 if gone is not None:
-                    videos = [s for s in (gone.video_ssrc, gone.screen_ssrc) if s]
+                    videos = [s for s in (gone.video_ssrc, gone.screen_ssrc, gone.low_ssrc)
+                              if s]
                     if self.session is not None:
                         for ssrc in videos:
                             self.session.forget_stream(ssrc, ended=True)
@@ -379,6 +402,8 @@ class Call:
                     self._known[pid] = known
                     if not camera and self.session is not None:
                         self.session.forget_stream(known.video_ssrc, ended=False)
+                        if known.low_ssrc:
+                            self.session.forget_stream(known.low_ssrc, ended=False)
                     if not screen and known.screen_ssrc and self.session is not None:
                         self.session.forget_stream(known.screen_ssrc, ended=False)
                         if before is not None and before.screen and self.recorder is not None:
@@ -626,7 +651,41 @@ class Call:
         raw = session.stats()
         video = raw["video"]
         assert isinstance(video, dict)
-        return {**raw, "video": {self.name_of(ssrc): s for ssrc, s in video.items()}}
+        named: dict[str, Any] = {}
+        for ssrc, stream in video.items():
+            if self.camera_ssrc_of(ssrc) != ssrc:
+                continue  # a low copy: merged into its camera's entry below
+            named[self.name_of(ssrc)] = stream
+        for ssrc, low in video.items():
+            camera_ssrc = self.camera_ssrc_of(ssrc)
+            if camera_ssrc != ssrc:
+                name = self.name_of(ssrc)
+                named[name] = merge_camera_stats(video.get(camera_ssrc), low)
+        return {**raw, "video": named}
+
+
+#: Counters and rates that add up across a sender's two camera streams (simulcast).
+_ADDED = ("packets", "bytes", "lost", "nacks_sent", "plis_sent", "frames_decoded",
+          "decode_errors", "frames_dropped", "frames_superseded", "fps", "bitrate_bps")
+
+
+def merge_camera_stats(camera: dict[str, Any] | None, low: dict[str, Any]) -> dict[str, Any]:
+    """One entry for a sender's camera out of its two streams' (the camera and its low
+    copy): counts and rates add up (``frames_decoded`` and ``fps`` count frames shown,
+    and only one stream's frames are shown at a time); size, delay and jitter are the
+    stream shown last second's (the one with more frames). ``low`` keeps the copy's own
+    figures, to tell which of the two a subscriber is getting."""
+    copy = {"frames_decoded": low.get("frames_decoded", 0), "fps": low.get("fps", 0.0),
+            "bitrate_bps": low.get("bitrate_bps", 0.0), "width": low.get("width", 0),
+            "height": low.get("height", 0)}
+    if camera is None:
+        return {**low, "low": copy}
+    main = low if low.get("fps", 0.0) > camera.get("fps", 0.0) else camera
+    merged = dict(main)
+    for key in _ADDED:
+        merged[key] = camera.get(key, 0) + low.get(key, 0)
+    merged["low"] = copy
+    return merged
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
