@@ -168,27 +168,48 @@ def test_the_copy_gets_a_quarter_up_to_its_cap_and_stops_on_a_small_budget() -> 
 # ---------------------------------------------------------------------------- receiver
 
 
-def test_one_of_a_senders_two_camera_streams_is_shown_switching_at_keyframes() -> None:
-    pick = CameraPick(stale_after=0.5)
-    shown = []
-    # both streams deliver (a server forwarding both, or around a switch): no flicker
-    for i in range(30):
+def test_one_of_a_senders_two_camera_streams_is_shown_without_flicker() -> None:
+    pick = CameraPick()
+    big, small = 640 * 480, 320 * 240
+
+    def offer(ssrc: int, now: float, keyframe: bool = False) -> bool:
+        return pick.offer(CAMERA, ssrc, keyframe=keyframe,
+                          area=big if ssrc == CAMERA else small, now=now)
+
+    # a server forwarding both (one without simulcast selection): the camera, always,
+    # even when the copy sends a keyframe (a PLI of someone else's)
+    for i in range(60):
         now = i / 30
-        shown.append(pick.offer(CAMERA, CAMERA, i == 0, now))
+        assert offer(CAMERA, now, keyframe=i == 0)
         if i % 2 == 0:
-            assert not pick.offer(CAMERA, LOW, False, now)
-    assert all(shown) and pick.shown(CAMERA) == CAMERA and pick.switches == 0
-    # the server switches this subscriber to the copy: it starts with a keyframe
-    assert pick.offer(CAMERA, LOW, True, 1.0)
-    assert not pick.offer(CAMERA, CAMERA, False, 1.01)  # a late camera frame: not shown
-    assert pick.offer(CAMERA, LOW, False, 1.07)
-    # back to the camera at its keyframe
-    assert pick.offer(CAMERA, CAMERA, True, 2.0) and pick.shown(CAMERA) == CAMERA
-    # the shown stream went quiet: the other one's next frame is shown even if a delta
-    assert pick.offer(CAMERA, LOW, False, 2.6) and pick.shown(CAMERA) == LOW
-    assert pick.switches == 3
+            assert not offer(LOW, now, keyframe=i in (0, 30))
+    assert pick.shown(CAMERA) == CAMERA and pick.switches == 0
+    # the server switches this subscriber down: the copy's keyframe, then a few camera
+    # frames still in flight: those are shown, the copy takes over once they stop
+    assert not offer(LOW, 2.0, keyframe=True)
+    assert offer(CAMERA, 2.01) and offer(CAMERA, 2.04)
+    assert not offer(LOW, 2.07)
+    assert offer(LOW, 2.27) and pick.shown(CAMERA) == LOW  # the camera went quiet
+    assert not offer(CAMERA, 2.28)  # a straggler: no flicker back
+    for i in range(1, 30):
+        assert offer(LOW, 2.27 + i / 15)
+    # back up: the camera's keyframe switches at once; the copy's stragglers are not shown
+    assert offer(CAMERA, 4.3, keyframe=True) and not offer(LOW, 4.31)
+    # the camera stalls while both are forwarded: the copy carries the tile; the camera
+    # comes back without a keyframe and takes over once it is steady again
+    frames = sorted([(4.31 + i / 15, LOW) for i in range(1, 41)]  # the copy: on and on
+                    + [(6.0 + i / 30, CAMERA) for i in range(30)])  # the camera: from 6.0
+    shown = {(at, ssrc): offer(ssrc, at) for at, ssrc in frames}
+    assert not shown[frames[0]]  # 4.38: the camera is not quiet yet
+    assert all(v for (at, ssrc), v in shown.items() if ssrc == LOW and at > 4.6)
+    assert pick.shown(CAMERA) == LOW
+    # the camera is back, without a keyframe: not shown until it has been steady a second
+    assert not any(v for (at, ssrc), v in shown.items() if ssrc == CAMERA)
+    assert offer(CAMERA, 7.01) and pick.shown(CAMERA) == CAMERA
+    switches = pick.switches
+    assert switches == 4
     # a sender's other streams (a screen) are their own group
-    assert pick.offer(SCREEN, SCREEN, False, 2.6)
+    assert pick.offer(SCREEN, SCREEN, keyframe=False, area=big, now=7.1)
     pick.forget(CAMERA)  # camera off: the next frame of either starts afresh
     assert pick.shown(CAMERA) is None and pick.shown(SCREEN) == SCREEN
 

@@ -835,8 +835,9 @@ class MediaSession(asyncio.DatagramProtocol):
         frame = decoded.frame
         group = self._stream_group(decoded.ssrc) if self._stream_group is not None else None
         if group is not None:  # one of a sender's camera streams (simulcast): shown?
-            decoded.shown = self._camera_pick.offer(group, decoded.ssrc,
-                                                    decoded.encoded.keyframe, time.monotonic())
+            decoded.shown = self._camera_pick.offer(
+                group, decoded.ssrc, keyframe=decoded.encoded.keyframe,
+                area=frame.width * frame.height, now=time.monotonic())
         with self._lock:
             if decoded.shown:
                 endpoint.frame_decoded(decoded.ssrc, width=frame.width, height=frame.height,

@@ -2,63 +2,111 @@
 
 A publisher sends its camera and a low-resolution copy of it on a second SSRC; the server
 forwards each subscriber one of them and switches at keyframes. Around a switch both may
-deliver for a moment (and a server that does not choose forwards both all the time). One
-tile must not alternate between them frame by frame, so per sender one stream is shown:
-the one whose latest keyframe is the newest. A frame of the other stream takes over only
-if it is a keyframe (that keyframe is then the newest), or if the shown stream has gone
-quiet (the server switched, and the switching keyframe is behind us). Sans-I/O: ``now``
-is monotonic seconds.
+deliver for a moment, and a server that does not choose forwards both all the time. One
+tile must not alternate between them, so per sender one stream is shown, and the other
+takes over only when
+
+- it is the larger picture and it starts with a keyframe (the server switched this
+  subscriber up: show it at once), or
+- it is the larger picture and has delivered steadily for :data:`STEADY_FOR` (both are
+  being forwarded: show the better one; its decoder has seen every frame, so a delta
+  frame shows correctly), or
+- the shown stream has gone quiet: nothing for three of its own frame intervals (at least
+  :data:`STALE_MIN`). A switch down to the copy waits for this, since the camera's frames
+  still in flight must not be cut by the copy's keyframe and then flicker back.
+
+Every decoded frame of both streams is decoded (their decoders stay current); only the
+shown one's go to the tile and the statistics. Sans-I/O: ``now`` is monotonic seconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
-#: The shown stream is given up for the other one after this long without a frame.
-STALE_AFTER: Final = 0.5
+#: The shown stream counts as quiet after at least this long without a frame.
+STALE_MIN: Final = 0.2
+#: ... and after at most this long, however slow its frame rate.
+STALE_MAX: Final = 1.0
+#: A larger picture delivering this long beside the shown one replaces it.
+STEADY_FOR: Final = 1.0
 #: Bound on the senders followed (a receiver forgets a sender's streams when it leaves).
 MAX_GROUPS: Final = 256
 
 
 @dataclass
-class _Shown:
-    ssrc: int
+class _Stream:
+    area: int
     last_frame_at: float
+    steady_since: float
+    interval: float = 1 / 30  # smoothed time between its frames
+
+    def quiet_after(self) -> float:
+        """How long without a frame means this stream has stopped (for now)."""
+        return max(STALE_MIN, min(STALE_MAX, 3 * self.interval))
+
+
+@dataclass
+class _Group:
+    shown: int
+    streams: dict[int, _Stream] = field(default_factory=dict)
 
 
 class CameraPick:
-    def __init__(self, stale_after: float = STALE_AFTER) -> None:
-        self.stale_after = stale_after
-        self._shown: dict[int, _Shown] = {}  # group (the camera's SSRC) -> shown stream
+    def __init__(self) -> None:
+        self._groups: dict[int, _Group] = {}  # group (the camera's SSRC) -> its state
         #: frames not shown because the sender's other stream is the one shown
         self.superseded = 0
         self.switches = 0
 
-    def offer(self, group: int, ssrc: int, keyframe: bool, now: float) -> bool:
-        """A decoded frame of ``ssrc``, one of the streams of ``group``: show it?"""
-        shown = self._shown.get(group)
-        if shown is None:
-            if len(self._shown) >= MAX_GROUPS:
-                self._shown.clear()
-            self._shown[group] = _Shown(ssrc, now)
+    def offer(self, group: int, ssrc: int, *, keyframe: bool, area: int, now: float) -> bool:
+        """A decoded frame (``area`` = width x height) of ``ssrc``, one of the streams of
+        ``group``: show it?"""
+        state = self._groups.get(group)
+        if state is None:
+            if len(self._groups) >= MAX_GROUPS:
+                self._groups.clear()
+            state = self._groups[group] = _Group(ssrc)
+        stream = self._note(state, ssrc, area, now)
+        if ssrc == state.shown:
             return True
-        if ssrc != shown.ssrc:
-            if not keyframe and now - shown.last_frame_at < self.stale_after:
-                self.superseded += 1
-                return False
-            shown.ssrc = ssrc
+        shown = state.streams[state.shown]
+        larger = area > shown.area
+        if (now - shown.last_frame_at > shown.quiet_after()
+                or (larger and keyframe)
+                or (larger and now - stream.steady_since >= STEADY_FOR)):
+            state.shown = ssrc
             self.switches += 1
-        shown.last_frame_at = now
-        return True
+            return True
+        self.superseded += 1
+        return False
+
+    @staticmethod
+    def _note(state: _Group, ssrc: int, area: int, now: float) -> _Stream:
+        stream = state.streams.get(ssrc)
+        if stream is None:
+            if len(state.streams) >= 4:  # a camera and its copy; anything more is stale
+                state.streams = {k: v for k, v in state.streams.items() if k == state.shown}
+            stream = state.streams[ssrc] = _Stream(area, now, now)
+            return stream
+        gap = now - stream.last_frame_at
+        if gap > stream.quiet_after():
+            stream.steady_since = now  # it had stopped: steady again from now
+        else:
+            stream.interval += (gap - stream.interval) / 8
+        stream.area, stream.last_frame_at = area, now
+        return stream
 
     def shown(self, group: int) -> int | None:
         """The SSRC shown for ``group`` (None before its first frame)."""
-        state = self._shown.get(group)
-        return state.ssrc if state is not None else None
+        state = self._groups.get(group)
+        return state.shown if state is not None else None
 
     def forget(self, ssrc: int) -> None:
-        """A stream ended or paused: its group starts afresh with whichever comes next."""
-        for group, state in list(self._shown.items()):
-            if group == ssrc or state.ssrc == ssrc:
-                del self._shown[group]
+        """A stream ended or paused: its group starts afresh with whichever comes next
+        (its own state goes; the shown one's, if it was this one, too)."""
+        for group, state in list(self._groups.items()):
+            if group == ssrc or state.shown == ssrc:
+                del self._groups[group]
+            else:
+                state.streams.pop(ssrc, None)
