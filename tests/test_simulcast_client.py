@@ -138,7 +138,7 @@ def test_a_pli_on_the_copy_asks_for_a_keyframe_of_the_copy_and_a_nack_is_answere
 
 
 def test_no_copy_without_a_granted_low_ssrc_or_in_an_e2ee_meeting() -> None:
-    for sender, server in (endpoint(low_ssrc=0), endpoint(cipher=SFrameCipher())):
+    for sender, _ in (endpoint(low_ssrc=0), endpoint(cipher=SFrameCipher())):
         assert not sender.sends_low_copy
         sender.send_video_frame(fake_frame(True, 800, 320, 240), keyframe=True,
                                 capture_us=1, captured_at=0.1, now=0.1, stream="camera_low")

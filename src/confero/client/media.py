@@ -657,7 +657,8 @@ class MediaSession(asyncio.DatagramProtocol):
             low = low_encoders[0]
             if low_bitrate != low.bitrate:
                 low.set_bitrate(low_bitrate)
-            small = captured.reformat(width=low_size[0], height=low_size[1])
+            small = captured.reformat(width=low_size[0], height=low_size[1],
+                                      format="yuv420p")
             low_encoded = low.encode(small, pts, low_keyframe)
             spent["camera_low"] += time.thread_time() - between
             return encoded, low_encoded
