@@ -1,22 +1,22 @@
 """Which of a sender's camera streams a receiver shows (simulcast, issue 9).
 
 A publisher sends its camera and a low-resolution copy of it on a second SSRC; the server
-forwards each subscriber one of them and switches at keyframes. Around a switch both may
-deliver for a moment, and a server that does not choose forwards both all the time. One
-tile must not alternate between them, so per sender one stream is shown, and the other
-takes over only when
+forwards each subscriber one of them, and switches make-before-break: the old form flows
+until the new form's keyframe has left. Frames of the old form may still come out of this
+receiver's pipeline (its own playout schedule) just after that keyframe; and a server
+without simulcast selection forwards both all the time. One tile must not alternate
+between them, so per sender one stream is shown, and the other takes over only when
 
-- it is the larger picture and it starts with a keyframe (the server switched this
-  subscriber up: show it at once), or
-- it is the larger picture and has delivered steadily for :data:`STEADY_FOR` (both are
-  being forwarded: show the better one; its decoder has seen every frame, so a delta
-  frame shows correctly), or
+- its frame is a keyframe: its latest keyframe is then the newest (the server switched
+  this subscriber to it; the old form's stragglers are not shown);
 - the shown stream has gone quiet: nothing for three of its own frame intervals (at least
-  :data:`STALE_MIN`). A switch down to the copy waits for this, since the camera's frames
-  still in flight must not be cut by the copy's keyframe and then flicker back.
+  :data:`STALE_MIN`), e.g. its switching keyframe was lost;
+- it is the larger picture and has delivered steadily for :data:`STEADY_FOR` since the
+  last switch (a server forwarding both: show the better one; its decoder has seen every
+  frame, so a delta frame shows correctly).
 
-Every decoded frame of both streams is decoded (their decoders stay current); only the
-shown one's go to the tile and the statistics. Sans-I/O: ``now`` is monotonic seconds.
+Every frame of both streams is decoded (their decoders stay current); only the shown
+one's go to the tile and the statistics. Sans-I/O: ``now`` is monotonic seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class _Stream:
 @dataclass
 class _Group:
     shown: int
+    shown_since: float
     streams: dict[int, _Stream] = field(default_factory=dict)
 
 
@@ -66,16 +67,15 @@ class CameraPick:
         if state is None:
             if len(self._groups) >= MAX_GROUPS:
                 self._groups.clear()
-            state = self._groups[group] = _Group(ssrc)
+            state = self._groups[group] = _Group(ssrc, now)
         stream = self._note(state, ssrc, area, now)
         if ssrc == state.shown:
             return True
         shown = state.streams[state.shown]
-        larger = area > shown.area
-        if (now - shown.last_frame_at > shown.quiet_after()
-                or (larger and keyframe)
-                or (larger and now - stream.steady_since >= STEADY_FOR)):
-            state.shown = ssrc
+        steady_since = max(stream.steady_since, state.shown_since)
+        if (keyframe or now - shown.last_frame_at > shown.quiet_after()
+                or (area > shown.area and now - steady_since >= STEADY_FOR)):
+            state.shown, state.shown_since = ssrc, now
             self.switches += 1
             return True
         self.superseded += 1
