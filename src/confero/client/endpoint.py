@@ -267,9 +267,10 @@ class MediaEndpoint:
             "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
             "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
             "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
-            "feedback_received": 0, "low_frames_sent": 0, "low_keyframes_sent": 0,
-            "low_packets_sent": 0,
+            "feedback_received": 0,
         }
+        # the camera's low copy (simulcast): apart, so "keyframes_sent" keeps its meaning
+        self.counters.update(low_frames_sent=0, low_keyframes_sent=0, low_packets_sent=0)
         # ---- the peer-to-peer path (issue 10): a second hop with its own SRTP keys.
         # Which hops our media goes to; RTCP keepalives always go to the server.
         self.send_to_server = True
