@@ -21,7 +21,13 @@ from confero.client.endpoint import EndpointConfig, KeyframeNeeded, MediaEndpoin
 from confero.client.frame_cipher import SFrameCipher
 from confero.client.media import MediaSession
 from confero.client.simulcast import CameraPick
-from confero.media.video import SyntheticCamera
+from confero.media.video import (
+    SyntheticCamera,
+    identity_code,
+    luma_plane,
+    read_stamp,
+    read_stamp_any,
+)
 from confero.protocol import rtcp
 from confero.protocol import signaling as sig
 from confero.protocol.rtp import RtpPacket, is_rtcp
@@ -341,3 +347,17 @@ async def test_the_session_sends_no_copy_when_simulcast_is_off() -> None:
         await session.close()
         assert server.transport is not None
         server.transport.close()
+
+
+def test_the_stamp_of_a_half_size_copy_is_read() -> None:
+    now_us = 1_795_000_000_000_000
+    full = SyntheticCamera("alice", 320, 240).frame(now_us)
+    copy = luma_plane(full.reformat(width=160, height=120))
+    assert read_stamp(copy)[1] != identity_code("alice")  # laid out for twice its width
+    assert read_stamp_any(copy) == (now_us, identity_code("alice"))
+    # a camera that is itself 160x120 still reads as painted
+    small = luma_plane(SyntheticCamera("bob", 160, 120).frame(now_us))
+    assert read_stamp_any(small) == (now_us, identity_code("bob"))
+    big = luma_plane(SyntheticCamera("carol", 640, 480).frame(now_us).reformat(
+        width=320, height=240))
+    assert read_stamp_any(big) == (now_us, identity_code("carol"))

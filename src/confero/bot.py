@@ -34,7 +34,7 @@ from confero.media.devices import (
 )
 from confero.media.screen_pattern import SyntheticScreen, looks_like_slide
 from confero.media.sources import FileAudioSource, FileVideoSource
-from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp_any
 from confero.protocol import signaling as sig
 from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.stdin import stdin_lines
@@ -279,13 +279,8 @@ class Bot:
                  width=video.frame.width, height=video.frame.height)
         if self.args.check_stamps:
             luma = luma_plane(video.frame)
-            _, identity = read_stamp(luma)
+            _, identity = read_stamp_any(luma)  # (a simulcast copy's too)
             ok = identity == identity_code(seen.name)
-            if not ok and luma.shape[1] < 320:
-                # a low copy of a camera under 640 wide: its stamp was painted at twice
-                # this size, in blocks the reader's smallest layout does not assume
-                _, identity = read_stamp(luma.repeat(2, axis=0).repeat(2, axis=1))
-                ok = identity == identity_code(seen.name)
             seen.stamps["match" if ok else "mismatch"] += 1
             seen.slide_frames += looks_like_slide(luma)
 

@@ -72,6 +72,23 @@ def read_stamp(luma: Plane) -> tuple[int, int]:
     return value >> 32, value & 0xFFFFFFFF
 
 
+#: Capture times (microseconds since the epoch) a real stamp carries: 2001 to 2128.
+_PLAUSIBLE_US = (1_000_000_000_000_000, 5_000_000_000_000_000)
+
+
+def read_stamp_any(luma: Plane) -> tuple[int, int]:
+    """:func:`read_stamp` of a picture that may be a camera's half-size copy (simulcast,
+    issue 9): the stripe's blocks are never painted under 8 pixels, so a copy of a camera
+    under 640 wide holds a stripe laid out for twice its width. Under 320 wide, the
+    reading (native or at twice the size) whose capture time is a plausible wall-clock
+    time wins."""
+    native = read_stamp(luma)
+    if luma.shape[1] >= 320 or _PLAUSIBLE_US[0] <= native[0] <= _PLAUSIBLE_US[1]:
+        return native
+    doubled = read_stamp(luma.repeat(2, axis=0).repeat(2, axis=1))
+    return doubled if _PLAUSIBLE_US[0] <= doubled[0] <= _PLAUSIBLE_US[1] else native
+
+
 def _initials(name: str) -> str:
     parts = [p for p in name.replace("_", " ").replace("-", " ").split() if p]
     if not parts:
