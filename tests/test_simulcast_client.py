@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import av
 
@@ -19,12 +20,13 @@ from confero.client.adaptation import (
 from confero.client.call import Call, merge_camera_stats
 from confero.client.endpoint import EndpointConfig, KeyframeNeeded, MediaEndpoint, keyframe_size
 from confero.client.frame_cipher import SFrameCipher
-from confero.client.media import MediaSession
+from confero.client.media import DecodedVideo, MediaSession
 from confero.client.simulcast import CameraPick
 from confero.media.video import (
     SyntheticCamera,
     identity_code,
     luma_plane,
+    make_video_encoder,
     read_stamp,
     read_stamp_any,
 )
@@ -32,6 +34,7 @@ from confero.protocol import rtcp
 from confero.protocol import signaling as sig
 from confero.protocol.rtp import RtpPacket, is_rtcp
 from confero.protocol.srtp import PROFILE, SrtpContext, encode_key
+from confero.protocol.video_jitter import Frame
 from confero.protocol.vp8 import parse_descriptor
 from tests.memnet import fake_frame
 
@@ -361,3 +364,41 @@ def test_the_stamp_of_a_half_size_copy_is_read() -> None:
     big = luma_plane(SyntheticCamera("carol", 640, 480).frame(now_us).reformat(
         width=320, height=240))
     assert read_stamp_any(big) == (now_us, identity_code("carol"))
+
+
+def test_a_recording_holds_what_is_shown_in_one_file_per_picture(tmp_path: Path) -> None:
+    """The camera, then the copy (the server switched at the copy's keyframe), then a
+    delta frame of the camera shown after a stall: the file goes on from the copy's
+    keyframe, never from a delta frame of the other stream, in one file, one timeline."""
+    client = api.Client("ws://127.0.0.1:9/ws", "me")
+    call = Call(client)
+    alice = sig.ParticipantInfo("p-a", "alice", 0.0, audio_ssrc=1, video_ssrc=CAMERA,
+                                low_ssrc=LOW)
+    call.handle_event(sig.ParticipantJoined("m", alice))
+    call.start_recording(tmp_path)
+    camera_source = SyntheticCamera("alice", 320, 240)
+    encoders = {CAMERA: make_video_encoder(320, 240, 30), LOW: make_video_encoder(160, 120, 15)}
+    now_us = 1_795_000_000_000_000
+
+    def show(ssrc: int, index: int, *, shown: bool = True) -> None:
+        picture = camera_source.frame(now_us + index * 33_333)
+        if ssrc == LOW:
+            picture = picture.reformat(width=160, height=120)
+        [encoded] = encoders[ssrc].encode(picture, index * 3000, index == 0 or index == 30)
+        frame = Frame(encoded.data, index * 3000, encoded.keyframe, index, 0, 1, 0.0, 0.0, {})
+        call._video_decoded(DecodedVideo(ssrc, picture, None, 0.0, frame, shown=shown))
+
+    for i in range(20):
+        show(CAMERA, i)
+        if i % 2 == 0:
+            show(LOW, i, shown=False)  # decoded, not shown: not recorded
+    for i in range(20, 30, 2):
+        show(LOW, i)  # shown after a stall, but a delta frame: the file waits
+    for i in range(30, 40, 2):
+        show(LOW, i)  # index 30 is the copy's keyframe: the file goes on from it
+    call.stop_recording()
+    [path] = list(tmp_path.glob("video-alice-*.webm"))
+    assert path.name == f"video-alice-{CAMERA:08x}.webm"
+    with av.open(str(path)) as container:
+        sizes = [(f.width, f.height) for f in container.decode(video=0)]
+    assert sizes == [(320, 240)] * 20 + [(160, 120)] * 5

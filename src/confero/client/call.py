@@ -130,6 +130,8 @@ class Call:
         #: the last session needed the WebSocket: the next one (a rejoin) starts there
         self._udp_blocked = False
         self.simulcast = simulcast
+        #: picture being recorded (its camera's SSRC) -> the stream its file continues
+        self._recorded_from: dict[int, int] = {}
 
     # ------------------------------------------------------------------ who is who
 
@@ -346,19 +348,32 @@ class Call:
     # ------------------------------------------------------------------ what arrives
 
     def _video_decoded(self, video: DecodedVideo) -> None:
-        participant, kind = self.stream_of(video.ssrc)
-        name = self.name_of(video.ssrc)  # "<name> (screen)": its own recorder file too
-        recorder, session = self.recorder, self.session
-        # every stream is recorded whole, in its own file (a camera's low copy too: a
-        # file of only the frames shown would miss references and not decode)
-        if recorder is not None and not recorder.video(
-            video.ssrc, name, video.encoded, video.frame.width, video.frame.height
-        ) and session is not None:
-            session.request_keyframe(video.ssrc, time.monotonic())  # a file starts on one
         if not video.shown:
             return  # the sender's other camera stream is the one on screen (simulcast)
+        participant, kind = self.stream_of(video.ssrc)
+        name = self.name_of(video.ssrc)  # "<name> (screen)": its own recorder file too
+        if self.recorder is not None:
+            self._record(video, name)
         if self._on_video is not None:
             self._on_video(CallVideo(participant, name, video, kind))
+
+    def _record(self, video: DecodedVideo, name: str) -> None:
+        """What is shown goes into one file per picture: a sender's camera and its low copy
+        (simulcast) into the same file, the copy's frames smaller. A file may continue
+        from the other stream only at one of its keyframes (a delta frame refers to frames
+        the file does not hold); they share RTP timestamps, so the file's time runs on."""
+        recorder, session = self.recorder, self.session
+        assert recorder is not None
+        key = self.camera_ssrc_of(video.ssrc)
+        wants_keyframe = False
+        if self._recorded_from.get(key, video.ssrc) != video.ssrc and not video.encoded.keyframe:
+            wants_keyframe = True  # the tile switched streams on a delta frame
+        elif recorder.video(key, name, video.encoded, video.frame.width, video.frame.height):
+            self._recorded_from[key] = video.ssrc
+        else:
+            wants_keyframe = True  # a file starts on a keyframe
+        if wants_keyframe and session is not None:
+            session.request_keyframe(video.ssrc, time.monotonic())
 
     def _audio_played(self, samples: Samples) -> None:
         recorder = self.recorder
@@ -395,6 +410,7 @@ class Call:
                     if self.recorder is not None:
                         for ssrc in videos:
                             self.recorder.end_stream(ssrc)
+                    self._recorded_from.pop(gone.video_ssrc, None)
             case sig.MediaChanged(participant_id=pid, camera=camera, screen=screen):
                 known = self.client.participants.get(pid)
                 if known is not None:
@@ -424,6 +440,7 @@ class Call:
                 self._mode_changed(mode, reason)
             case api.Rejoined(participants=participants):
                 self._known = {p.id: p for p in participants}
+                self._recorded_from.clear()  # new SSRCs: new files
                 self._spawn(self.restart_media())
             case sig.MeetingEnded() | api.RejoinFailed():
                 self._spawn(self.stop_media())
@@ -624,6 +641,7 @@ class Call:
 
     def start_recording(self, directory: Path | str) -> MeetingRecorder:
         self.stop_recording()
+        self._recorded_from.clear()
         self.recorder = MeetingRecorder(directory)
         return self.recorder
 
