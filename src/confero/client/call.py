@@ -367,7 +367,10 @@ class Call:
         key = self.camera_ssrc_of(video.ssrc)
         wants_keyframe = False
         if self._recorded_from.get(key, video.ssrc) != video.ssrc and not video.encoded.keyframe:
-            wants_keyframe = True  # the tile switched streams on a delta frame
+            # the tile switched streams on a delta frame: the file waits for a keyframe,
+            # even one of the stream it had (its frames shown meanwhile are not in it)
+            self._recorded_from[key] = 0
+            wants_keyframe = True
         elif recorder.video(key, name, video.encoded, video.frame.width, video.frame.height):
             self._recorded_from[key] = video.ssrc
         else:

@@ -838,7 +838,8 @@ class MediaSession(asyncio.DatagramProtocol):
         if group is not None:  # one of a sender's camera streams (simulcast): shown?
             decoded.shown = self._camera_pick.offer(
                 group, decoded.ssrc, keyframe=decoded.encoded.keyframe,
-                area=frame.width * frame.height, now=time.monotonic())
+                timestamp=decoded.encoded.timestamp, area=frame.width * frame.height,
+                now=time.monotonic())
         with self._lock:
             if decoded.shown:
                 endpoint.frame_decoded(decoded.ssrc, width=frame.width, height=frame.height,

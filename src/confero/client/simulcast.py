@@ -7,8 +7,10 @@ receiver's pipeline (its own playout schedule) just after that keyframe; and a s
 without simulcast selection forwards both all the time. One tile must not alternate
 between them, so per sender one stream is shown, and the other takes over only when
 
-- its frame is a keyframe: its latest keyframe is then the newest (the server switched
-  this subscriber to it; the old form's stragglers are not shown);
+- its frame is a keyframe newer than the shown stream's latest (the server switched this
+  subscriber to it; the old form's stragglers are not shown). The two streams' RTP
+  timestamps come from one capture clock with one offset, so "newer" compares capture
+  instants: the keyframes both streams start with (one capture) do not switch;
 - the shown stream has gone quiet: nothing for three of its own frame intervals (at least
   :data:`STALE_MIN`), e.g. its switching keyframe was lost;
 - it is the larger picture and has delivered steadily for :data:`STEADY_FOR` since the
@@ -40,6 +42,7 @@ class _Stream:
     last_frame_at: float
     steady_since: float
     interval: float = 1 / 30  # smoothed time between its frames
+    keyframe_ts: int | None = None  # RTP timestamp of its latest keyframe
 
     def quiet_after(self) -> float:
         """How long without a frame means this stream has stopped (for now)."""
@@ -60,20 +63,27 @@ class CameraPick:
         self.superseded = 0
         self.switches = 0
 
-    def offer(self, group: int, ssrc: int, *, keyframe: bool, area: int, now: float) -> bool:
-        """A decoded frame (``area`` = width x height) of ``ssrc``, one of the streams of
-        ``group``: show it?"""
+    def offer(self, group: int, ssrc: int, *, keyframe: bool, timestamp: int, area: int,
+              now: float) -> bool:
+        """A decoded frame (``area`` = width x height, ``timestamp`` its RTP timestamp) of
+        ``ssrc``, one of the streams of ``group``: show it?"""
         state = self._groups.get(group)
         if state is None:
             if len(self._groups) >= MAX_GROUPS:
                 self._groups.clear()
             state = self._groups[group] = _Group(ssrc, now)
         stream = self._note(state, ssrc, area, now)
+        newest_keyframe = False
+        if keyframe:
+            shown_keyframe = state.streams[state.shown].keyframe_ts
+            newest_keyframe = shown_keyframe is None or 0 < (
+                timestamp - shown_keyframe) & 0xFFFFFFFF < 0x80000000
+            stream.keyframe_ts = timestamp
         if ssrc == state.shown:
             return True
         shown = state.streams[state.shown]
         steady_since = max(stream.steady_since, state.shown_since)
-        if (keyframe or now - shown.last_frame_at > shown.quiet_after()
+        if (newest_keyframe or now - shown.last_frame_at > shown.quiet_after()
                 or (area > shown.area and now - steady_since >= STEADY_FOR)):
             state.shown, state.shown_since = ssrc, now
             self.switches += 1
