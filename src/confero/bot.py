@@ -385,7 +385,8 @@ class Bot:
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
              audio_buffer=stats["audio_buffer"], sent=stats["sent"],
-             uplink=stats.get("uplink"), frames_sent=self._frames_sent(), mode=self.call.mode,
+             uplink=stats.get("uplink"), encode_cpu_s=stats.get("encode_cpu_s"),
+             frames_sent=self._frames_sent(), mode=self.call.mode,
              e2ee=self.call.e2ee_status(),
              gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
                                "over_100ms": seen.gaps_over_100ms}

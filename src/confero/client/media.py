@@ -201,8 +201,8 @@ class MediaSession(asyncio.DatagramProtocol):
         # ---- simulcast (issue 9): a low copy of the camera; one shown stream per sender
         self.simulcast = simulcast
         self._simulcast_split = SimulcastSplit()
-        #: CPU seconds the encoder thread spent per stream (camera, its low copy)
-        self.encode_seconds: dict[str, float] = {"camera": 0.0, "camera_low": 0.0}
+        #: CPU seconds the encoder threads spent per stream (camera, its low copy, screen)
+        self.encode_seconds: dict[str, float] = {"camera": 0.0, "camera_low": 0.0, "screen": 0.0}
         self._stream_group = stream_group
         self._camera_pick = CameraPick()
         #: the uplink estimate (bit/s), from the endpoint's congestion control
@@ -648,7 +648,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 frame = frame.reformat(width=width, height=height)
             encoded = encoder.encode(frame, pts, keyframe)
             between = time.thread_time()
-            spent[stream] = spent.get(stream, 0.0) + between - started
+            spent[stream] += between - started
             if not low_bitrate or low_size is None:
                 return encoded, []
             if not low_encoders:
@@ -1041,6 +1041,7 @@ class MediaSession(asyncio.DatagramProtocol):
         with self._lock:
             stats = endpoint.stats()
         stats["sent"] = {**stats["sent"], **self._extra_counters}  # type: ignore[dict-item]
+        stats["encode_cpu_s"] = {k: round(v, 3) for k, v in self.encode_seconds.items()}
         return stats
 
     def speaking(self, now: float, window: float = 0.4, threshold: int = 50) -> dict[int, int]:
