@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.bots import BotProcess, tone_levels
 from tests.conftest import read_json_line
@@ -209,6 +210,56 @@ def test_a_client_whose_network_drops_all_udp_carries_its_media_over_tcp(
                 seen = summary["video"][other]
                 assert seen["stamps"].get("match", 0) >= 30, (name, other, seen)
                 assert not seen["stamps"].get("mismatch"), (name, other, seen)
+    finally:
+        for bot in started:
+            bot.cleanup()
+
+
+def test_a_slow_downlink_gets_the_low_copy_and_the_full_picture_once_it_recovers(
+    netlab: Lab, tmp_path: Path
+) -> None:
+    """Simulcast and probing end to end (issue 9): behind a 300 kbit/s downlink the victim
+    is sent alice's low-resolution copy (her camera at 30 fps does not fit beside the
+    mix) and keeps a moving picture; when the cap is lifted the server's probes find the
+    room and move it to the camera within seconds."""
+    topology = star(netlab, ["alice", "victim"])
+    victim_down = topology.downlink("victim")
+    victim_down.impair(Impairment(rate_kbit=300))
+    server = topology.server.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    started: list[BotProcess] = []
+
+    def alice_seen(event: dict[str, Any]) -> dict[str, Any]:
+        return dict(event["video"].get("alice", {}))
+
+    def copy_fps(event: dict[str, Any]) -> float:
+        return float(alice_seen(event).get("low", {}).get("fps", 0.0))
+
+    try:
+        alice = BotProcess(f"ws://{topology.links['alice'].a.ip}:{port}/ws", "alice",
+                           "--create", "slow", "--mode", "server", "--audio", "sine:437",
+                           "--stats-interval", "0.5", prefix=topology.clients["alice"].argv([]))
+        started.append(alice)
+        meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
+        victim = BotProcess(f"ws://{topology.links['victim'].a.ip}:{port}/ws", "victim",
+                            "--join", meeting, "--video", "none", "--stats-interval", "0.5",
+                            prefix=topology.clients["victim"].argv([]))
+        started.append(victim)
+        victim.expect("joined", timeout=30)
+        # the copy is what reaches the victim, and it moves
+        capped = victim.expect("stats", lambda e: copy_fps(e) >= 5
+                               and alice_seen(e).get("fps", 0) >= 5, timeout=60)
+        assert alice_seen(capped)["width"] == alice_seen(capped)["low"]["width"]  # shown
+        victim_down.clear()
+        # the camera, at its full frame rate, and the copy no more
+        victim.expect("stats", lambda e: copy_fps(e) == 0
+                      and alice_seen(e).get("fps", 0) >= 20, timeout=30)
+        victim.send("leave")
+        victim.finish()
     finally:
         for bot in started:
             bot.cleanup()

@@ -60,7 +60,7 @@ def test_no_probe_while_the_estimate_gives_all_that_is_wanted_or_the_link_is_bus
     prober = Prober()
     for step in range(200):
         now = step * TICK
-        assert prober.padding(now, estimate_bps=1_000_000, wanted_bps=1_100_000,
+        assert prober.padding(now, estimate_bps=1_000_000, wanted_bps=1_020_000,
                               quiet=True, tick=TICK) == []
         assert prober.padding(now, estimate_bps=300_000, wanted_bps=3_000_000,
                               quiet=False, tick=TICK) == []

@@ -170,3 +170,15 @@ def test_a_keyframe_leaves_for_a_slow_subscriber_paced_not_as_one_burst() -> Non
     assert len(got) == sent  # nothing dropped
     assert got == sorted(got)  # in order
     assert now >= 0.3  # 60 kB at 1.25 Mbit/s takes ~0.4 s
+
+
+def test_a_link_flapping_at_the_boundary_does_not_flap_the_picture() -> None:
+    """Carol's estimate swings between too little and plenty every half second: after
+    each move down the server waits longer before trying the camera again (2, 4, 8 s...),
+    so 20 s of it cost a handful of switches (each a keyframe), not forty."""
+    router, alice, _bob, _carol, slow = setup()
+    for index in range(600):  # 20 s
+        now = index / 30
+        slow.bps = 500_000 if (index // 15) % 2 == 0 else 5_000_000
+        alice.heard(alice.both(index, now) + router.tick(now))
+    assert 2 <= router.counters["simulcast_switches"] <= 10

@@ -69,7 +69,7 @@ class Prober:
     feedback on the probe window says."""
 
     def __init__(self, *, interval: float = 1.0, max_interval: float = 16.0,
-                 duration: float = 0.1, factor: float = 2.0, min_gain: float = 1.25,
+                 duration: float = 0.1, factor: float = 2.0, min_gain: float = 1.05,
                  send_window: float = 0.5) -> None:
         self.interval = interval
         self.max_interval = max_interval

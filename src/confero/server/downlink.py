@@ -63,7 +63,8 @@ class Downlink:
     feedbacks: int = 0
     last_feedback_at: float = float("-inf")
     #: what this participant would take if its link carried everything (all pictures at
-    #: full size and every layer, and the mix): probes run only while it is above the
+    #: full size and every layer, and the mix, with the margin a move up needs), while
+    #: some picture gets less than that, else 0: probes run only while it is above the
     #: estimate (set by the router's layer choice)
     wanted_bps: float = 0.0
     prober: Prober = field(default_factory=Prober)

@@ -101,6 +101,13 @@ RETRANSMIT_RATE_FACTOR = 2.0
 RETRANSMIT_DOWNLINK_SHARE = 0.2
 #: A paused stream resumes when its base layer fits this many times over.
 PAUSE_RESUME_MARGIN = 1.33
+#: After a picture moved down to its copy it stays there at least this long, doubling with
+#: each move down that follows a short spell up (at most ``SIMULCAST_HOLD_MAX``; back to
+#: the start after ``SIMULCAST_HOLD_RESET`` up): each switch costs a keyframe, and a link
+#: near the boundary must not flap between the two.
+SIMULCAST_HOLD = 2.0
+SIMULCAST_HOLD_MAX = 16.0
+SIMULCAST_HOLD_RESET = 10.0
 #: The first picture (in order of priority) is paused only when its cheapest form needs
 #: more than this times the subscriber's video budget: a link a little too slow still
 #: shows one picture; one it would flood (and the audio with it) shows none until it
@@ -152,6 +159,13 @@ class _VideoStream:
 
 
 @dataclass
+class _SimulcastHold:
+    until: float = float("-inf")
+    backoff: float = 0.0
+    up_at: float = float("-inf")
+
+
+@dataclass
 class _Peer:
     participant_id: str
     audio_ssrc: int
@@ -187,6 +201,8 @@ class _Peer:
     #: simulcast switches under way: the SSRC of the form switched to -> the forwarder of
     #: the form it replaces, which keeps flowing until the new form's keyframe goes out
     handovers: dict[int, LayerForwarder] = field(default_factory=dict)
+    #: publisher id -> when its picture may next move up from its copy to the camera
+    simulcast_holds: dict[str, _SimulcastHold] = field(default_factory=dict)
 
     def new_videos(self) -> None:
         self.videos = {self.video_ssrc: _VideoStream(self.video_ssrc, "camera")}
@@ -378,6 +394,7 @@ class MediaRouter:
         if meeting is not None:
             for pid in meeting.members:
                 other = self._peers[pid]
+                other.simulcast_holds.pop(participant_id, None)
                 for ssrc in (peer.video_ssrc, peer.screen_ssrc, peer.low_ssrc):
                     other.retransmit_budget.pop(ssrc, None)
                     gone = other.forwarders.pop(ssrc, None)
@@ -395,6 +412,7 @@ class MediaRouter:
         peer.downlink = Downlink()
         peer.forwarders = {}
         peer.handovers = {}
+        peer.simulcast_holds = {}
 
     def on_stream(self, participant_id: str) -> bool:
         """Its media goes over a WebSocket (UDP blocked): it cannot do peer-to-peer."""
@@ -748,9 +766,6 @@ class MediaRouter:
         budget = float(receiver.downlink.video_share(1))
         plan: list[tuple[_Source, str]] = []
         sources = self._sources(receiver, now)
-        receiver.downlink.wanted_bps = MIX_SHARE_BPS + sum(
-            max(source.rate("high", MAX_TID, now), source.rate("low", MAX_TID, now))
-            for source in sources)
         for source in sources:
             current = source.current()
             cheap = "low" if source.live(source.low, now) else "high"
@@ -766,20 +781,36 @@ class MediaRouter:
         for index, (source, choice) in enumerate(plan):
             if choice != "low" or source.high is None:
                 continue
+            current = source.current()
+            hold = receiver.simulcast_holds.setdefault(source.publisher.participant_id,
+                                                       _SimulcastHold())
+            if current != "high" and now < hold.until:
+                continue  # moved down lately: wait before trying the camera again
             cost = source.rate("high", 1, now) - source.rate("low", 0, now)
-            margin = 1.0 if source.current() == "high" else SIMULCAST_UP_MARGIN
+            margin = 1.0 if current == "high" else SIMULCAST_UP_MARGIN
             if source.rate("high", 1, now) * margin <= budget + source.rate("low", 0, now):
                 plan[index] = (source, "high")
                 budget -= cost
+                if current != "high":
+                    hold.up_at = now
+            elif current == "high":  # down: hold off the next move up, longer each time
+                stable = now - hold.up_at >= SIMULCAST_HOLD_RESET
+                hold.backoff = SIMULCAST_HOLD if stable or not hold.backoff else min(
+                    2 * hold.backoff, SIMULCAST_HOLD_MAX)
+                hold.until = now + hold.backoff
         # temporal layers: each picture in order of priority gets what the others' base
         # layers leave it
         remaining = float(receiver.downlink.video_share(1))
         bases = [source.rate(choice, 0, now) for source, choice in plan if choice != "off"]
         carried = 0
+        limited = False  # some picture gets less than its best: probing may find room
         for source, choice in plan:
             out += self._apply_choice(receiver, source, choice, now)
+            best = "high" if source.live(source.high, now) else "low"
             if choice == "off":
+                limited = limited or source.rate(best, 0, now) > 0
                 continue
+            limited = limited or choice != best
             pair = source.high if choice == "high" else source.low
             assert pair is not None
             forwarder, stream = pair
@@ -789,6 +820,12 @@ class MediaRouter:
                                                   current=forwarder.current_tid)
             forwarder.set_target(tid)
             remaining -= stream.layer_rates.cumulative(now)[tid]
+            rates = stream.layer_rates.cumulative(now)
+            limited = limited or rates[tid] < rates[-1]
+        # what full quality would take, with the margins a move up needs
+        receiver.downlink.wanted_bps = (MIX_SHARE_BPS + SIMULCAST_UP_MARGIN * sum(
+            max(source.rate("high", MAX_TID, now), source.rate("low", MAX_TID, now))
+            for source, _ in plan)) if limited else 0.0
         return out
 
     def _apply_choice(self, receiver: _Peer, source: _Source, choice: str,
@@ -817,9 +854,8 @@ class MediaRouter:
         forwarder, stream = target
         if forwarder.paused:
             forwarder.resume()
-            counter = "simulcast_switches" if target[1].ssrc in receiver.handovers \
-                else "pli_for_resume"
-            self.counters[counter] += 1
+            if target[1].ssrc in receiver.handovers:
+                self.counters["simulcast_switches"] += 1
             out += self._request_keyframe(source.publisher, stream, receiver, now,
                                           "pli_for_resume")
         elif forwarder.awaiting_keyframe:  # the keyframe asked for did not come (yet)
