@@ -63,8 +63,8 @@ Action = Send | Close
 class MediaPlane(Protocol):
     """What the signaling core needs of the media router (``server.media_router``)."""
 
-    def reserve(self, participant_id: str) -> tuple[int, int, int]:
-        """Server-unique (audio, video, screen) SSRCs for this participant's connection."""
+    def reserve(self, participant_id: str) -> tuple[int, int, int, int]:
+        """Server-unique (audio, video, screen, low) SSRCs for this participant's connection."""
 
     def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
               ) -> sig.MediaGrant:
@@ -74,6 +74,9 @@ class MediaPlane(Protocol):
     def release(self, participant_id: str) -> None:
         """The participant left its meeting (or its connection is gone): stop routing its
         media, free its keys and SSRCs."""
+
+    def set_receive_video(self, participant_id: str, wanted: bool) -> None:
+        """Whether this participant wants the others' video forwarded to it at all."""
 
 
 class MeetingStore(Protocol):
@@ -444,8 +447,11 @@ class SignalingCore:
                 return sig.Empty()
             case sig.MeetingMedia():
                 return self._meeting_media(participant)
-            case sig.SetMedia(camera=camera, microphone=microphone, screen=screen):
+            case sig.SetMedia(camera=camera, microphone=microphone, screen=screen,
+                              receive_video=receive_video):
                 notices = self.registry.set_media(participant, camera, microphone, screen)
+                if self.media is not None:
+                    self.media.set_receive_video(participant.id, receive_video)
                 out += self._deliver(notices)
                 return sig.Empty()
             case sig.RelayE2eeBlob(to=to, blob=blob):

@@ -173,6 +173,8 @@ class _Peer:
     downlink: Downlink = field(default_factory=Downlink)
     # as a subscriber: publisher stream SSRC -> which of its layers we send here, renumbered
     forwarders: dict[int, LayerForwarder] = field(default_factory=dict)
+    #: False: it asked for no video at all (``set_media``): its forwarders stay paused
+    receive_video: bool = True
 
     def new_videos(self) -> None:
         self.videos = {self.video_ssrc: _VideoStream(self.video_ssrc, "camera")}
@@ -310,6 +312,20 @@ class MediaRouter:
         self._leave_meeting(peer)
         for ssrc in (peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc, peer.low_ssrc):
             self._by_ssrc.pop(ssrc, None)
+
+    def set_receive_video(self, participant_id: str, wanted: bool) -> None:
+        """A participant that wants no video (a low-bandwidth mode) is forwarded none, and
+        its video NACKs and PLIs are ignored. Its forwarders stay, paused, and still see
+        every packet so that their numbering runs on; when it wants video again,
+        :meth:`_choose_layers` resumes them as for a link that regained room: as many as
+        its downlink carries, each from a keyframe asked of the publisher."""
+        peer = self._peers.get(participant_id)
+        if peer is None or peer.receive_video == wanted:
+            return
+        peer.receive_video = wanted
+        if not wanted:
+            for forwarder in peer.forwarders.values():
+                forwarder.pause()
 
     def _leave_meeting(self, peer: _Peer) -> None:
         if peer.meeting_id is None:
@@ -616,6 +632,11 @@ class MediaRouter:
             forwarder = receiver.forwarders.get(stream.ssrc)
             if forwarder is None:
                 forwarder = receiver.forwarders[stream.ssrc] = LayerForwarder()
+            if not receiver.receive_video:  # paused: only its numbering moves on
+                forwarder.pause()
+                forwarder.forward(packet, descriptor)
+                self.counters["video_not_wanted"] += 1
+                continue
             renumbered = forwarder.forward(packet, descriptor)
             if renumbered is None:
                 self.counters["video_layer_dropped"] += 1
@@ -651,7 +672,7 @@ class MediaRouter:
         for meeting in self._meetings.values():
             for pid in meeting.members:
                 receiver = self._peers[pid]
-                if not receiver.forwarders:
+                if not receiver.forwarders or not receiver.receive_video:
                     continue
                 streams: list[tuple[LayerForwarder, _Peer, _VideoStream]] = []
                 for ssrc, forwarder in receiver.forwarders.items():
@@ -702,6 +723,8 @@ class MediaRouter:
         for packet in packets:
             if isinstance(packet, rtcp.TransportFeedback):
                 peer.downlink.on_feedback(packet, now)
+            elif isinstance(packet, rtcp.Nack | rtcp.Pli) and not peer.receive_video:
+                self.counters["video_feedback_not_wanted"] += 1
             elif isinstance(packet, rtcp.Nack):
                 out += self._answer_nack(peer, packet, now)
             elif isinstance(packet, rtcp.Pli):
