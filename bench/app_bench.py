@@ -40,6 +40,12 @@ def wait(app: QApplication, condition: Any, timeout: float) -> bool:
     return bool(condition())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_view(url: str) -> dict[str, Any]:
     """The server's estimate of the subscribers' downlinks (min/median/max, bit/s) and the
     temporal layers it forwards (layer -> streams), from its /metrics."""
@@ -94,9 +100,14 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                         and all(t.shows_video() for t in grid.tiles.values()), 60)
             wait(app, lambda: False, 2.0)  # settle
             painted = {t.name: t.painted_frames for t in grid.tiles.values()}
+            others = {"server": [server.pid], "bots": [proc.pid for proc in bots]}
+            others0 = {k: sum(map(cpu_seconds, pids)) for k, pids in others.items()}
             cpu0, wall0 = time.process_time(), time.perf_counter()
             wait(app, lambda: False, window_s)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            shares = {f"{k}_cpu_share_of_one_core":
+                      round((sum(map(cpu_seconds, pids)) - others0[k]) / wall, 3)
+                      for k, pids in others.items()}
             fps = sorted((t.painted_frames - painted[t.name]) / wall
                          for t in grid.tiles.values())
             return {
@@ -105,6 +116,10 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                 "tile_fps_min": round(fps[0], 1),
                 "tile_fps_median": round(fps[len(fps) // 2], 1),
                 "app_cpu_share_of_one_core": round(cpu / wall, 3),
+                # the two cores are shared: what the server and the bots' encoders took,
+                # and the machine's load (other work on it counts too)
+                **shares,
+                "load_average_1min": round(os.getloadavg()[0], 2),
                 # why a tile shows fewer frames than sent: the server's congestion control
                 "server_view": server_view(url),
             }
