@@ -7,11 +7,17 @@ video, then counts over a window how often each tile actually painted a new pict
 the CPU this process used (GUI thread + engine thread).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/app_bench.py --tiles 4 9
+
+``--senders pre-encoded`` replaces the bots by one cheap process that sends pre-encoded
+VP8 (640x480@30) for all N publishers, as ``capacity_bench.py`` does, and asks the server
+for no video: the bots' live encoders take more than a core at 9 tiles, so this is the
+way to see what the app itself can paint on a machine shared with its publishers.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -62,7 +68,73 @@ def server_view(url: str) -> dict[str, Any]:
     return {"downlink_estimate_bps": estimate, "forwarded_layer_streams": layers}
 
 
-def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[str, Any]:
+async def generate(url: str, count: int, bitrate: int) -> None:
+    """``count`` publishers of pre-encoded 640x480@30 VP8 in one process; the first creates
+    the meeting and prints its id. They ask for no video, so they cost the server little.
+    A PLI is answered with a keyframe of the next picture (encoded apart beforehand), so a
+    receiver that fell behind recovers at once, as from a live encoder."""
+    from capacity_bench import FPS, Participant
+
+    from confero.client import Client
+    from confero.media.video import SyntheticCamera, Vp8Encoder
+    from confero.protocol import rtcp
+    from confero.protocol.rtp import is_rtcp
+    from confero.protocol.srtp import SrtpError
+
+    class Sender(Participant):
+        keyframe_wanted = False
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if is_rtcp(data):
+                try:
+                    packets = rtcp.parse_compound(self.srtp.unprotect_rtcp(data))
+                except (SrtpError, rtcp.RtcpError):
+                    packets = []  # a load generator: what it cannot read, it ignores
+                self.keyframe_wanted |= any(isinstance(p, rtcp.Pli) for p in packets)
+            super().datagram_received(data, addr)
+
+    streams, keyframes = [], []
+    for index in range(count):
+        camera, encoder = SyntheticCamera(f"p{index}"), Vp8Encoder(640, 480, bitrate=bitrate)
+        key_encoder = Vp8Encoder(640, 480, bitrate=bitrate)
+        pictures = [camera.frame(k * 33_000) for k in range(60)]
+        streams.append([b"".join(encoder.encode(picture, k * 3000, k == 0))
+                        for k, picture in enumerate(pictures)])
+        keyframes.append([b"".join(key_encoder.encode(picture, k * 3000, True))
+                          for k, picture in enumerate(pictures)])
+    loop = asyncio.get_running_loop()
+    senders: list[Sender] = []
+    meeting = ""
+    for index in range(count):
+        client = Client(url, f"p{index}")
+        await client.connect()
+        if index == 0:
+            result = await client.create_meeting("bench", mode="server")
+            meeting = result.meeting.id
+            print(json.dumps({"meeting_id": meeting}), flush=True)
+        else:
+            result = await client.join(meeting)
+        grant = result.media
+        assert grant is not None
+        _, sender = await loop.create_datagram_endpoint(
+            lambda g=grant: Sender(g),  # type: ignore[misc]
+            remote_addr=("127.0.0.1", grant.port))
+        senders.append(sender)
+        await client.set_media(camera=True, microphone=False, receive_video=False)
+    frame, start = 0, loop.time()
+    while True:
+        for sender, stream, keys in zip(senders, streams, keyframes, strict=True):
+            if sender.keyframe_wanted:
+                sender.keyframe_wanted = False
+                sender.send_video(keys[frame % len(keys)], frame)
+            else:
+                sender.send_video(stream[frame % len(stream)], frame)
+        frame += 1
+        await asyncio.sleep(max(0.0, start + frame / FPS - loop.time()))
+
+
+def measure(app: QApplication, tiles: int, window_s: float, size: str,
+            senders: str = "bots") -> dict[str, Any]:
     width, height = size.split("x")
     with tempfile.TemporaryDirectory() as data:
         server = subprocess.Popen(
@@ -83,10 +155,16 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                 bots.append(proc)
                 return proc
 
-            first = bot("p0", "--create", "bench")
+            if senders == "pre-encoded":
+                first = subprocess.Popen(
+                    [sys.executable, __file__, "--generate", url, "--tiles", str(tiles)],
+                    stdout=subprocess.PIPE, text=True)
+                bots.append(first)
+            else:
+                first = bot("p0", "--create", "bench")
             assert first.stdout is not None
             meeting = json.loads(first.stdout.readline())["meeting_id"]
-            for index in range(1, tiles):
+            for index in range(1 if senders == "bots" else tiles, tiles):
                 bot(f"p{index}", "--join", meeting)
             window.resize(1280, 800)
             window.show()
@@ -112,7 +190,7 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                          for t in grid.tiles.values())
             return {
                 "tiles": tiles,
-                "bot_video": size,
+                "bot_video": size if senders == "bots" else "640x480 pre-encoded",
                 "tile_fps_min": round(fps[0], 1),
                 "tile_fps_median": round(fps[len(fps) // 2], 1),
                 "app_cpu_share_of_one_core": round(cpu / wall, 3),
@@ -138,10 +216,15 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[4, 9])
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--size", default="640x480")
+    parser.add_argument("--senders", choices=["bots", "pre-encoded"], default="bots")
+    parser.add_argument("--generate", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate:  # the pre-encoded senders' own process
+        asyncio.run(generate(args.generate, args.tiles[0], 400_000))
+        return
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
-    results = [measure(app, n, args.window, args.size) for n in args.tiles]
+    results = [measure(app, n, args.window, args.size, args.senders) for n in args.tiles]
     print(json.dumps({
         "bench": "app_ui",
         "platform": os.environ["QT_QPA_PLATFORM"],
