@@ -77,7 +77,7 @@ async def generate(url: str, count: int, bitrate: int) -> None:
 
     from confero.client import Client
     from confero.media.video import SyntheticCamera, Vp8Encoder
-    from confero.protocol import rtcp
+    from confero.protocol import consent, rtcp
     from confero.protocol.rtp import is_rtcp
     from confero.protocol.srtp import SrtpError
 
@@ -85,13 +85,18 @@ async def generate(url: str, count: int, bitrate: int) -> None:
         keyframe_wanted = False
 
         def datagram_received(self, data: bytes, addr: Any) -> None:
-            if is_rtcp(data):
-                try:
-                    packets = rtcp.parse_compound(self.srtp.unprotect_rtcp(data))
-                except (SrtpError, rtcp.RtcpError):
-                    packets = []  # a load generator: what it cannot read, it ignores
-                self.keyframe_wanted |= any(isinstance(p, rtcp.Pli) for p in packets)
-            super().datagram_received(data, addr)
+            if not is_rtcp(data):
+                super().datagram_received(data, addr)
+                return
+            try:  # once: SRTCP refuses a second unprotect of the same packet (replay)
+                packets = rtcp.parse_compound(self.srtp.unprotect_rtcp(data))
+            except (SrtpError, rtcp.RtcpError):
+                return  # a load generator: what it cannot read, it ignores
+            for packet in packets:
+                echo = consent.answer(packet, self.grant.video_ssrc)
+                if echo is not None:
+                    self.transport.sendto(self.srtp.protect_rtcp(echo))
+                self.keyframe_wanted |= isinstance(packet, rtcp.Pli)
 
     streams, keyframes = [], []
     for index in range(count):
