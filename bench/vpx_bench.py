@@ -1,6 +1,12 @@
 """Encoding cost of the ctypes libvpx encoder against PyAV's, plus live-bitrate behaviour.
 
     .venv/bin/python bench/vpx_bench.py [--frames 300] [--rounds 3]
+    .venv/bin/python bench/vpx_bench.py --simulcast [--frames 300] [--rounds 3]
+
+``--simulcast`` measures what the camera's low-resolution copy (issue 9) adds to the
+encoder thread instead: the camera alone against the camera plus its copy (scaled from
+the same picture to half its size, encoded every second frame), as CPU seconds per second
+of video, with PyAV's encoder in the same run as the reference.
 
 Prints one JSON object. Every encoder gets the same pre-rendered 640x480 frames of the
 synthetic camera (so the camera's cost is not counted), runs are interleaved round by round
@@ -122,13 +128,99 @@ def forwarder_cost() -> dict[str, Any]:
     return result
 
 
+LOW_W, LOW_H, LOW_BPS = W // 2, H // 2, 150_000
+
+
+def run_simulcast(frames: list[av.VideoFrame], with_copy: bool) -> dict[str, float]:
+    """One pass as the client's encoder thread does it: the camera's encoder for every
+    frame, and (``with_copy``) the copy for every second one, scaled from that frame.
+    CPU time of this thread (time.thread_time) around the work of each stream."""
+    camera = VpxVp8Encoder(W, H, FPS, BITRATE - (LOW_BPS if with_copy else 0),
+                           temporal_layers=3)
+    low = VpxVp8Encoder(LOW_W, LOW_H, FPS // 2, LOW_BPS, temporal_layers=3)
+    camera_cpu = scale_cpu = low_cpu = 0.0
+    camera_bytes = low_bytes = low_frames = 0
+    for i, frame in enumerate(frames):
+        start = time.thread_time()
+        camera_bytes += sum(len(f.data) for f in camera.encode(frame, i * 3000))
+        scaled = time.thread_time()
+        camera_cpu += scaled - start
+        if with_copy and i % 2 == 0:
+            small = frame.reformat(width=LOW_W, height=LOW_H)
+            encode = time.thread_time()
+            low_bytes += sum(len(f.data) for f in low.encode(small, i * 3000))
+            done = time.thread_time()
+            scale_cpu += encode - scaled
+            low_cpu += done - encode
+            low_frames += 1
+    camera.close()
+    low.close()
+    seconds = len(frames) / FPS
+    return {"camera_cpu_s": camera_cpu, "scale_cpu_s": scale_cpu, "copy_cpu_s": low_cpu,
+            "video_s": seconds, "camera_bps": camera_bytes * 8 / seconds,
+            "copy_bps": low_bytes * 8 / seconds, "copy_frames": low_frames}
+
+
+def simulcast_main(frames: list[av.VideoFrame], rounds: int) -> dict[str, Any]:
+    alone: list[dict[str, float]] = []
+    both: list[dict[str, float]] = []
+    reference: list[float] = []
+    for k in range(rounds):  # interleaved, each first in turn: machine load hits all alike
+        for with_copy in (k % 2 == 1, k % 2 == 0):
+            (both if with_copy else alone).append(run_simulcast(frames, with_copy))
+        costs = run_encoder("pyav", frames)["costs"][1:]
+        reference.append(statistics.fmean(costs))
+
+    def per_second(runs: list[dict[str, float]], *keys: str) -> float:
+        return statistics.median(sum(r[k] for k in keys) / r["video_s"] for r in runs)
+
+    camera_alone = per_second(alone, "camera_cpu_s")
+    with_copy = per_second(both, "camera_cpu_s", "scale_cpu_s", "copy_cpu_s")
+    return {
+        "bench": "vpx_simulcast",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}",
+        "libvpx": libvpx_version(),
+        "camera": f"{W}x{H}@{FPS}, 3 temporal layers",
+        "copy": f"{LOW_W}x{LOW_H}@{FPS // 2}, 3 temporal layers, {LOW_BPS} bit/s",
+        "frames_per_round": len(frames),
+        "rounds": rounds,
+        "camera_alone": {
+            "cpu_s_per_s": round(camera_alone, 4),
+            "output_bps": round(statistics.median(r["camera_bps"] for r in alone)),
+        },
+        "camera_plus_copy": {
+            "cpu_s_per_s": round(with_copy, 4),
+            "camera_cpu_s_per_s": round(per_second(both, "camera_cpu_s"), 4),
+            "scale_cpu_s_per_s": round(per_second(both, "scale_cpu_s"), 4),
+            "copy_cpu_s_per_s": round(per_second(both, "copy_cpu_s"), 4),
+            "camera_output_bps": round(statistics.median(r["camera_bps"] for r in both)),
+            "copy_output_bps": round(statistics.median(r["copy_bps"] for r in both)),
+        },
+        "extra_cpu_fraction": round(with_copy / camera_alone - 1, 3),
+        # the same, from the pass with the copy alone (no run-to-run noise): what scaling
+        # and encoding the copy cost against the camera's encode beside it
+        "copy_vs_camera_same_pass": round(statistics.median(
+            (r["scale_cpu_s"] + r["copy_cpu_s"]) / r["camera_cpu_s"] for r in both), 3),
+        # calibration: the same machine's PyAV VP8 encoder at 640x480, in the same run
+        "reference_pyav_640x480_ms_per_frame": round(statistics.median(reference) * 1000, 3),
+        "camera_alone_vs_reference": round(
+            camera_alone / FPS / statistics.median(reference), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--simulcast", action="store_true",
+                        help="the camera alone against the camera plus its low copy")
     args = parser.parse_args()
     camera = SyntheticCamera("bench", W, H)
     frames = [camera.frame(i * 33_333) for i in range(args.frames)]
+    if args.simulcast:
+        print(json.dumps(simulcast_main(frames, args.rounds), indent=2))
+        return
     names = ("pyav", "vpx_1_layer", "vpx_3_layers")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for _ in range(args.rounds):

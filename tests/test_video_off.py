@@ -62,13 +62,16 @@ def test_a_receiver_that_wants_no_video_gets_none_and_resumes_at_a_keyframe() ->
 
     router.set_receive_video("carol", False)
     bob_got = carol_got = 0
+    asked: list[rtcp.Pli] = []
     for index in range(1, 31):  # a second of video, with ticks and a keyframe
         now = index / 30
         out = send_frame(router, alice, index, now, keyframe=index == 15)
         out += router.tick(now)
         bob_got += len(video_to(out, bob))
         carol_got += len(video_to(out, carol))
+        asked += plis_to(out, alice)
     assert bob_got == 90 and carol_got == 0
+    assert asked == []  # nor is alice asked for keyframes on carol's behalf
     assert router.counters["video_not_wanted"] == 90
     # her NACKs and PLIs for video are not answered (no retransmission, no PLI to alice)
     before = router.counters["pli_forwarded"]
@@ -91,7 +94,7 @@ def test_a_receiver_that_wants_no_video_gets_none_and_resumes_at_a_keyframe() ->
         plis += plis_to(out, alice)
         resumed += video_to(out, carol)
     assert [p.media_ssrc for p in plis] == [alice.grant.video_ssrc]
-    assert router.counters["pli_for_resume"] == 1
+    assert router.counters["pli_for_resume"] >= 1
     assert resumed == []  # delta frames would not decode: none is sent
     now = 41 / 30
     resumed = video_to(send_frame(router, alice, 41, now, keyframe=True), carol)

@@ -34,7 +34,7 @@ from confero.media.devices import (
 )
 from confero.media.screen_pattern import SyntheticScreen, looks_like_slide
 from confero.media.sources import FileAudioSource, FileVideoSource
-from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp
+from confero.media.video import SyntheticCamera, identity_code, luma_plane, read_stamp_any
 from confero.protocol import signaling as sig
 from confero.protocol.e2ee_keys import PeerUnverified, PeerVerified, SendKeyChanged, kid_epoch
 from confero.stdin import stdin_lines
@@ -128,7 +128,8 @@ class Bot:
                          on_mode_changed=self._mode_changed,
                          on_transport_changed=self._transport_changed,
                          media_transport=getattr(args, "media_transport", "auto") or "auto",
-                         udp_port=getattr(args, "media_udp_port", None))
+                         udp_port=getattr(args, "media_udp_port", None),
+                         simulcast=not getattr(args, "no_simulcast", False))
         self.client.p2p = not getattr(args, "no_p2p", False)
         self.speaker: Speaker | None = None
         source = make_video_source(args.video, args.name, args.width, args.height)
@@ -143,6 +144,8 @@ class Bot:
         if getattr(args, "screen", False):
             self.call.screen_source = self.screen_source
         self.call.audio_source = self.audio_source
+        #: per remote video stream, by the SSRC that stands for it: a sender's camera and
+        #: its low copy (simulcast) are one stream here, as they are one tile in the app
         self.seen: dict[int, _Seen] = {}
         self.stop = asyncio.Event()
         self.stop_reason = "duration"
@@ -254,9 +257,10 @@ class Bot:
 
     def _on_video(self, call_video: CallVideo) -> None:
         video = call_video.video
-        seen = self.seen.get(video.ssrc)
+        key = self.call.camera_ssrc_of(video.ssrc)
+        seen = self.seen.get(key)
         if seen is None:
-            seen = self.seen[video.ssrc] = _Seen(call_video.name, call_video.kind)
+            seen = self.seen[key] = _Seen(call_video.name, call_video.kind)
         seen.frames += 1
         wall = time.time()
         gap = video.received_at - (seen.last_frame_at or video.received_at)
@@ -275,7 +279,7 @@ class Bot:
                  width=video.frame.width, height=video.frame.height)
         if self.args.check_stamps:
             luma = luma_plane(video.frame)
-            _, identity = read_stamp(luma)
+            _, identity = read_stamp_any(luma)  # (a simulcast copy's too)
             ok = identity == identity_code(seen.name)
             seen.stamps["match" if ok else "mismatch"] += 1
             seen.slide_frames += looks_like_slide(luma)
@@ -381,7 +385,8 @@ class Bot:
         stats = self.call.named_stats()
         emit("stats", video=stats["video"], audio=stats["audio"],
              audio_buffer=stats["audio_buffer"], sent=stats["sent"],
-             uplink=stats.get("uplink"), frames_sent=self._frames_sent(), mode=self.call.mode,
+             uplink=stats.get("uplink"), encode_cpu_s=stats.get("encode_cpu_s"),
+             frames_sent=self._frames_sent(), mode=self.call.mode,
              e2ee=self.call.e2ee_status(),
              gaps={seen.name: {"max_gap_ms": round(seen.max_gap * 1000, 1),
                                "over_100ms": seen.gaps_over_100ms}

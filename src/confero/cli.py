@@ -91,6 +91,9 @@ def _add_bot_options(parser: argparse.ArgumentParser) -> None:
                         "default) or server (media always through the server)")
     parser.add_argument("--no-p2p", action="store_true",
                         help="never take part in peer-to-peer media")
+    parser.add_argument("--no-simulcast", action="store_true",
+                        help="send no low-resolution copy of the camera (it lets the "
+                        "server serve slow links; never sent in E2EE meetings)")
     parser.add_argument("--media-transport", choices=("auto", "udp", "tcp"), default="auto",
                         help="auto (UDP; a WebSocket to the server when UDP gets no answer "
                         "within 2 s, the default), udp or tcp only")

@@ -69,3 +69,45 @@ class ResolutionLadder:
             return self.width, self.height
         return (max(2, int(self.width * scale) // 2 * 2),
                 max(2, int(self.height * scale) // 2 * 2))
+
+
+# ---------------------------------------------------------------------------- simulcast
+
+#: The camera's low-resolution copy (simulcast, issue 9) gets a quarter of the camera's
+#: budget, at most this: a 320x240 picture at 15 fps looks decent from ~100 kbit/s.
+LOW_COPY_MAX_BPS = 150_000
+#: Below this camera budget the copy is not sent: the camera alone adapts down (as without
+#: simulcast); the copy comes back once the budget exceeds it by UP_MARGIN.
+LOW_COPY_MIN_CAMERA_BPS = 350_000
+#: The copy is half the camera source's width and height, never smaller than this.
+LOW_COPY_MIN_SIZE = (160, 120)
+
+
+def low_copy_size(width: int, height: int) -> tuple[int, int] | None:
+    """The copy's picture size for a camera source of ``width`` x ``height``: half of it,
+    even; None when that would be below :data:`LOW_COPY_MIN_SIZE` (the camera itself is
+    then small enough for a slow link)."""
+    low = (width // 2) // 2 * 2, (height // 2) // 2 * 2
+    if low[0] < LOW_COPY_MIN_SIZE[0] or low[1] < LOW_COPY_MIN_SIZE[1]:
+        return None
+    return low
+
+
+@dataclass
+class SimulcastSplit:
+    """Divides the camera's budget between the camera and its low copy, with hysteresis:
+    a budget hovering at the threshold must not start and stop the copy every second
+    (each start costs a keyframe of the copy)."""
+
+    sending: bool = True
+
+    def split(self, camera_bps: int) -> tuple[int, int]:
+        """(camera, copy) bitrates out of the camera's budget; copy 0: do not send it."""
+        if self.sending and camera_bps < LOW_COPY_MIN_CAMERA_BPS:
+            self.sending = False
+        elif not self.sending and camera_bps >= LOW_COPY_MIN_CAMERA_BPS * UP_MARGIN:
+            self.sending = True
+        if not self.sending:
+            return camera_bps, 0
+        low = min(LOW_COPY_MAX_BPS, camera_bps // 4)
+        return camera_bps - low, low

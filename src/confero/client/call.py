@@ -73,10 +73,13 @@ class Call:
         on_transport_changed: Callable[[str, str], None] | None = None,
         media_transport: str = "auto",
         udp_port: int | None = None,
+        simulcast: bool = True,
     ) -> None:
         """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
         otherwise the session plays out on a 20 ms schedule and hands frames to
-        ``on_audio``. ``prepare_video`` runs on the decoder thread per decoded frame."""
+        ``on_audio``. ``prepare_video`` runs on the decoder thread per decoded frame.
+        ``simulcast``: send a low-resolution copy of the camera too (issue 9; not in an
+        E2EE meeting), for the server to forward to those whose downlink is slow."""
         self.client = client
         self.session: MediaSession | None = None
         self.recorder: MeetingRecorder | None = None
@@ -129,6 +132,9 @@ class Call:
         self._on_transport_changed = on_transport_changed
         #: the last session needed the WebSocket: the next one (a rejoin) starts there
         self._udp_blocked = False
+        self.simulcast = simulcast
+        #: picture being recorded (its camera's SSRC) -> the stream its file continues
+        self._recorded_from: dict[int, int] = {}
 
     # ------------------------------------------------------------------ who is who
 
@@ -136,15 +142,28 @@ class Call:
         return self.stream_of(ssrc)[0]
 
     def stream_of(self, ssrc: int) -> tuple[sig.ParticipantInfo | None, str]:
-        """Whose stream ``ssrc`` is, and which: "camera", "screen" or "audio"."""
+        """Whose stream ``ssrc`` is, and which: "camera", "screen" or "audio". The
+        camera's low-resolution copy (simulcast) is the "camera" too: same person, same
+        tile, just a smaller picture."""
         for participant in self._known.values():
             if ssrc == participant.video_ssrc:
+                return participant, "camera"
+            if participant.low_ssrc and ssrc == participant.low_ssrc:
                 return participant, "camera"
             if participant.screen_ssrc and ssrc == participant.screen_ssrc:
                 return participant, "screen"
             if ssrc == participant.audio_ssrc:
                 return participant, "audio"
         return None, "camera"
+
+    def camera_ssrc_of(self, ssrc: int) -> int:
+        """The SSRC that stands for the stream ``ssrc`` belongs to: a low copy's camera
+        SSRC, else ``ssrc`` itself. Front ends key a sender's camera by it (one tile, one
+        count, whichever of the two streams the server forwards)."""
+        for participant in self._known.values():
+            if participant.low_ssrc and ssrc == participant.low_ssrc:
+                return participant.video_ssrc
+        return ssrc
 
     def name_of(self, ssrc: int) -> str:
         """The sender's name; "<name> (screen)" for a shared screen (its own stream)."""
@@ -187,6 +206,7 @@ class Call:
                 and self.media_transport_policy == "auto" else self.media_transport_policy,
                 stream_url=stream_url(self.client.url), stream_ssl=self.client.ssl_context,
                 on_transport=self._transport_changed, udp_port=self._udp_port,
+                simulcast=self.simulcast, stream_group=self.camera_ssrc_of,
             )
             await session.open()
             self.session = session
@@ -340,15 +360,35 @@ class Call:
     # ------------------------------------------------------------------ what arrives
 
     def _video_decoded(self, video: DecodedVideo) -> None:
+        if not video.shown:
+            return  # the sender's other camera stream is the one on screen (simulcast)
         participant, kind = self.stream_of(video.ssrc)
         name = self.name_of(video.ssrc)  # "<name> (screen)": its own recorder file too
-        recorder, session = self.recorder, self.session
-        if recorder is not None and not recorder.video(
-            video.ssrc, name, video.encoded, video.frame.width, video.frame.height
-        ) and session is not None:
-            session.request_keyframe(video.ssrc, time.monotonic())  # a file starts on one
+        if self.recorder is not None:
+            self._record(video, name)
         if self._on_video is not None:
             self._on_video(CallVideo(participant, name, video, kind))
+
+    def _record(self, video: DecodedVideo, name: str) -> None:
+        """What is shown goes into one file per picture: a sender's camera and its low copy
+        (simulcast) into the same file, the copy's frames smaller. A file may continue
+        from the other stream only at one of its keyframes (a delta frame refers to frames
+        the file does not hold); they share RTP timestamps, so the file's time runs on."""
+        recorder, session = self.recorder, self.session
+        assert recorder is not None
+        key = self.camera_ssrc_of(video.ssrc)
+        wants_keyframe = False
+        if self._recorded_from.get(key, video.ssrc) != video.ssrc and not video.encoded.keyframe:
+            # the tile switched streams on a delta frame: the file waits for a keyframe,
+            # even one of the stream it had (its frames shown meanwhile are not in it)
+            self._recorded_from[key] = 0
+            wants_keyframe = True
+        elif recorder.video(key, name, video.encoded, video.frame.width, video.frame.height):
+            self._recorded_from[key] = video.ssrc
+        else:
+            wants_keyframe = True  # a file starts on a keyframe
+        if wants_keyframe and session is not None:
+            session.request_keyframe(video.ssrc, time.monotonic())
 
     def _audio_played(self, samples: Samples) -> None:
         recorder = self.recorder
@@ -376,7 +416,8 @@ class Call:
             case sig.ParticipantLeft(participant_id=pid):
                 gone = self._known.pop(pid, None)
                 if gone is not None:
-                    videos = [s for s in (gone.video_ssrc, gone.screen_ssrc) if s]
+                    videos = [s for s in (gone.video_ssrc, gone.screen_ssrc, gone.low_ssrc)
+                              if s]
                     if self.session is not None:
                         for ssrc in videos:
                             self.session.forget_stream(ssrc, ended=True)
@@ -384,6 +425,7 @@ class Call:
                     if self.recorder is not None:
                         for ssrc in videos:
                             self.recorder.end_stream(ssrc)
+                    self._recorded_from.pop(gone.video_ssrc, None)
             case sig.MediaChanged(participant_id=pid, camera=camera, screen=screen):
                 known = self.client.participants.get(pid)
                 if known is not None:
@@ -391,6 +433,8 @@ class Call:
                     self._known[pid] = known
                     if not camera and self.session is not None:
                         self.session.forget_stream(known.video_ssrc, ended=False)
+                        if known.low_ssrc:
+                            self.session.forget_stream(known.low_ssrc, ended=False)
                     if not screen and known.screen_ssrc and self.session is not None:
                         self.session.forget_stream(known.screen_ssrc, ended=False)
                         if before is not None and before.screen and self.recorder is not None:
@@ -411,6 +455,7 @@ class Call:
                 self._mode_changed(mode, reason)
             case api.Rejoined(participants=participants):
                 self._known = {p.id: p for p in participants}
+                self._recorded_from.clear()  # new SSRCs: new files
                 self._spawn(self.restart_media())
             case sig.MeetingEnded() | api.RejoinFailed():
                 self._spawn(self.stop_media())
@@ -611,6 +656,7 @@ class Call:
 
     def start_recording(self, directory: Path | str) -> MeetingRecorder:
         self.stop_recording()
+        self._recorded_from.clear()
         self.recorder = MeetingRecorder(directory)
         return self.recorder
 
@@ -638,7 +684,41 @@ class Call:
         raw = session.stats()
         video = raw["video"]
         assert isinstance(video, dict)
-        return {**raw, "video": {self.name_of(ssrc): s for ssrc, s in video.items()}}
+        named: dict[str, Any] = {}
+        for ssrc, stream in video.items():
+            if self.camera_ssrc_of(ssrc) != ssrc:
+                continue  # a low copy: merged into its camera's entry below
+            named[self.name_of(ssrc)] = stream
+        for ssrc, low in video.items():
+            camera_ssrc = self.camera_ssrc_of(ssrc)
+            if camera_ssrc != ssrc:
+                name = self.name_of(ssrc)
+                named[name] = merge_camera_stats(video.get(camera_ssrc), low)
+        return {**raw, "video": named}
+
+
+#: Counters and rates that add up across a sender's two camera streams (simulcast).
+_ADDED = ("packets", "bytes", "lost", "nacks_sent", "plis_sent", "frames_decoded",
+          "decode_errors", "frames_dropped", "frames_superseded", "fps", "bitrate_bps")
+
+
+def merge_camera_stats(camera: dict[str, Any] | None, low: dict[str, Any]) -> dict[str, Any]:
+    """One entry for a sender's camera out of its two streams' (the camera and its low
+    copy): counts and rates add up (``frames_decoded`` and ``fps`` count frames shown,
+    and only one stream's frames are shown at a time); size, delay and jitter are the
+    stream shown last second's (the one with more frames). ``low`` keeps the copy's own
+    figures, to tell which of the two a subscriber is getting."""
+    copy = {"frames_decoded": low.get("frames_decoded", 0), "fps": low.get("fps", 0.0),
+            "bitrate_bps": low.get("bitrate_bps", 0.0), "width": low.get("width", 0),
+            "height": low.get("height", 0)}
+    if camera is None:
+        return {**low, "low": copy}
+    main = low if low.get("fps", 0.0) > camera.get("fps", 0.0) else camera
+    merged = dict(main)
+    for key in _ADDED:
+        merged[key] = camera.get(key, 0) + low.get(key, 0)
+    merged["low"] = copy
+    return merged
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

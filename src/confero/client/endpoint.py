@@ -39,6 +39,7 @@ from confero.protocol.profile import (
     EXT_AUDIO_LEVEL,
     EXT_CAPTURE_TIME,
     EXT_MIXER_LEVELS,
+    PROBE_PAYLOAD_TYPE,
     RED_PAYLOAD_TYPE,
     VIDEO_CLOCK,
     VIDEO_PAYLOAD_TYPE,
@@ -83,11 +84,14 @@ class EndpointConfig:
     rx_key: bytes
     #: the second video stream, a shared screen (issue 12); 0: none granted
     screen_ssrc: int = 0
+    #: the camera's low-resolution copy (simulcast, issue 9); 0: none granted
+    low_ssrc: int = 0
 
     @classmethod
     def from_grant(cls, grant: MediaGrant) -> EndpointConfig:
         return cls(grant.audio_ssrc, grant.video_ssrc, grant.mix_ssrc,
-                   decode_key(grant.key_up), decode_key(grant.key_down), grant.screen_ssrc)
+                   decode_key(grant.key_up), decode_key(grant.key_down), grant.screen_ssrc,
+                   grant.low_ssrc)
 
 
 # ---------------------------------------------------------------------------- events
@@ -106,7 +110,7 @@ class VideoFrameReady:
 @dataclass(frozen=True)
 class KeyframeNeeded:
     """Someone asked (PLI) for a keyframe of our video: encode the next frame as one.
-    ``stream``: which of our video streams, "camera" or "screen"."""
+    ``stream``: which of our video streams, "camera", "camera_low" or "screen"."""
 
     stream: str = "camera"
 
@@ -188,7 +192,9 @@ class _VideoOut:
 
 
 #: The names of our video streams, as :meth:`MediaEndpoint.send_video_frame` takes them.
-VIDEO_STREAMS: Final = ("camera", "screen")
+#: "camera_low" is the camera's low-resolution copy (simulcast, issue 9): it goes to the
+#: server only, which forwards each subscriber either it or the camera.
+VIDEO_STREAMS: Final = ("camera", "screen", "camera_low")
 
 
 class MediaEndpoint:
@@ -216,9 +222,17 @@ class MediaEndpoint:
         self._video = _Sender(config.video_ssrc)
         self._audio = _Sender(config.audio_ssrc)
         # our video streams by name, and by SSRC (for NACK and PLI)
-        self._video_out: dict[str, _VideoOut] = {"camera": _VideoOut(self._video)}
+        camera = _VideoOut(self._video)
+        self._video_out: dict[str, _VideoOut] = {"camera": camera}
         if config.screen_ssrc:
             self._video_out["screen"] = _VideoOut(_Sender(config.screen_ssrc))
+        # the camera's copy: not under E2EE (see docs/protocol.md, simulcast). Its RTP
+        # timestamps share the camera's offset: one capture instant, one timestamp on
+        # both streams, whichever a subscriber is switched to.
+        self._low_ssrc = config.low_ssrc if cipher is None else 0
+        if self._low_ssrc:
+            self._video_out["camera_low"] = _VideoOut(_Sender(self._low_ssrc),
+                                                      ts_offset=camera.ts_offset)
         self._video_by_ssrc = {out.sender.ssrc: (name, out)
                                for name, out in self._video_out.items()}
         # congestion control of the uplink: pacing, transport-wide sequence numbers, the
@@ -254,8 +268,10 @@ class MediaEndpoint:
             "retransmitted": 0, "retransmit_over_budget": 0, "plis_received": 0,
             "nacks_received": 0, "keyframes_sent": 0, "video_ignored": 0,
             "dropped_oversize_frame": 0, "dropped_too_many_streams": 0, "events_dropped": 0,
-            "feedback_received": 0,
+            "feedback_received": 0, "probe_packets": 0,
         }
+        # the camera's low copy (simulcast): apart, so "keyframes_sent" keeps its meaning
+        self.counters.update(low_frames_sent=0, low_keyframes_sent=0, low_packets_sent=0)
         # ---- the peer-to-peer path (issue 10): a second hop with its own SRTP keys.
         # Which hops our media goes to; RTCP keepalives always go to the server.
         self.send_to_server = True
@@ -339,7 +355,8 @@ class MediaEndpoint:
         self._advance(captured_at if now is None else now)
         out = self._video_out.get(stream)
         if out is None:
-            self.counters["screen_not_granted"] = self.counters.get("screen_not_granted", 0) + 1
+            refused = f"{stream}_not_granted"
+            self.counters[refused] = self.counters.get(refused, 0) + 1
             return
         if self.cipher is not None:
             try:
@@ -359,7 +376,10 @@ class MediaEndpoint:
             temporal = (temporal_id, layer_sync, out.tl0picidx)
         payloads = packetize(data, out.picture_id, temporal=temporal)
         sender = out.sender
-        if keyframe:
+        if stream == "camera_low":  # counted apart: "keyframes_sent" keeps its meaning
+            self.counters["low_frames_sent"] += 1
+            self.counters["low_keyframes_sent"] += keyframe
+        elif keyframe:
             self.counters["keyframes_sent"] += 1
         for index, payload in enumerate(payloads):
             seq = sender.next_seq()
@@ -418,6 +438,13 @@ class MediaEndpoint:
         self._drain(now)
         self._audio.last_rtp_ts, self._audio.last_ntp = self._audio_ts, now + self._wall_offset
 
+    @property
+    def sends_low_copy(self) -> bool:
+        """Whether the camera's low-resolution copy is wanted now: granted, not E2EE, and
+        the server's path alone in use (in P2P, or half-way through a switch, the one
+        receiver gets the camera directly: encoding the copy would be wasted work)."""
+        return bool(self._low_ssrc) and self.send_to_server and not self.send_to_peer
+
     def audio_paused(self) -> None:
         """The microphone stopped sending: the next frame starts a talkspurt (marker)."""
         self._audio_marker = True
@@ -442,8 +469,12 @@ class MediaEndpoint:
     def _drain(self, now: float) -> None:
         self._advance(now)
         for plain in self.congestion.poll(self._last_now):
-            if self.send_to_peer and self._peer_srtp is not None:  # P2P (issue 10)
-                peer_protected = self._peer_srtp.protect_rtp(plain)
+            peer = self._peer_srtp if self.send_to_peer else None  # P2P (issue 10)
+            if self._low_ssrc and int.from_bytes(plain[8:12], "big") == self._low_ssrc:
+                peer = None  # the camera's copy is for the server alone
+                self.counters["low_packets_sent"] += self.send_to_server
+            if peer is not None:
+                peer_protected = peer.protect_rtp(plain)
                 self._peer_out.append(peer_protected)
                 self.peer_counters["sent_packets"] += 1
                 self.peer_counters["sent_bytes"] += len(peer_protected)
@@ -458,8 +489,9 @@ class MediaEndpoint:
             self._reported_target = target
             self._push_event(TargetBitrate(target))
 
-    def _send_rtcp(self, plain: bytes, *, keepalive: bool = False) -> None:
-        if self.send_to_peer and self._peer_srtp is not None:
+    def _send_rtcp(self, plain: bytes, *, keepalive: bool = False,
+                   server_only: bool = False) -> None:
+        if self.send_to_peer and self._peer_srtp is not None and not server_only:
             self._peer_out.append(self._peer_srtp.protect_rtcp(plain))
         if self.send_to_server or keepalive:
             self._out.append(self._srtp.protect_rtcp(plain))
@@ -468,6 +500,7 @@ class MediaEndpoint:
         """Sender reports for what we send (they let receivers map RTP time to wall time:
         lip sync), or a receiver report as a keepalive that holds the NAT binding."""
         packets: list[bytes] = []
+        low_report: bytes | None = None
         senders = [(out.sender, VIDEO_CLOCK) for out in self._video_out.values()]
         for sender, clock in (*senders, (self._audio, AUDIO_CLOCK)):
             if sender.last_rtp_ts is None or sender.last_ntp is None:
@@ -475,11 +508,17 @@ class MediaEndpoint:
             wall = now + self._wall_offset
             rtp_now = (sender.last_rtp_ts + int((wall - sender.last_ntp) * clock)) & 0xFFFFFFFF
             ntp = int((wall + _NTP_EPOCH_OFFSET) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
-            packets.append(rtcp.SenderReport(sender.ssrc, ntp, rtp_now, sender.packets,
-                                             sender.octets & 0xFFFFFFFF).pack())
+            report = rtcp.SenderReport(sender.ssrc, ntp, rtp_now, sender.packets,
+                                       sender.octets & 0xFFFFFFFF).pack()
+            if sender.ssrc == self._low_ssrc:
+                low_report = report  # the copy's report: the server's path only
+            else:
+                packets.append(report)
         if not packets:
             packets.append(rtcp.ReceiverReport(self.config.video_ssrc).pack())
         self._send_rtcp(b"".join(packets), keepalive=True)
+        if low_report is not None and self.send_to_server:
+            self._send_rtcp(low_report, server_only=True)
 
     # ------------------------------------------------------------------ receiving
 
@@ -737,6 +776,9 @@ class MediaEndpoint:
         transport_seq = read_transport_seq(plain)
         if transport_seq is not None:
             twcc.on_packet(transport_seq, arrival)
+        if plain[1] & 0x7F == PROBE_PAYLOAD_TYPE:  # bandwidth-probe padding: only counted
+            self.counters["probe_packets"] += 1
+            return
         if both_paths and self._duplicate(plain):
             return
         self._on_rtp(plain, size, now)
@@ -767,6 +809,13 @@ class MediaEndpoint:
         if remote is not None:
             remote.stats.on_frame(delay)
             remote.stats.width, remote.stats.height = width, height
+
+    def frame_superseded(self, ssrc: int) -> None:
+        """The shell decoded a frame of ``ssrc`` but showed the sender's other camera
+        stream (simulcast): not counted as a frame shown."""
+        remote = self._remote.get(ssrc)
+        if remote is not None:
+            remote.stats.frames_superseded += 1
 
     def decode_failed(self, ssrc: int) -> None:
         """The decoder could not use a frame: wait for (and ask for) a keyframe."""

@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 
-from confero.client.adaptation import ResolutionLadder, split_video, video_share
+from confero.client.adaptation import (
+    ResolutionLadder,
+    SimulcastSplit,
+    low_copy_size,
+    split_video,
+    video_share,
+)
 from confero.client.audio_mix import Crossfade, LocalMixer
 from confero.client.endpoint import (
     LOST,
@@ -46,13 +52,14 @@ from confero.client.media_tcp import (
     MediaStreamLink,
 )
 from confero.client.p2p_switch import PathSwitch
+from confero.client.simulcast import CameraPick
 from confero.client.stats import StreamStats
 from confero.media.audio import FRAME_SECONDS, SILENCE, Samples, level_dbov
 from confero.media.opus import Decoder as OpusDecoder
 from confero.media.opus import Encoder as OpusEncoder
 from confero.media.opus import OpusError
 from confero.media.video import Vp8Decoder, make_video_encoder
-from confero.media.vpx import EncodedFrame
+from confero.media.vpx import EncodedFrame, VideoEncoder
 from confero.netutil import arrival_time, enable_receive_timestamps, enlarge_socket_buffers
 from confero.pacing import Pacer
 from confero.protocol.rtp import is_rtcp
@@ -99,6 +106,10 @@ class DecodedVideo:
     encoded: Frame  # what arrived, for recording without re-encoding
     #: What the session's ``prepare_video`` made of it on the decoder thread (e.g. a QImage).
     prepared: Any = None
+    #: False when the sender's other camera stream is the one shown (simulcast: the
+    #: camera and its low copy, see :class:`~confero.client.simulcast.CameraPick`);
+    #: such a frame is for recording only, not for a tile or the statistics.
+    shown: bool = True
 
 
 def _nothing() -> None:
@@ -125,6 +136,8 @@ class MediaSession(asyncio.DatagramProtocol):
         stream_ssl: ssl.SSLContext | bool = False,
         on_transport: Callable[[str, str], None] | None = None,
         udp_port: int | None = None,
+        simulcast: bool = True,
+        stream_group: Callable[[int], int] | None = None,
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
@@ -135,7 +148,12 @@ class MediaSession(asyncio.DatagramProtocol):
         comes back over UDP within :data:`FALLBACK_AFTER`), ``udp`` or ``tcp`` (only;
         ``tcp_again``: the same, because the previous session found UDP blocked).
         ``on_transport(transport, reason)`` is told each choice. ``udp_port`` replaces
-        the grant's port for UDP (tests: a dead port is a network that drops UDP)."""
+        the grant's port for UDP (tests: a dead port is a network that drops UDP).
+
+        ``simulcast``: also send a low-resolution copy of the camera on the granted
+        ``low_ssrc`` (issue 9; never under E2EE, never to a peer). ``stream_group`` maps a
+        received video SSRC to the sender's camera SSRC (a low copy's to its camera's):
+        of the streams of one group one is shown at a time (:class:`CameraPick`)."""
         self.grant = grant
         self.address = (grant.host or host, udp_port or grant.port)
         # ---- media over a WebSocket when UDP is blocked (issue 10)
@@ -179,7 +197,14 @@ class MediaSession(asyncio.DatagramProtocol):
         self._audio_task: asyncio.Task[None] | None = None
         self._playout_task: asyncio.Task[None] | None = None
         self._device_playout = device_playout
-        self._keyframe_wanted = {"camera": True, "screen": True}
+        self._keyframe_wanted = {"camera": True, "screen": True, "camera_low": True}
+        # ---- simulcast (issue 9): a low copy of the camera; one shown stream per sender
+        self.simulcast = simulcast
+        self._simulcast_split = SimulcastSplit()
+        #: CPU seconds the encoder threads spent per stream (camera, its low copy, screen)
+        self.encode_seconds: dict[str, float] = {"camera": 0.0, "camera_low": 0.0, "screen": 0.0}
+        self._stream_group = stream_group
+        self._camera_pick = CameraPick()
         #: the uplink estimate (bit/s), from the endpoint's congestion control
         self.target_bps = START_BPS
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="video-encode")
@@ -512,7 +537,7 @@ class MediaSession(asyncio.DatagramProtocol):
             self._video_task.cancel()
             self._video_task = None
         if source is not None:
-            self._keyframe_wanted["camera"] = True
+            self._keyframe_wanted["camera"] = self._keyframe_wanted["camera_low"] = True
             self._video_task = asyncio.create_task(self._send_video(source))
 
     def set_screen_source(self, source: VideoSource | None) -> None:
@@ -591,7 +616,8 @@ class MediaSession(asyncio.DatagramProtocol):
 
     async def _video_loop(self, source: VideoSource, stream: str) -> None:
         """Capture, encode and send one video stream ("camera" or "screen"), each on its
-        own encoder thread."""
+        own encoder thread. The camera's thread also encodes its low-resolution copy
+        (simulcast, issue 9) from the same captured picture, every second frame."""
         loop = asyncio.get_running_loop()
         pool = self._screen_pool if stream == "screen" else self._encode_pool
         fps = self.screen_fps if stream == "screen" else self.fps
@@ -600,50 +626,98 @@ class MediaSession(asyncio.DatagramProtocol):
         # downlink carries (30, 15 or 7.5 fps) without touching the encoder
         encoder = make_video_encoder(source.width, source.height, fps,
                                      self._video_budget(stream), temporal_layers=3)
+        low_size = low_copy_size(source.width, source.height) if stream == "camera" else None
+        low_fps = max(1, fps // 2)
+        low_encoders: list[VideoEncoder] = []  # made on the encoder thread when first used
         pacer = Pacer(1 / fps, resync_after=1)  # behind a frame: drop, keep pace
+        spent = self.encode_seconds
 
-        def capture_and_encode(capture_us: int, pts: int, keyframe: bool,
-                               bitrate: int) -> list[EncodedFrame]:
-            """On the encoder thread: follow the estimate, then capture and encode."""
+        def capture_and_encode(capture_us: int, pts: int, keyframe: bool, bitrate: int,
+                               low_bitrate: int, low_keyframe: bool
+                               ) -> tuple[list[EncodedFrame], list[EncodedFrame]]:
+            """On the encoder thread: follow the estimate, then capture and encode (and
+            the copy, when ``low_bitrate`` asks for one)."""
+            started = time.thread_time()
             width, height = ladder.choose(bitrate)
             if (width, height) != (encoder.width, encoder.height):
                 encoder.reconfigure(width, height, fps)  # its next frame is a keyframe
             if bitrate != encoder.bitrate:
                 encoder.set_bitrate(bitrate)  # live, no keyframe (libvpx)
-            frame = source.frame(capture_us)
+            captured = frame = source.frame(capture_us)
             if (frame.width, frame.height) != (width, height):
                 frame = frame.reformat(width=width, height=height)
-            return encoder.encode(frame, pts, keyframe)
+            encoded = encoder.encode(frame, pts, keyframe)
+            between = time.thread_time()
+            spent[stream] += between - started
+            if not low_bitrate or low_size is None:
+                return encoded, []
+            if not low_encoders:
+                low_encoders.append(make_video_encoder(*low_size, low_fps, low_bitrate,
+                                                       temporal_layers=3))
+            low = low_encoders[0]
+            if low_bitrate != low.bitrate:
+                low.set_bitrate(low_bitrate)
+            small = captured.reformat(width=low_size[0], height=low_size[1],
+                                      format="yuv420p")
+            low_encoded = low.encode(small, pts, low_keyframe)
+            spent["camera_low"] += time.thread_time() - between
+            return encoded, low_encoded
 
-        last_keyframe = float("-inf")
+        last_keyframe = {stream: float("-inf"), "camera_low": float("-inf")}
+        index = 0
+        low_was_on = False
         try:
             while True:
                 captured_at = time.monotonic()
                 capture_us = int(time.time() * 1e6)
+                bitrate, copy_bps = self._video_budget(stream), 0
+                endpoint = self._endpoint
+                if (low_size is not None and self.simulcast and endpoint is not None
+                        and endpoint.sends_low_copy):
+                    bitrate, copy_bps = self._simulcast_split.split(bitrate)
+                if not copy_bps:
+                    low_was_on = False
+                low_bitrate = 0 if index % 2 else copy_bps  # the copy: every second frame
+                if low_bitrate and not low_was_on:
+                    # (re)starting the copy: receivers and the server need a keyframe
+                    self._keyframe_wanted["camera_low"] = low_was_on = True
                 keyframe = self._keyframe_wanted[stream] and (
-                    captured_at >= last_keyframe + KEYFRAME_MIN_INTERVAL)
+                    captured_at >= last_keyframe[stream] + KEYFRAME_MIN_INTERVAL)
                 if keyframe:  # else the request waits for the interval to pass
                     self._keyframe_wanted[stream] = False
-                    last_keyframe = captured_at
+                    last_keyframe[stream] = captured_at
+                low_keyframe = bool(low_bitrate) and self._keyframe_wanted["camera_low"] and (
+                    captured_at >= last_keyframe["camera_low"] + KEYFRAME_MIN_INTERVAL)
+                if low_keyframe:
+                    self._keyframe_wanted["camera_low"] = False
+                    last_keyframe["camera_low"] = captured_at
                 pts = int(captured_at * 90_000)
-                bitrate = self._video_budget(stream)
-                encoded = await loop.run_in_executor(
-                    pool, capture_and_encode, capture_us, pts, keyframe, bitrate)
+                encoded, low_encoded = await loop.run_in_executor(
+                    pool, capture_and_encode, capture_us, pts, keyframe, bitrate,
+                    low_bitrate, low_keyframe)
+                index += 1
                 endpoint = self._endpoint
                 if endpoint is not None and not self._closed:
-                    layered = encoder.temporal_layers > 1
                     with self._lock:
-                        for frame in encoded:
-                            endpoint.send_video_frame(
-                                frame.data, keyframe=frame.keyframe, capture_us=capture_us,
-                                captured_at=captured_at, now=time.monotonic(),
-                                temporal_id=frame.temporal_id if layered else None,
-                                layer_sync=frame.layer_sync, stream=stream)
+                        for name, frames, layered in (
+                            (stream, encoded, encoder.temporal_layers > 1),
+                            ("camera_low", low_encoded,
+                             bool(low_encoders) and low_encoders[0].temporal_layers > 1),
+                        ):
+                            for frame in frames:
+                                endpoint.send_video_frame(
+                                    frame.data, keyframe=frame.keyframe,
+                                    capture_us=capture_us, captured_at=captured_at,
+                                    now=time.monotonic(),
+                                    temporal_id=frame.temporal_id if layered else None,
+                                    layer_sync=frame.layer_sync, stream=name)
                     self._service()
                 await pacer.wait()
         finally:
             with contextlib.suppress(RuntimeError):  # the pool is gone: the session closed
                 pool.submit(encoder.close)
+                for low in low_encoders:
+                    pool.submit(low.close)
 
     async def _audio_loop(self, source: AudioSource) -> None:
         # in-band FEC: each packet carries a coarse copy of the previous one, so a single
@@ -760,9 +834,18 @@ class MediaSession(asyncio.DatagramProtocol):
         capture_us = decoded.capture_us
         delay = time.time() - capture_us / 1e6 if capture_us is not None else None
         frame = decoded.frame
+        group = self._stream_group(decoded.ssrc) if self._stream_group is not None else None
+        if group is not None:  # one of a sender's camera streams (simulcast): shown?
+            decoded.shown = self._camera_pick.offer(
+                group, decoded.ssrc, keyframe=decoded.encoded.keyframe,
+                timestamp=decoded.encoded.timestamp, area=frame.width * frame.height,
+                now=time.monotonic())
         with self._lock:
-            endpoint.frame_decoded(decoded.ssrc, width=frame.width, height=frame.height,
-                                   delay=delay)
+            if decoded.shown:
+                endpoint.frame_decoded(decoded.ssrc, width=frame.width, height=frame.height,
+                                       delay=delay)
+            else:
+                endpoint.frame_superseded(decoded.ssrc)
         if self._on_video is not None:
             self._on_video(decoded)
 
@@ -958,6 +1041,7 @@ class MediaSession(asyncio.DatagramProtocol):
         with self._lock:
             stats = endpoint.stats()
         stats["sent"] = {**stats["sent"], **self._extra_counters}  # type: ignore[dict-item]
+        stats["encode_cpu_s"] = {k: round(v, 3) for k, v in self.encode_seconds.items()}
         return stats
 
     def speaking(self, now: float, window: float = 0.4, threshold: int = 50) -> dict[int, int]:
@@ -982,6 +1066,7 @@ class MediaSession(asyncio.DatagramProtocol):
                 endpoint.forget_stream(ssrc, ended=ended)
         self._pending_decodes.pop(ssrc, None)
         self._video_playouts.pop(ssrc, None)
+        self._camera_pick.forget(ssrc)
         self._generations[ssrc] = self._generations.get(ssrc, 0) + 1
         with contextlib.suppress(RuntimeError):
             self._decode_pool.submit(self._decoders.pop, ssrc, None)

@@ -29,6 +29,8 @@ class StreamStats:
     frames_decoded: int = 0
     decode_errors: int = 0
     frames_dropped: int = 0
+    #: decoded but not shown: the sender's other camera stream was (simulcast, issue 9)
+    frames_superseded: int = 0
     width: int = 0
     height: int = 0
     fps: float = 0.0

@@ -407,8 +407,12 @@ class LossBasedController:
         max_window: float = 1.0,
         low: float = 0.02,
         high: float = 0.10,
+        min_bps: float = 0.0,
     ) -> None:
         self.bitrate_bps = start_bps
+        #: never below the estimator's own floor: a long spell of heavy loss once drove it
+        #: to 1 kbit/s, from where 5 % per clean window took minutes to climb back
+        self.min_bps = min_bps
         self.low = low
         self.high = high
         self.min_packets = min_packets
@@ -448,6 +452,7 @@ class LossBasedController:
                 self.limited = True
         if not self.limited:
             self.bitrate_bps = delay_based_bps
+        self.bitrate_bps = max(self.bitrate_bps, self.min_bps)
         return self.bitrate_bps
 
 
@@ -501,7 +506,8 @@ class SendSideBwe:
         self.rate = AimdRateController(
             start_bps, min_bps=min_bps, max_bps=max_bps, increase_per_s=increase_per_s
         )
-        self.loss = LossBasedController(start_bps, low=loss_low, high=loss_high)
+        self.loss = LossBasedController(start_bps, low=loss_low, high=loss_high,
+                                        min_bps=min_bps)
         self._target = start_bps
         self._rtt: float | None = None
         self._rtt_given = False
@@ -615,6 +621,24 @@ class SendSideBwe:
         self.rate.bitrate_bps = max(min(self.rate.bitrate_bps, acked * factor), self.min_bps)
         self._last_drain = now
         self.drains += 1
+
+    def on_probe(self, bps: float, now: float) -> int:
+        """A probe (:mod:`confero.protocol.probe`) showed the link carries ``bps``: jump
+        there if that is more than the estimate. The link-capacity memory of the last
+        overuse is dropped (the path grew), and a loss limit is lifted to it: the probe
+        just went through without that loss."""
+        bps = min(bps, self.max_bps)
+        if bps <= self._target:
+            return self.target_bps
+        if bps > self.rate.bitrate_bps:
+            self.rate.bitrate_bps = bps
+            self.rate.link.reset()
+            self.rate.hold(now)  # increases go on from here, at the usual pace
+        if self.loss.loss_fraction <= self.loss.high:
+            self.loss.bitrate_bps = max(self.loss.bitrate_bps, bps)
+            self.loss.limited = self.loss.bitrate_bps < self.rate.bitrate_bps
+        self._combine()
+        return self.target_bps
 
     def on_tick(self, now: float, *, sending: bool = True) -> int:
         """Backs off by 20 % per ``feedback_timeout`` while feedback has stopped although

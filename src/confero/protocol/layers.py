@@ -107,6 +107,11 @@ class LayerForwarder:
             self.paused = True
             self.stats.pauses += 1
 
+    @property
+    def awaiting_keyframe(self) -> bool:
+        """Resumed, but nothing forwarded yet: the publisher's keyframe has not come."""
+        return self._await_keyframe
+
     def resume(self) -> None:
         """Forward again, from the next keyframe (the pictures in between are gone, so
         nothing before a keyframe would decode): ask the publisher for one."""
@@ -124,6 +129,19 @@ class LayerForwarder:
         ``descriptor``: the packet's parsed VP8 descriptor, when the caller parsed it once
         for all subscribers (saves about a third of the cost).
         """
+        fields = self.forward_fields(packet, descriptor)
+        if fields is None:
+            return None
+        seq, payload = fields
+        return RtpPacket(packet.payload_type, seq, packet.timestamp, packet.ssrc, payload,
+                         packet.marker, list(packet.csrcs), dict(packet.extensions))
+
+    def forward_fields(
+        self, packet: RtpPacket, descriptor: Vp8Descriptor | None = None
+    ) -> tuple[int, bytes] | None:
+        """What :meth:`forward` changes, without building a packet: the subscriber's
+        sequence number and the payload (the same object when its PictureID stays). The
+        server patches these into the publisher's bytes for each subscriber."""
         if descriptor is None:
             try:
                 descriptor = parse_descriptor(packet.payload)
@@ -154,7 +172,7 @@ class LayerForwarder:
 
     def _new_packet(self, packet: RtpPacket, descriptor: Vp8Descriptor, ext: int,
                     pid: int | None, picture: _Picture | None,
-                    sub_pid: int | None) -> RtpPacket | None:
+                    sub_pid: int | None) -> tuple[int, bytes] | None:
         if self._next is None:
             self._sub_bottom = self._bottom_ext = ext
         elif ext > self._next:
@@ -169,7 +187,8 @@ class LayerForwarder:
         return self._emit(packet, descriptor, ext - self._offset, ext, sub_pid)
 
     def _late_packet(self, packet: RtpPacket, descriptor: Vp8Descriptor, ext: int,
-                     picture: _Picture | None, sub_pid: int | None) -> RtpPacket | None:
+                     picture: _Picture | None, sub_pid: int | None
+                     ) -> tuple[int, bytes] | None:
         offset = self._reserved.pop(ext, None)
         if offset is None:  # a duplicate or retransmission of a packet we placed
             sub = self._sub_for(ext)
@@ -228,11 +247,12 @@ class LayerForwarder:
         return True
 
     def _emit(self, packet: RtpPacket, descriptor: Vp8Descriptor, sub: int, ext: int,
-              sub_pid: int | None) -> RtpPacket:
-        slot = sub % self._history
+              sub_pid: int | None) -> tuple[int, bytes]:
+        history = self._history
+        slot = sub % history
         self._ring_sub[slot] = sub
         self._ring_pub[slot] = ext
-        back = ext % self._history
+        back = ext % history
         self._back_pub[back] = ext
         self._back_sub[back] = sub
         if self._sub_top is None or sub > self._sub_top:
@@ -241,8 +261,7 @@ class LayerForwarder:
         payload = packet.payload
         if sub_pid is not None and sub_pid != descriptor.picture_id:
             payload = rewrite_descriptor(payload, descriptor, picture_id=sub_pid)
-        return RtpPacket(packet.payload_type, sub & 0xFFFF, packet.timestamp, packet.ssrc,
-                         payload, packet.marker, list(packet.csrcs), dict(packet.extensions))
+        return sub & 0xFFFF, payload
 
     def resend(self, packet: RtpPacket) -> RtpPacket | None:
         """A packet from the publisher's history (found through

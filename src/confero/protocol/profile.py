@@ -18,6 +18,9 @@ AUDIO_FRAME_TICKS: Final = 960
 #: Redundant audio (RFC 2198): Opus frames with a copy of the previous one
 #: (``protocol/red.py``), on the server's path in ordinary meetings.
 RED_PAYLOAD_TYPE: Final = 121
+#: Bandwidth-probe padding from the server (``protocol/probe.py``), on a probe SSRC of the
+#: meeting: zeros, numbered for transport feedback, otherwise dropped by the receiver.
+PROBE_PAYLOAD_TYPE: Final = 127
 
 # RFC 8285 one-byte header extension ids.
 #: 8 bytes: the sender's capture time, microseconds on the sender's wall clock (Unix epoch).

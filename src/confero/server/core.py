@@ -64,7 +64,8 @@ class MediaPlane(Protocol):
     """What the signaling core needs of the media router (``server.media_router``)."""
 
     def reserve(self, participant_id: str) -> tuple[int, int, int, int]:
-        """Server-unique (audio, video, screen, low) SSRCs for this participant's connection."""
+        """Server-unique (audio, video, screen, video's low copy) SSRCs for this
+        participant's connection."""
 
     def admit(self, participant_id: str, meeting_id: str, *, e2ee: bool = False
               ) -> sig.MediaGrant:

@@ -28,15 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confero.protocol import consent, red, rtcp
-from confero.protocol.layers import LayerForwarder, LayerRateMeter
+from confero.protocol.layers import MAX_TID, LayerForwarder, LayerRateMeter
 from confero.protocol.nack import RetransmitBuffer
 from confero.protocol.profile import (
+    AUDIO_CLOCK,
     AUDIO_FRAME_TICKS,
     AUDIO_PAYLOAD_TYPE,
     EXT_AUDIO_LEVEL,
     EXT_CAPTURE_TIME,
     EXT_MIXER_LEVELS,
     MAX_CSRCS,
+    PROBE_PAYLOAD_TYPE,
     RED_PAYLOAD_TYPE,
     VIDEO_PAYLOAD_TYPE,
 )
@@ -65,7 +67,7 @@ from confero.protocol.vp8 import (
     keyframe_dimensions,
     parse_descriptor,
 )
-from confero.server.downlink import LAYER_INTERVAL, Downlink
+from confero.server.downlink import LAYER_INTERVAL, MIX_SHARE_BPS, Downlink
 from confero.server.media_limits import RateMeter, UpstreamNacks
 from confero.server.mixer import MeetingMixer
 from confero.server.speakers import SpeakerSelector
@@ -99,6 +101,14 @@ RETRANSMIT_RATE_FACTOR = 2.0
 RETRANSMIT_DOWNLINK_SHARE = 0.2
 #: A paused stream resumes when its base layer fits this many times over.
 PAUSE_RESUME_MARGIN = 1.33
+#: The first picture (in order of priority) is paused only when its cheapest form needs
+#: more than this times the subscriber's video budget: a link a little too slow still
+#: shows one picture; one it would flood (and the audio with it) shows none until it
+#: recovers, which probing finds out.
+FIRST_PICTURE_EXCESS = 2.0
+#: A picture moves up from its low copy to the full camera when 15 fps of the camera
+#: fit this many times over.
+SIMULCAST_UP_MARGIN = 1.25
 #: Audio louder than this (-dBov) counts as speaking, for who keeps their picture.
 SPOKE_LEVEL = 50
 MIN_RETRANSMIT_RATE = 32_000.0
@@ -161,6 +171,7 @@ class _Peer:
     # publisher stream SSRC -> what this receiver may still cost in retransmissions of it
     retransmit_budget: dict[int, TokenBucket] = field(default_factory=dict)
     mix_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
+    probe_seq: int = field(default_factory=lambda: secrets.randbelow(1 << 16))
     mix_was_silent: bool = True
     #: when this participant last sent audio louder than SPOKE_LEVEL (monotonic): who
     #: keeps their picture first on a link too slow for everyone's
@@ -173,6 +184,9 @@ class _Peer:
     downlink: Downlink = field(default_factory=Downlink)
     # as a subscriber: publisher stream SSRC -> which of its layers we send here, renumbered
     forwarders: dict[int, LayerForwarder] = field(default_factory=dict)
+    #: simulcast switches under way: the SSRC of the form switched to -> the forwarder of
+    #: the form it replaces, which keeps flowing until the new form's keyframe goes out
+    handovers: dict[int, LayerForwarder] = field(default_factory=dict)
     #: False: it asked for no video at all (``set_media``): its forwarders stay paused
     receive_video: bool = True
 
@@ -182,6 +196,37 @@ class _Peer:
             self.videos[self.screen_ssrc] = _VideoStream(self.screen_ssrc, "screen")
         if self.low_ssrc:
             self.videos[self.low_ssrc] = _VideoStream(self.low_ssrc, "camera_low")
+
+
+@dataclass
+class _Source:
+    """One picture as a subscriber may get it: a publisher's camera with its low copy
+    (simulcast), or its shared screen; each form with this subscriber's forwarder."""
+
+    publisher: _Peer
+    screen: bool
+    high: tuple[LayerForwarder, _VideoStream] | None = None
+    low: tuple[LayerForwarder, _VideoStream] | None = None
+
+    def current(self) -> str:
+        """The form forwarded now (or being switched to): "high", "low" or "off"."""
+        low_on = self.low is not None and not self.low[0].paused
+        high_on = self.high is not None and not self.high[0].paused
+        if low_on and high_on:  # a switch under way: the form still waiting is the new one
+            assert self.low is not None
+            return "low" if self.low[0].awaiting_keyframe else "high"
+        return "high" if high_on else "low" if low_on else "off"
+
+    @staticmethod
+    def live(pair: tuple[LayerForwarder, _VideoStream] | None, now: float) -> bool:
+        return pair is not None and pair[1].layer_rates.cumulative(now)[-1] > 0
+
+    def rate(self, form: str, tid: int, now: float) -> float:
+        """Bits per second of ``form`` up to temporal layer ``tid``."""
+        pair = self.high if form == "high" else self.low
+        if pair is None:
+            return 0.0
+        return pair[1].layer_rates.cumulative(now)[tid]
 
 
 @dataclass
@@ -201,6 +246,8 @@ class _Meeting:
     #: mixed audio packets sent to the members (not counted as forwarded)
     mixed_packets: int = 0
     mixed_bytes: int = 0
+    #: the SSRC of bandwidth-probe padding to the members
+    probe_ssrc: int = field(default_factory=lambda: secrets.randbits(32) | 1)
 
 
 class MediaRouter:
@@ -324,6 +371,7 @@ class MediaRouter:
             return
         peer.receive_video = wanted
         if not wanted:
+            peer.handovers.clear()  # no simulcast switch finishes while nothing is sent
             for forwarder in peer.forwarders.values():
                 forwarder.pause()
 
@@ -346,9 +394,14 @@ class MediaRouter:
         self._reset_media_state(peer)
         if meeting is not None:
             for pid in meeting.members:
-                for ssrc in (peer.video_ssrc, peer.screen_ssrc):
-                    self._peers[pid].retransmit_budget.pop(ssrc, None)
-                    self._peers[pid].forwarders.pop(ssrc, None)
+                other = self._peers[pid]
+                for ssrc in (peer.video_ssrc, peer.screen_ssrc, peer.low_ssrc):
+                    other.retransmit_budget.pop(ssrc, None)
+                    gone = other.forwarders.pop(ssrc, None)
+                    other.handovers.pop(ssrc, None)
+                    for key, replaced in list(other.handovers.items()):
+                        if replaced is gone:
+                            del other.handovers[key]
 
     @staticmethod
     def _reset_media_state(peer: _Peer) -> None:
@@ -358,6 +411,7 @@ class MediaRouter:
         peer.retransmit_budget = {}
         peer.downlink = Downlink()
         peer.forwarders = {}
+        peer.handovers = {}
 
     def on_stream(self, participant_id: str) -> bool:
         """Its media goes over a WebSocket (UDP blocked): it cannot do peer-to-peer."""
@@ -632,74 +686,167 @@ class MediaRouter:
             forwarder = receiver.forwarders.get(stream.ssrc)
             if forwarder is None:
                 forwarder = receiver.forwarders[stream.ssrc] = LayerForwarder()
+                if stream.kind == "camera_low":
+                    forwarder.pause()  # the camera itself until the estimate says otherwise
             if not receiver.receive_video:  # paused: only its numbering moves on
                 forwarder.pause()
-                forwarder.forward(packet, descriptor)
+                forwarder.forward_fields(packet, descriptor)
                 self.counters["video_not_wanted"] += 1
                 continue
-            renumbered = forwarder.forward(packet, descriptor)
-            if renumbered is None:
+            fields = forwarder.forward_fields(packet, descriptor)
+            if fields is None:
                 self.counters["video_layer_dropped"] += 1
                 continue
-            seq = renumbered.sequence_number.to_bytes(2, "big")
+            if receiver.handovers:  # a simulcast switch: the new form's keyframe is out
+                replaced = receiver.handovers.pop(stream.ssrc, None)
+                if replaced is not None:
+                    replaced.pause()
+            sub_seq, payload = fields
+            seq = sub_seq.to_bytes(2, "big")
             if payload_at is None:
-                copy = renumbered.serialize()
-            elif renumbered.payload is packet.payload:
+                copy = RtpPacket(packet.payload_type, sub_seq, packet.timestamp, packet.ssrc,
+                                 payload, packet.marker, list(packet.csrcs),
+                                 dict(packet.extensions)).serialize()
+            elif payload is packet.payload:
                 copy = plain[:2] + seq + plain[4:]
             else:  # the descriptor was rewritten (PictureID): same header, new payload
-                copy = plain[:2] + seq + plain[4:payload_at] + renumbered.payload
-            stamped = receiver.downlink.stamp(copy, now, seq_at)
-            try:
-                out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
-            except SrtpError:
-                self.counters["protect_failed"] += 1  # one receiver's problem, not all
-                continue
-            size += len(stamped)
+                copy = plain[:2] + seq + plain[4:payload_at] + payload
+            for stamped in receiver.downlink.pace(copy, now, seq_at):
+                try:
+                    out.append((receiver.srtp.protect_rtp(stamped), receiver.address))
+                except SrtpError:
+                    self.counters["protect_failed"] += 1  # one receiver's problem, not all
+                    continue
+                size += len(stamped)
         meeting.forwarded_packets += len(out)
         meeting.forwarded_bytes += size
         return out
 
     def _choose_layers(self, now: float) -> list[Datagram]:
-        """Per subscriber: which video streams its downlink estimate carries at all, and of
-        each the most temporal layers that fit.
-
-        When even the base layers do not all fit, streams are paused for this subscriber
-        in order of priority (shared screens first, then whoever spoke last): a link
-        that carries one picture gets one smooth picture instead of frozen ones and a
-        queue that also drowns its audio. A paused stream resumes once its base layer fits
-        with a third of headroom, from a keyframe asked of its publisher."""
         out: list[Datagram] = []
         for meeting in self._meetings.values():
             for pid in meeting.members:
                 receiver = self._peers[pid]
-                if not receiver.forwarders or not receiver.receive_video:
-                    continue
-                streams: list[tuple[LayerForwarder, _Peer, _VideoStream]] = []
-                for ssrc, forwarder in receiver.forwarders.items():
-                    publisher = self._by_ssrc.get(ssrc)
-                    stream = publisher.videos.get(ssrc) if publisher is not None else None
-                    if publisher is not None and stream is not None:
-                        streams.append((forwarder, publisher, stream))
-                streams.sort(key=lambda item: (item[2].kind != "screen", -item[1].spoke_at))
-                budget = receiver.downlink.video_share(1)
-                carried: list[tuple[LayerForwarder, _VideoStream]] = []
-                for forwarder, publisher, stream in streams:
-                    base = stream.layer_rates.cumulative(now)[0]
-                    needed = base * (PAUSE_RESUME_MARGIN if forwarder.paused else 1.0)
-                    if carried and needed > budget:  # the first stream is never paused
-                        forwarder.pause()
-                        continue
-                    if forwarder.paused:
-                        forwarder.resume()
-                        out += self._request_keyframe(publisher, stream, receiver, now,
-                                                   "pli_for_resume")
-                    budget -= base
-                    carried.append((forwarder, stream))
-                # an equal share of the estimate per stream carried
-                share = receiver.downlink.video_share(len(carried))
-                for forwarder, stream in carried:
-                    forwarder.set_target(stream.layer_rates.choose_layer(
-                        share, now, current=forwarder.current_tid))
+                if receiver.forwarders and receiver.receive_video:
+                    out += self._choose_for(receiver, now)
+        return out
+
+    def _sources(self, receiver: _Peer, now: float) -> list[_Source]:
+        """The receiver's forwarders grouped by picture: a camera with its low copy, a
+        screen alone; in order of priority (shared screens first, then whoever spoke
+        last)."""
+        sources: dict[tuple[str, bool], _Source] = {}
+        for ssrc, forwarder in receiver.forwarders.items():
+            publisher = self._by_ssrc.get(ssrc)
+            stream = publisher.videos.get(ssrc) if publisher is not None else None
+            if publisher is None or stream is None:
+                continue
+            key = (publisher.participant_id, stream.kind == "screen")
+            source = sources.get(key)
+            if source is None:
+                source = sources[key] = _Source(publisher, stream.kind == "screen")
+            if stream.kind == "camera_low":
+                source.low = (forwarder, stream)
+            else:
+                source.high = (forwarder, stream)
+        ordered = [s for s in sources.values() if s.high is not None or s.low is not None]
+        ordered.sort(key=lambda s: (not s.screen, -s.publisher.spoke_at))
+        return ordered
+
+    def _choose_for(self, receiver: _Peer, now: float) -> list[Datagram]:
+        """Which pictures the receiver's downlink estimate carries, at which resolution
+        (a camera or its low copy, simulcast), and of each the most temporal layers.
+
+        First every picture gets its cheapest form (the low copy's base layer, else the
+        camera's); when even those do not all fit, pictures are paused in order of
+        priority (the first only on a link it would flood): a link that carries one picture gets one
+        smooth picture instead of frozen ones and a queue that also drowns its audio. Then,
+        in order of priority, a picture moves up to the full-size camera where 15 fps of
+        it fits. A paused picture resumes with a third of headroom, a copy moves up with a
+        quarter, from a keyframe asked of its publisher; the form it replaces keeps flowing
+        until that keyframe goes out (:meth:`_forward_video`), so a switch shows no
+        gap."""
+        out: list[Datagram] = []
+        budget = float(receiver.downlink.video_share(1))
+        plan: list[tuple[_Source, str]] = []
+        sources = self._sources(receiver, now)
+        receiver.downlink.wanted_bps = MIX_SHARE_BPS + sum(
+            max(source.rate("high", MAX_TID, now), source.rate("low", MAX_TID, now))
+            for source in sources)
+        for source in sources:
+            current = source.current()
+            cheap = "low" if source.live(source.low, now) else "high"
+            base = source.rate(cheap, 0, now)
+            needed = base * (PAUSE_RESUME_MARGIN if current == "off" else 1.0)
+            # the first picture is kept on a link a little too slow for it (its layers
+            # or its copy may still fit), not on one it would flood
+            if needed > budget * (FIRST_PICTURE_EXCESS if not plan else 1.0):
+                plan.append((source, "off"))
+                continue
+            plan.append((source, cheap))
+            budget -= base
+        for index, (source, choice) in enumerate(plan):
+            if choice != "low" or source.high is None:
+                continue
+            cost = source.rate("high", 1, now) - source.rate("low", 0, now)
+            margin = 1.0 if source.current() == "high" else SIMULCAST_UP_MARGIN
+            if source.rate("high", 1, now) * margin <= budget + source.rate("low", 0, now):
+                plan[index] = (source, "high")
+                budget -= cost
+        # temporal layers: each picture in order of priority gets what the others' base
+        # layers leave it
+        remaining = float(receiver.downlink.video_share(1))
+        bases = [source.rate(choice, 0, now) for source, choice in plan if choice != "off"]
+        carried = 0
+        for source, choice in plan:
+            out += self._apply_choice(receiver, source, choice, now)
+            if choice == "off":
+                continue
+            pair = source.high if choice == "high" else source.low
+            assert pair is not None
+            forwarder, stream = pair
+            carried += 1
+            available = remaining - sum(bases[carried:])
+            tid = stream.layer_rates.choose_layer(available, now,
+                                                  current=forwarder.current_tid)
+            forwarder.set_target(tid)
+            remaining -= stream.layer_rates.cumulative(now)[tid]
+        return out
+
+    def _apply_choice(self, receiver: _Peer, source: _Source, choice: str,
+                      now: float) -> list[Datagram]:
+        """Make ``choice`` ("high", "low" or "off") the form ``source`` reaches
+        ``receiver`` in. A newly chosen form resumes from a keyframe; the one it replaces
+        is paused when that keyframe goes out (``receiver.handovers``), or at once if it
+        never delivered anything itself."""
+        target = source.high if choice == "high" else source.low if choice == "low" else None
+        out: list[Datagram] = []
+        for pair in (source.high, source.low):
+            if pair is None or pair is target or pair[0].paused:
+                continue
+            forwarder, stream = pair
+            receiver.handovers.pop(stream.ssrc, None)  # a switch to it is abandoned
+            target_flowing = target is not None and not (
+                target[0].paused or target[0].awaiting_keyframe)
+            if target is None or forwarder.awaiting_keyframe or target_flowing:
+                forwarder.pause()
+                if target is not None and receiver.handovers.get(target[1].ssrc) is forwarder:
+                    del receiver.handovers[target[1].ssrc]
+            else:
+                receiver.handovers[target[1].ssrc] = forwarder
+        if target is None:
+            return out
+        forwarder, stream = target
+        if forwarder.paused:
+            forwarder.resume()
+            counter = "simulcast_switches" if target[1].ssrc in receiver.handovers \
+                else "pli_for_resume"
+            self.counters[counter] += 1
+            out += self._request_keyframe(source.publisher, stream, receiver, now,
+                                          "pli_for_resume")
+        elif forwarder.awaiting_keyframe:  # the keyframe asked for did not come (yet)
+            out += self._request_keyframe(source.publisher, stream, receiver, now,
+                                          "pli_for_resume")
         return out
 
     def _request_keyframe(self, publisher: _Peer, stream: _VideoStream, receiver: _Peer,
@@ -850,6 +997,7 @@ class MediaRouter:
                 out += self._flush_upstream(publisher, stream, now)
         for meeting in self._meetings.values():
             meeting.mix_timestamp = (meeting.mix_timestamp + FRAME_TICKS) & 0xFFFFFFFF
+            out += self._release_paced(meeting, now) + self._probe(meeting, now)
             mixes = meeting.mixer.mix()
             levels = meeting.mixer.levels
             for pid in meeting.members:
@@ -896,6 +1044,41 @@ class MediaRouter:
                 out.append((listener.srtp.protect_rtp(plain), listener.address))
         return out
 
+    def _release_paced(self, meeting: _Meeting, now: float) -> list[Datagram]:
+        """Forwarded video that waited for its member's pacing budget and may go now."""
+        out: list[Datagram] = []
+        for pid in meeting.members:
+            listener = self._peers[pid]
+            if not listener.downlink.paced:
+                continue
+            released = listener.downlink.release(now)
+            if listener.address is None or listener.srtp is None:
+                continue
+            for stamped in released:
+                out.append((listener.srtp.protect_rtp(stamped), listener.address))
+                meeting.forwarded_packets += 1
+                meeting.forwarded_bytes += len(stamped)
+        return out
+
+    def _probe(self, meeting: _Meeting, now: float) -> list[Datagram]:
+        """Bandwidth-probe padding for members whose link may carry more than their
+        estimate (:mod:`confero.protocol.probe`): zeros on the meeting's probe SSRC (a
+        stream of its own: SRTP refuses a sequence that jumps about on one SSRC), numbered
+        for transport feedback like everything else the member gets."""
+        out: list[Datagram] = []
+        for pid in meeting.members:
+            listener = self._peers[pid]
+            if listener.address is None or listener.srtp is None or not listener.forwarders:
+                continue
+            for size in listener.downlink.padding(now, FRAME_TICKS / AUDIO_CLOCK):
+                listener.probe_seq = (listener.probe_seq + 1) & 0xFFFF
+                packet = RtpPacket(PROBE_PAYLOAD_TYPE, listener.probe_seq,
+                                   meeting.mix_timestamp, meeting.probe_ssrc, bytes(size))
+                plain = listener.downlink.stamp(packet.serialize(), now)
+                out.append((listener.srtp.protect_rtp(plain), listener.address))
+                self.counters["probe_packets"] += 1
+        return out
+
     def _congestion_tick(self, now: float) -> list[Datagram]:
         """Feedback to each participant on what we received from it (TWCC, every 50 ms),
         the downlink estimates' own clock, and the layer choices that follow them."""
@@ -932,6 +1115,8 @@ class MediaRouter:
                 continue
             layers: dict[int, int] = {}
             for forwarder in peer.forwarders.values():
+                if forwarder.paused:
+                    continue  # a paused picture, or the unused form of a simulcast one
                 layers[forwarder.current_tid] = layers.get(forwarder.current_tid, 0) + 1
             out.setdefault(peer.meeting_id, []).append((peer.downlink.target_bps, layers))
         return out
