@@ -374,6 +374,10 @@ class MediaRouter:
             peer.handovers.clear()  # no simulcast switch finishes while nothing is sent
             for forwarder in peer.forwarders.values():
                 forwarder.pause()
+            # nor does the video waiting for its pacing go, nor padding to probe for more
+            peer.downlink.paced.clear()
+            peer.downlink.paced_bytes = 0
+            peer.downlink.wanted_bps = 0.0
 
     def _leave_meeting(self, peer: _Peer) -> None:
         if peer.meeting_id is None:
