@@ -7,11 +7,17 @@ video, then counts over a window how often each tile actually painted a new pict
 the CPU this process used (GUI thread + engine thread).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/app_bench.py --tiles 4 9
+
+``--senders pre-encoded`` replaces the bots by one cheap process that sends pre-encoded
+VP8 (640x480@30) for all N publishers, as ``capacity_bench.py`` does, and asks the server
+for no video: the bots' live encoders take more than a core at 9 tiles, so this is the
+way to see what the app itself can paint on a machine shared with its publishers.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -40,6 +46,12 @@ def wait(app: QApplication, condition: Any, timeout: float) -> bool:
     return bool(condition())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_view(url: str) -> dict[str, Any]:
     """The server's estimate of the subscribers' downlinks (min/median/max, bit/s) and the
     temporal layers it forwards (layer -> streams), from its /metrics."""
@@ -56,7 +68,78 @@ def server_view(url: str) -> dict[str, Any]:
     return {"downlink_estimate_bps": estimate, "forwarded_layer_streams": layers}
 
 
-def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[str, Any]:
+async def generate(url: str, count: int, bitrate: int) -> None:
+    """``count`` publishers of pre-encoded 640x480@30 VP8 in one process; the first creates
+    the meeting and prints its id. They ask for no video, so they cost the server little.
+    A PLI is answered with a keyframe of the next picture (encoded apart beforehand), so a
+    receiver that fell behind recovers at once, as from a live encoder."""
+    from capacity_bench import FPS, Participant
+
+    from confero.client import Client
+    from confero.media.video import SyntheticCamera, Vp8Encoder
+    from confero.protocol import consent, rtcp
+    from confero.protocol.rtp import is_rtcp
+    from confero.protocol.srtp import SrtpError
+
+    class Sender(Participant):
+        keyframe_wanted = False
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if not is_rtcp(data):
+                super().datagram_received(data, addr)
+                return
+            try:  # once: SRTCP refuses a second unprotect of the same packet (replay)
+                packets = rtcp.parse_compound(self.srtp.unprotect_rtcp(data))
+            except (SrtpError, rtcp.RtcpError):
+                return  # a load generator: what it cannot read, it ignores
+            for packet in packets:
+                echo = consent.answer(packet, self.grant.video_ssrc)
+                if echo is not None:
+                    self.transport.sendto(self.srtp.protect_rtcp(echo))
+                self.keyframe_wanted |= isinstance(packet, rtcp.Pli)
+
+    streams, keyframes = [], []
+    for index in range(count):
+        camera, encoder = SyntheticCamera(f"p{index}"), Vp8Encoder(640, 480, bitrate=bitrate)
+        key_encoder = Vp8Encoder(640, 480, bitrate=bitrate)
+        pictures = [camera.frame(k * 33_000) for k in range(60)]
+        streams.append([b"".join(encoder.encode(picture, k * 3000, k == 0))
+                        for k, picture in enumerate(pictures)])
+        keyframes.append([b"".join(key_encoder.encode(picture, k * 3000, True))
+                          for k, picture in enumerate(pictures)])
+    loop = asyncio.get_running_loop()
+    senders: list[Sender] = []
+    meeting = ""
+    for index in range(count):
+        client = Client(url, f"p{index}")
+        await client.connect()
+        if index == 0:
+            result = await client.create_meeting("bench", mode="server")
+            meeting = result.meeting.id
+            print(json.dumps({"meeting_id": meeting}), flush=True)
+        else:
+            result = await client.join(meeting)
+        grant = result.media
+        assert grant is not None
+        _, sender = await loop.create_datagram_endpoint(
+            lambda g=grant: Sender(g),  # type: ignore[misc]
+            remote_addr=("127.0.0.1", grant.port))
+        senders.append(sender)
+        await client.set_media(camera=True, microphone=False, receive_video=False)
+    frame, start = 0, loop.time()
+    while True:
+        for sender, stream, keys in zip(senders, streams, keyframes, strict=True):
+            if sender.keyframe_wanted:
+                sender.keyframe_wanted = False
+                sender.send_video(keys[frame % len(keys)], frame)
+            else:
+                sender.send_video(stream[frame % len(stream)], frame)
+        frame += 1
+        await asyncio.sleep(max(0.0, start + frame / FPS - loop.time()))
+
+
+def measure(app: QApplication, tiles: int, window_s: float, size: str,
+            senders: str = "bots") -> dict[str, Any]:
     width, height = size.split("x")
     with tempfile.TemporaryDirectory() as data:
         server = subprocess.Popen(
@@ -77,10 +160,16 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                 bots.append(proc)
                 return proc
 
-            first = bot("p0", "--create", "bench")
+            if senders == "pre-encoded":
+                first = subprocess.Popen(
+                    [sys.executable, __file__, "--generate", url, "--tiles", str(tiles)],
+                    stdout=subprocess.PIPE, text=True)
+                bots.append(first)
+            else:
+                first = bot("p0", "--create", "bench")
             assert first.stdout is not None
             meeting = json.loads(first.stdout.readline())["meeting_id"]
-            for index in range(1, tiles):
+            for index in range(1 if senders == "bots" else tiles, tiles):
                 bot(f"p{index}", "--join", meeting)
             window.resize(1280, 800)
             window.show()
@@ -94,17 +183,26 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str) -> dict[s
                         and all(t.shows_video() for t in grid.tiles.values()), 60)
             wait(app, lambda: False, 2.0)  # settle
             painted = {t.name: t.painted_frames for t in grid.tiles.values()}
+            others = {"server": [server.pid], "bots": [proc.pid for proc in bots]}
+            others0 = {k: sum(map(cpu_seconds, pids)) for k, pids in others.items()}
             cpu0, wall0 = time.process_time(), time.perf_counter()
             wait(app, lambda: False, window_s)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            shares = {f"{k}_cpu_share_of_one_core":
+                      round((sum(map(cpu_seconds, pids)) - others0[k]) / wall, 3)
+                      for k, pids in others.items()}
             fps = sorted((t.painted_frames - painted[t.name]) / wall
                          for t in grid.tiles.values())
             return {
                 "tiles": tiles,
-                "bot_video": size,
+                "bot_video": size if senders == "bots" else "640x480 pre-encoded",
                 "tile_fps_min": round(fps[0], 1),
                 "tile_fps_median": round(fps[len(fps) // 2], 1),
                 "app_cpu_share_of_one_core": round(cpu / wall, 3),
+                # the two cores are shared: what the server and the bots' encoders took,
+                # and the machine's load (other work on it counts too)
+                **shares,
+                "load_average_1min": round(os.getloadavg()[0], 2),
                 # why a tile shows fewer frames than sent: the server's congestion control
                 "server_view": server_view(url),
             }
@@ -123,10 +221,15 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[4, 9])
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--size", default="640x480")
+    parser.add_argument("--senders", choices=["bots", "pre-encoded"], default="bots")
+    parser.add_argument("--generate", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate:  # the pre-encoded senders' own process
+        asyncio.run(generate(args.generate, args.tiles[0], 400_000))
+        return
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
-    results = [measure(app, n, args.window, args.size) for n in args.tiles]
+    results = [measure(app, n, args.window, args.size, args.senders) for n in args.tiles]
     print(json.dumps({
         "bench": "app_ui",
         "platform": os.environ["QT_QPA_PLATFORM"],

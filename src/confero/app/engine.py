@@ -183,6 +183,7 @@ class Engine(QObject):
         self._speaker_device: DeviceChoice = DeviceChoice("Default speaker", "default")
         self._ticker: asyncio.Task[None] | None = None
         self._muted = False  # the microphone captures, but nothing is sent
+        self._receive_video = True  # False: the server is asked to forward us no video
         self._speaker_task: asyncio.Task[Any] | None = None
         self._media_poller: asyncio.Task[None] | None = None
         self._poll_now: asyncio.Event | None = None  # set on a mode change: ask at once
@@ -241,6 +242,7 @@ class Engine(QObject):
         client.p2p = True  # two people talk directly when the meeting allows it
         self.call.video_source, self.call.audio_source = self._video, self._audio
         self.call.microphone_muted = self._muted
+        self.call.receive_video = self._receive_video
         await client.connect()
         if client.resume_token:
             self.resume_token.emit(client.resume_token)
@@ -521,6 +523,19 @@ class Engine(QObject):
 
     def _microphone_live(self) -> bool:
         return self._audio is not None and not self._muted
+
+    def set_receive_video(self, wanted: bool) -> None:
+        """Ask the server for no video at all (saves our downlink and its work), or for
+        video again (each picture comes back with the keyframe it asks for)."""
+
+        async def switch() -> None:
+            self._receive_video = wanted
+            if self.call is not None:
+                await self.call.set_receive_video(wanted)
+            if not wanted:
+                self.frames.clear()  # no frozen pictures; our own come back by themselves
+
+        self.submit(switch())
 
     def set_muted(self, muted: bool) -> None:
         """Mute without closing the microphone: it keeps capturing, so ``muted_level``

@@ -80,6 +80,8 @@ class MeetingController:
         self.chimes_action = self._action(menu, "Chimes when people come and go",
                                           self._chimes_toggled, checkable=True)
         self.chimes_action.setChecked(self.chimes.enabled)
+        self.no_video_action = self._action(menu, "Receive no video (saves bandwidth)",
+                                            self._no_video_toggled, checkable=True)
         self._action(menu, "Keyboard shortcuts\t?", self.show_help)
         menu.addSeparator()
         self._action(menu, "Use the synthetic camera",
@@ -574,9 +576,15 @@ class MeetingController:
         if answer == QMessageBox.StandardButton.Yes:
             self.engine.end_meeting_for_all()
 
+    def _no_video_toggled(self, off: bool) -> None:
+        self.engine.set_receive_video(not off)
+        self.pull_frames()  # the tiles say so at once
+
     def pull_frames(self) -> None:
         stage = self.page.stage
+        held = self.no_video_action.isChecked()
         for participant_id, tile in stage.tiles.items():
+            tile.set_video_held(held and participant_id != screen_key(SELF))  # not our own
             latest = self.engine.frames.get(participant_id)
             if latest is not None and tile.camera:
                 tile.set_image(*latest)

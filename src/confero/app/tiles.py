@@ -22,6 +22,8 @@ _BACKGROUND = QColor(48, 49, 52)
 _SPEAKING = QColor(COLOURS["good"])
 _OFF = QColor(COLOURS["off"])
 _HAND = QColor(COLOURS["fair"])
+#: what a tile says while we receive no video (More > "Receive no video")
+VIDEO_HELD = "Video off to save bandwidth"
 #: End-to-end encryption of one person's media, said in words on the tile.
 E2EE_BADGES = {"verified": ("Verified", QColor(COLOURS["good"])),
                "not verified": ("Not verified", QColor(COLOURS["fair"])),
@@ -59,6 +61,8 @@ class VideoTile(QWidget):
         self.pinned = False
         self.shared_screen = False  # a shared screen's tile: no microphone or camera of its own
         self.status = ""  # "Joining...", "Reconnecting..."
+        #: we asked the server for no video (More menu): say so rather than freeze
+        self.video_held = False
         #: "" (not an E2EE meeting), "verified", "not verified" or "cannot decrypt"
         self.e2ee = ""
         self.quality: ConnectionQuality | None = None
@@ -90,6 +94,8 @@ class VideoTile(QWidget):
             words.append("pinned")
         if self.status:
             words.append(self.status)
+        if self._held_shown():
+            words.append(VIDEO_HELD.lower())
         if self.e2ee:
             words.append(E2EE_WORDS.get(self.e2ee, self.e2ee))
         self.setAccessibleName(", ".join(words))
@@ -97,6 +103,8 @@ class VideoTile(QWidget):
         self.setToolTip(tooltip(self.name + (f"\n{details}" if details else "")))
 
     def set_image(self, image: QImage | None, serial: int) -> None:
+        if self.video_held:
+            return
         if serial != self.serial:
             self.image, self.serial = image, serial
             self.update()
@@ -117,6 +125,19 @@ class VideoTile(QWidget):
         if changed:
             self._describe()
             self.update()
+
+    def set_video_held(self, held: bool) -> None:
+        """No video is being received (we asked for none): no stale picture, a text."""
+        if held == self.video_held:
+            return
+        self.video_held = held
+        if held:
+            self.image, self.serial = None, -1
+        self._describe()
+        self.update()
+
+    def _held_shown(self) -> bool:
+        return self.video_held and (self.camera or self.shared_screen)
 
     def set_e2ee(self, state: str) -> None:
         """A frame that cannot be decrypted is never shown: the tile says so instead."""
@@ -169,6 +190,8 @@ class VideoTile(QWidget):
             self._paint_status(painter, rect, "Cannot decrypt")
         elif self.status:
             self._paint_status(painter, rect, self.status)
+        elif self._held_shown():
+            self._paint_status(painter, rect, VIDEO_HELD)
         if self.quality_shown:
             self._paint_quality(painter, rect)
         if self.speaking:

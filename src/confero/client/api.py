@@ -247,11 +247,12 @@ class Client:
     async def send_chat(self, text: str) -> sig.ChatResult:
         return await self._request(sig.SendChat, sig.ChatResult, text=text)
 
-    async def set_media(self, *, camera: bool, microphone: bool, screen: bool = False) -> None:
+    async def set_media(self, *, camera: bool, microphone: bool, screen: bool = False,
+                        receive_video: bool = True) -> None:
         """Announce camera/microphone/screen-share state to the meeting (the media itself
-        flows apart)."""
+        flows apart), and whether the server should forward us video at all."""
         await self._request(sig.SetMedia, sig.Empty, camera=camera, microphone=microphone,
-                            screen=screen)
+                            screen=screen, receive_video=receive_video)
 
     async def relay_e2ee_blob(self, to: str, blob: bytes) -> None:
         """Have the server pass an opaque E2EE key-exchange blob to one participant."""

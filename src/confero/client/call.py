@@ -96,6 +96,9 @@ class Call:
         self._fps = fps
         self._device_playout = device_playout
         self._receive_video = receive_video
+        #: whether the server is asked to forward us video at all (see
+        #: :meth:`set_receive_video`); a call that decodes none never asks for any
+        self.receive_video = receive_video
         # participant id -> its info as last known: the client forgets a participant
         # before its ParticipantLeft reaches listeners, and we still need its SSRCs
         self._known: dict[str, sig.ParticipantInfo] = {}
@@ -190,6 +193,8 @@ class Call:
                 return self.session is not None
             if grant is None:
                 return False
+            if not self.receive_video:  # before the media path opens: not one packet
+                await self.announce()
             host = urlsplit(self.client.url).hostname or "127.0.0.1"
             session = MediaSession(
                 grant, host, on_video=self._video_decoded, on_audio=self._audio_played,
@@ -330,7 +335,14 @@ class Call:
         client = self.client
         if client.meeting is not None and client.state == api.ConnectionState.CONNECTED:
             await client.set_media(camera=self.camera_on, microphone=self.microphone_on,
-                                   screen=self.screen_on)
+                                   screen=self.screen_on, receive_video=self.receive_video)
+
+    async def set_receive_video(self, wanted: bool) -> None:
+        """Ask the server for no video at all (a low-bandwidth mode: saves our downlink
+        and the server's work) or for video again (each stream then starts from a
+        keyframe). Ignored, staying off, when this call was made not to decode video."""
+        self.receive_video = wanted and self._receive_video
+        await self.announce()
 
     def _source_failed(self, kind: str, message: str) -> None:
         """A camera or microphone died mid-call: it is off now, and everyone is told."""

@@ -150,6 +150,9 @@ class SetMedia(Request, tag="set_media", frozen=True):
     camera: bool
     microphone: bool
     screen: bool = False
+    #: False: forward this participant no video at all (a low-bandwidth mode; nobody
+    #: else is told). Omitted by older clients, which keep receiving video.
+    receive_video: bool = True
 
 
 class P2pSignal(Request, tag="p2p_signal", frozen=True):

@@ -76,6 +76,9 @@ class MediaPlane(Protocol):
         """The participant left its meeting (or its connection is gone): stop routing its
         media, free its keys and SSRCs."""
 
+    def set_receive_video(self, participant_id: str, wanted: bool) -> None:
+        """Whether this participant wants the others' video forwarded to it at all."""
+
 
 class MeetingStore(Protocol):
     """What the signaling core needs of its store (``server.store.Store`` is SQLite);
@@ -445,8 +448,11 @@ class SignalingCore:
                 return sig.Empty()
             case sig.MeetingMedia():
                 return self._meeting_media(participant)
-            case sig.SetMedia(camera=camera, microphone=microphone, screen=screen):
+            case sig.SetMedia(camera=camera, microphone=microphone, screen=screen,
+                              receive_video=receive_video):
                 notices = self.registry.set_media(participant, camera, microphone, screen)
+                if self.media is not None:
+                    self.media.set_receive_video(participant.id, receive_video)
                 out += self._deliver(notices)
                 return sig.Empty()
             case sig.RelayE2eeBlob(to=to, blob=blob):

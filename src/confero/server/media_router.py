@@ -203,6 +203,8 @@ class _Peer:
     handovers: dict[int, LayerForwarder] = field(default_factory=dict)
     #: publisher id -> when its picture may next move up from its copy to the camera
     simulcast_holds: dict[str, _SimulcastHold] = field(default_factory=dict)
+    #: False: it asked for no video at all (``set_media``): its forwarders stay paused
+    receive_video: bool = True
 
     def new_videos(self) -> None:
         self.videos = {self.video_ssrc: _VideoStream(self.video_ssrc, "camera")}
@@ -373,6 +375,25 @@ class MediaRouter:
         self._leave_meeting(peer)
         for ssrc in (peer.audio_ssrc, peer.video_ssrc, peer.screen_ssrc, peer.low_ssrc):
             self._by_ssrc.pop(ssrc, None)
+
+    def set_receive_video(self, participant_id: str, wanted: bool) -> None:
+        """A participant that wants no video (a low-bandwidth mode) is forwarded none, and
+        its video NACKs and PLIs are ignored. Its forwarders stay, paused, and still see
+        every packet so that their numbering runs on; when it wants video again,
+        :meth:`_choose_layers` resumes them as for a link that regained room: as many as
+        its downlink carries, each from a keyframe asked of the publisher."""
+        peer = self._peers.get(participant_id)
+        if peer is None or peer.receive_video == wanted:
+            return
+        peer.receive_video = wanted
+        if not wanted:
+            peer.handovers.clear()  # no simulcast switch finishes while nothing is sent
+            for forwarder in peer.forwarders.values():
+                forwarder.pause()
+            # nor does the video waiting for its pacing go, nor padding to probe for more
+            peer.downlink.paced.clear()
+            peer.downlink.paced_bytes = 0
+            peer.downlink.wanted_bps = 0.0
 
     def _leave_meeting(self, peer: _Peer) -> None:
         if peer.meeting_id is None:
@@ -689,6 +710,11 @@ class MediaRouter:
                 forwarder = receiver.forwarders[stream.ssrc] = LayerForwarder()
                 if stream.kind == "camera_low":
                     forwarder.pause()  # the camera itself until the estimate says otherwise
+            if not receiver.receive_video:  # paused: only its numbering moves on
+                forwarder.pause()
+                forwarder.forward_fields(packet, descriptor)
+                self.counters["video_not_wanted"] += 1
+                continue
             fields = forwarder.forward_fields(packet, descriptor)
             if fields is None:
                 self.counters["video_layer_dropped"] += 1
@@ -723,7 +749,7 @@ class MediaRouter:
         for meeting in self._meetings.values():
             for pid in meeting.members:
                 receiver = self._peers[pid]
-                if receiver.forwarders:
+                if receiver.forwarders and receiver.receive_video:
                     out += self._choose_for(receiver, now)
         return out
 
@@ -884,6 +910,8 @@ class MediaRouter:
         for packet in packets:
             if isinstance(packet, rtcp.TransportFeedback):
                 peer.downlink.on_feedback(packet, now)
+            elif isinstance(packet, rtcp.Nack | rtcp.Pli) and not peer.receive_video:
+                self.counters["video_feedback_not_wanted"] += 1
             elif isinstance(packet, rtcp.Nack):
                 out += self._answer_nack(peer, packet, now)
             elif isinstance(packet, rtcp.Pli):
