@@ -121,6 +121,9 @@ class RunResult:
     wavs: dict[str, Path]
     capacity: list[tuple[float, float | None]] = field(default_factory=list)
     server_events: dict[str, float] = field(default_factory=dict)  # in the window
+    #: (time, the server's lowest downlink estimate in bit/s): the victim's, sampled
+    #: twice a second in scenarios whose link changes
+    estimates: list[tuple[float, float]] = field(default_factory=list)
 
 
 SCRAPE = ("import re, sys, urllib.request\n"
@@ -128,6 +131,24 @@ SCRAPE = ("import re, sys, urllib.request\n"
           "for m in re.finditer(r'^confero_media_events_total\\{event=\"(\\w+)\"\\} (\\S+)',"
           " text, re.M):\n"
           "    print(m.group(1), m.group(2))\n")
+
+
+ESTIMATE = ("import re, sys, urllib.request\n"
+            "text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()\n"
+            "m = re.search(r'^confero_meeting_downlink_estimate_bps\\{[^}]*stat=\"min\"\\}"
+            " (\\S+)', text, re.M)\n"
+            "print(m.group(1) if m else '')\n")
+
+
+def lowest_estimate(ns: Any, port: int) -> float | None:
+    """The server's lowest estimate of its participants' downlinks (the victim's, the
+    slowest link), from /metrics."""
+    out = ns.run([sys.executable, "-I", "-c", ESTIMATE, f"http://127.0.0.1:{port}/metrics"],
+                 check=False).stdout.strip()
+    try:
+        return float(out)
+    except ValueError:
+        return None
 
 
 def media_events(ns: Any, port: int) -> dict[str, float]:
@@ -193,10 +214,18 @@ def run_once(name: str, scenario: Scenario, options: Options, workdir: Path) -> 
             capacity = [(t0, scenario.down.rate_kbit if scenario.down else None)]
             _sleep_until(t0)
             before = media_events(topology.server, port)
-            for fraction, impairment in scenario.steps:
-                _sleep_until(t0 + fraction * options.duration)
-                topology.downlink("victim").impair(impairment)
-                capacity.append((time.time(), impairment.rate_kbit))
+            estimates: list[tuple[float, float]] = []
+            steps = list(scenario.steps)
+            while steps or (scenario.steps and time.time() < t1):
+                if steps and time.time() >= t0 + steps[0][0] * options.duration:
+                    impairment = steps.pop(0)[1]
+                    topology.downlink("victim").impair(impairment)
+                    capacity.append((time.time(), impairment.rate_kbit))
+                    continue
+                estimate = lowest_estimate(topology.server, port)
+                if estimate is not None:
+                    estimates.append((time.time(), estimate))
+                _sleep_until(time.time() + 0.5)
             _sleep_until(t1)
             after = media_events(topology.server, port)
             for bot in bots.values():
@@ -212,7 +241,8 @@ def run_once(name: str, scenario: Scenario, options: Options, workdir: Path) -> 
             for bot in bots.values():
                 bot.cleanup()
     return RunResult(name, t0, t1, events, {r: workdir / r / "audio.wav" for r in bots},
-                     capacity, {k: v - before.get(k, 0) for k, v in after.items()})
+                     capacity, {k: v - before.get(k, 0) for k, v in after.items()},
+                     estimates)
 
 
 def wait_done(bot: BotProcess, timeout: float) -> None:
@@ -455,13 +485,14 @@ def timeline(run: RunResult) -> dict[str, Any]:
             previous[role] = (t, b)
         sent[role] = series
     return {"capacity_kbit": [(round(t - run.t0, 2), c) for t, c in run.capacity],
+            "estimate_kbit": [(round(t - run.t0, 2), round(e / 1000)) for t, e in run.estimates],
             "victim_received": points, "sent_kbps": sent}
 
 
 def plot_timeline(data: dict[str, Any], path: Path, title: str) -> None:
     """The link's capacity, what each sender sent, and what the victim received from each
-    (bitrate, fps, capture-to-decoded delay) over time: the step-down scenario's plot.
-    The senders' estimate is added here once they report one."""
+    (bitrate, fps, capture-to-decoded delay) over time, and the server's estimate of the
+    victim's downlink: the step-down scenario's plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -473,6 +504,10 @@ def plot_timeline(data: dict[str, Any], path: Path, title: str) -> None:
     xs = [t for t, _ in steps] + [end]
     ys = [c or 0 for _, c in steps] + [steps[-1][1] or 0]
     rate.step(xs, ys, where="post", color="black", label="link capacity")
+    estimate = data.get("estimate_kbit", [])
+    if estimate:
+        rate.plot([t for t, _ in estimate], [e for _, e in estimate], ":", color="grey",
+                  linewidth=2, label="server's estimate of the victim's downlink")
     for role, series in data["sent_kbps"].items():
         rate.plot([t for t, _ in series], [v for _, v in series], label=f"{role} sends")
     senders = sorted({s for p in data["victim_received"] for s in p["video"]})
