@@ -182,3 +182,22 @@ def test_a_link_flapping_at_the_boundary_does_not_flap_the_picture() -> None:
         slow.bps = 500_000 if (index // 15) % 2 == 0 else 5_000_000
         alice.heard(alice.both(index, now) + router.tick(now))
     assert 2 <= router.counters["simulcast_switches"] <= 10
+
+
+def test_a_pli_for_the_form_a_subscriber_no_longer_gets_is_not_forwarded() -> None:
+    """Carol gets the copy; her client still asks for a keyframe of the camera (its last
+    frame there never completed). The publisher is not made to send keyframes nobody
+    receives; a PLI for the copy she gets still goes through."""
+    router, alice, _bob, carol, _ = setup()
+    camera, low = alice.peer.grant.video_ssrc, alice.peer.grant.low_ssrc
+    for index in range(90):
+        now = index / 30
+        alice.heard(alice.both(index, now) + router.tick(now))
+    now = 3.0 + router.pli_interval  # past any throttle
+    out = router.handle_datagram(carol.rtcp(rtcp.Pli(carol.grant.video_ssrc, camera)),
+                                 carol.address, now)
+    assert out == [] and router.counters["pli_for_paused_ignored"] == 1
+    out = router.handle_datagram(carol.rtcp(rtcp.Pli(carol.grant.video_ssrc, low)),
+                                 carol.address, now)
+    alice.heard(out)
+    assert alice._asked.get(low) is not None  # forwarded to the publisher

@@ -1020,6 +1020,13 @@ class MediaRouter:
         if found is None:
             return []
         publisher, stream = found
+        forwarder = receiver.forwarders.get(stream.ssrc)
+        if forwarder is not None and forwarder.paused:
+            # a stream we stopped sending it (paused, or the unused form of a simulcast
+            # picture): its receiver may still be waiting on a frame it will never get;
+            # a keyframe every half second for nobody would only crowd the links
+            self.counters["pli_for_paused_ignored"] += 1
+            return []
         return self._request_keyframe(publisher, stream, receiver, now, "pli_forwarded")
 
     # ------------------------------------------------------------------ mixing clock
