@@ -235,6 +235,24 @@ def test_an_unrecoverable_loss_skips_to_the_next_keyframe() -> None:
     assert assembler.frames_dropped >= 1
 
 
+def test_a_stream_that_stopped_is_not_asked_for_keyframes_forever() -> None:
+    """The server paused the stream for us mid-frame (or switched us to the publisher's
+    low copy): a PLI cannot bring it back, so after 2 s of silence none is sent, and no
+    timer stays due for one (a past deadline would spin the caller's loop)."""
+    frames = video_packets([KEY, DELTA, DELTA])
+    assembler = FrameAssembler(max_wait=0.2, pli_interval=0.3, silent_after=2.0)
+    for packet in frames[0] + frames[1][:1]:  # the stream stops inside frame 1
+        assembler.push(packet, 0.0)
+    assembler.poll(0.3)
+    asked = [t / 10 for t in range(3, 100) if assembler.keyframe_request_due(t / 10)]
+    assert asked and max(asked) <= 2.0  # asked while it might come back, then quiet
+    deadline = assembler.next_deadline()
+    assert deadline is None or deadline > 10.0
+    for packet in frames[2]:  # it comes back (from a keyframe, as the server resumes)
+        assembler.push(packet, 12.0)
+    assert assembler.keyframe_request_due(12.5)  # a delta frame: ask again at once
+
+
 def test_a_retransmission_in_time_fills_the_hole() -> None:
     frames = video_packets([KEY, DELTA])
     assembler = FrameAssembler(max_wait=0.2)

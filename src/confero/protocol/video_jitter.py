@@ -45,8 +45,12 @@ class FrameAssembler:
         max_packets: int = 600,
         max_wait: float = 0.25,
         pli_interval: float = 0.3,
+        silent_after: float = 2.0,
     ) -> None:
         self.max_packets = max_packets
+        #: no keyframe requests for a stream silent this long (it stopped; asking more
+        #: would only have the publisher send keyframes for nobody)
+        self.silent_after = silent_after
         self.max_wait = max_wait  # how long an incomplete frame may block the ones after it
         self.pli_interval = pli_interval
         self._unwrap = SequenceUnwrapper()
@@ -112,6 +116,12 @@ class FrameAssembler:
             return False
         if self._keyframe_arriving(now):
             return False
+        if now > self._last_arrival + self.silent_after > float("-inf"):
+            # the stream stopped (the server paused it for us, or switched us to the
+            # publisher's other form): a keyframe request cannot bring it back, and when
+            # it comes back the server starts it with a keyframe
+            self._pli_sent_at = now  # (and no timer is due for it)
+            return False
         self._pli_sent_at = now
         self.keyframe_requests += 1
         return True
@@ -147,7 +157,9 @@ class FrameAssembler:
             if self._newest is not None and self._last_arrival + self.pli_interval > due:
                 due = max(due, self._last_arrival + self.pli_interval) if (
                     self._keyframe_arriving(self._last_arrival)) else due
-            deadlines.append(due)
+            if self._last_arrival == float("-inf") or (
+                    due <= self._last_arrival + self.silent_after):
+                deadlines.append(due)
         return min(deadlines) if deadlines else None
 
     def request_keyframe(self) -> None:
