@@ -113,9 +113,9 @@ SIMULCAST_HOLD_RESET = 10.0
 #: shows one picture; one it would flood (and the audio with it) shows none until it
 #: recovers, which probing finds out.
 FIRST_PICTURE_EXCESS = 2.0
-#: A picture moves up from its low copy to the full camera when 15 fps of the camera
-#: fit this many times over.
-SIMULCAST_UP_MARGIN = 1.25
+#: A picture moves up from its low copy to the camera when all of the camera fits this
+#: many times over (it moves down when not even 15 fps of it fit).
+SIMULCAST_UP_MARGIN = 1.1
 #: Audio louder than this (-dBov) counts as speaking, for who keeps their picture.
 SPOKE_LEVEL = 50
 MIN_RETRANSMIT_RATE = 32_000.0
@@ -783,9 +783,10 @@ class MediaRouter:
         camera's); when even those do not all fit, pictures are paused in order of
         priority (the first only on a link it would flood): a link that carries one picture gets one
         smooth picture instead of frozen ones and a queue that also drowns its audio. Then,
-        in order of priority, a picture moves up to the full-size camera where 15 fps of
-        it fits. A paused picture resumes with a third of headroom, a copy moves up with a
-        quarter, from a keyframe asked of its publisher; the form it replaces keeps flowing
+        in order of priority, a picture moves up to the full-size camera where all of it
+        fits with a tenth of headroom (and back down once not even 15 fps of it fit). A
+        paused picture resumes with a third of headroom, from a keyframe asked of its
+        publisher, as does a copy moving up; the form it replaces keeps flowing
         until that keyframe goes out (:meth:`_forward_video`), so a switch shows no
         gap."""
         out: list[Datagram] = []
@@ -813,8 +814,12 @@ class MediaRouter:
             if current != "high" and now < hold.until:
                 continue  # moved down lately: wait before trying the camera again
             cost = source.rate("high", 1, now) - source.rate("low", 0, now)
-            margin = 1.0 if current == "high" else SIMULCAST_UP_MARGIN
-            if source.rate("high", 1, now) * margin <= budget + source.rate("low", 0, now):
+            # up only where the whole camera fits (an estimate a little above the link,
+            # as a delay-based one runs before it backs off, must not tempt it); down
+            # once not even 15 fps of it do
+            needed = (source.rate("high", 1, now) if current == "high"
+                      else source.rate("high", MAX_TID, now) * SIMULCAST_UP_MARGIN)
+            if needed <= budget + source.rate("low", 0, now):
                 plan[index] = (source, "high")
                 budget -= cost
                 if current != "high":
