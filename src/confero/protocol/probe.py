@@ -19,7 +19,6 @@ never sent as one burst, so a small bottleneck queue sees a rate, not a spike.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -80,8 +79,11 @@ class Prober:
         self._wait = interval
         self._next: float | None = None
         self._cluster: _Cluster | None = None
-        self._recent: deque[tuple[float, int]] = deque()  # (send time, size) of the last
-        self._recent_bytes = 0  # ``send_window`` seconds
+        # bytes sent in the last ``send_window`` seconds, in tenths of a second (a ring:
+        # this runs for every packet the server sends)
+        self._slots = max(1, round(send_window * 10))
+        self._ring = [0] * self._slots
+        self._slot = 0  # the tenth of a second the newest bytes belong to
         self.probes = 0
         self.succeeded = 0
         self.padding_packets = 0
@@ -92,22 +94,27 @@ class Prober:
         return self._cluster is not None
 
     def sending_bps(self, now: float) -> float:
-        self._expire(now)
-        return self._recent_bytes * 8 / self.send_window
+        self._advance(int(now * 10))
+        # the older slots are whole tenths; the newest one only as far as ``now``
+        span = (self._slots - 1 + (now * 10 - int(now * 10))) / 10
+        return sum(self._ring) * 8 / max(span, 0.1)
 
-    def _expire(self, now: float) -> None:
-        while self._recent and self._recent[0][0] < now - self.send_window:
-            self._recent_bytes -= self._recent.popleft()[1]
+    def _advance(self, slot: int) -> None:
+        if slot <= self._slot:
+            return
+        for step in range(self._slot + 1, min(slot, self._slot + self._slots) + 1):
+            self._ring[step % self._slots] = 0
+        self._slot = slot
 
     def on_sent(self, transport_seq: int, size: int, now: float) -> None:
         """Every packet sent on the link (media, padding), with its wire size."""
-        self._recent.append((now, size))
-        self._recent_bytes += size
+        slot = int(now * 10)
+        if slot != self._slot:
+            self._advance(slot)
+        self._ring[slot % self._slots] += size
         cluster = self._cluster
         if cluster is not None and cluster.started <= now <= cluster.ends:
             cluster.sent[transport_seq & 0xFFFF] = (now, size)
-        if len(self._recent) > 10_000:
-            self._recent_bytes -= self._recent.popleft()[1]
 
     def padding(self, now: float, *, estimate_bps: float, wanted_bps: float,
                 quiet: bool, tick: float) -> list[int]:

@@ -90,21 +90,30 @@ class Downlink:
     def pace(self, plain: bytes, now: float, offset: int | None = None) -> list[bytes]:
         """A forwarded video packet for this participant (plain, not yet numbered): the
         packets that may leave now, numbered (this one, earlier ones waiting, or none)."""
+        if not self.paced:  # the common case: nothing waits, and there is budget
+            self._refill(now)
+            if self.pace_tokens > 0:
+                self.pace_tokens -= len(plain) + WIRE_OVERHEAD
+                return [self.stamp(plain, now, offset)]
         self.paced.append((now, plain, offset))
         self.paced_bytes += len(plain)
         return self.release(now)
 
-    def release(self, now: float) -> list[bytes]:
-        """What waited and may leave now, numbered (called on every forwarded packet and
-        every router tick)."""
+    def _refill(self, now: float) -> None:
         rate = max(PACING_FACTOR * self.target_bps / 8,  # bytes per second
                    self.paced_bytes / PACED_DRAIN_TIME)
         if self.pace_last is None:
             self.pace_tokens = rate * PACING_BURST
+            self.pace_last = now
         elif now > self.pace_last:
             self.pace_tokens = min(rate * PACING_BURST,
                                    self.pace_tokens + (now - self.pace_last) * rate)
-        self.pace_last = now if self.pace_last is None else max(self.pace_last, now)
+            self.pace_last = now
+
+    def release(self, now: float) -> list[bytes]:
+        """What waited and may leave now, numbered (called on every forwarded packet and
+        every router tick)."""
+        self._refill(now)
         paced = self.paced
         while paced and now - paced[0][0] > MAX_PACED_DELAY:
             self.paced_bytes -= len(paced.popleft()[1])
