@@ -154,8 +154,8 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str,
             def bot(name: str, *args: str) -> subprocess.Popen[str]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "confero.cli", "bot", "--server", url, "--name",
-                     name, "--no-stdin", "--send-only", "--width", width, "--height", height,
-                     *args],
+                     name, "--no-stdin", "--send-only", "--no-simulcast", "--width", width,
+                     "--height", height, *args],
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 bots.append(proc)
                 return proc
