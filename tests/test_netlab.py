@@ -263,3 +263,50 @@ def test_a_slow_downlink_gets_the_low_copy_and_the_full_picture_once_it_recovers
     finally:
         for bot in started:
             bot.cleanup()
+
+
+def test_a_capped_uplink_is_followed_by_the_senders_own_estimate(
+    netlab: Lab, tmp_path: Path
+) -> None:
+    """Congestion control of the uplink end to end (issue 9): the victim's uplink carries
+    600 kbit/s. Its estimate climbs from its 300 kbit/s start; what it sends stays within
+    the cap, and alice keeps seeing it move (before issue 9 the victim sent 5 Mbit/s
+    into such a link and froze). The estimate itself may run above the cap while the
+    encoder sends less than it allows: nothing then tells it the link is full."""
+    topology = star(netlab, ["alice", "victim"])
+    topology.uplink("victim").impair(Impairment(rate_kbit=600))
+    server = topology.server.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    started: list[BotProcess] = []
+
+    def target(event: dict[str, Any]) -> float:
+        return float((event.get("uplink") or {}).get("target_bps", 0))
+
+    try:
+        alice = BotProcess(f"ws://{topology.links['alice'].a.ip}:{port}/ws", "alice",
+                           "--create", "capped", "--mode", "server", "--video", "none",
+                           "--stats-interval", "0.5", prefix=topology.clients["alice"].argv([]))
+        started.append(alice)
+        meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
+        victim = BotProcess(f"ws://{topology.links['victim'].a.ip}:{port}/ws", "victim",
+                            "--join", meeting, "--audio", "sine:691", "--stats-interval",
+                            "0.5", prefix=topology.clients["victim"].argv([]))
+        started.append(victim)
+        victim.expect("joined", timeout=30)
+        victim.expect("stats", lambda e: target(e) >= 450_000, timeout=60)  # it grew
+        later = [victim.expect("stats", timeout=10) for _ in range(20)]  # the next 10 s
+        span = later[-1]["t"] - later[0]["t"]
+        sent = later[-1]["sent"]["sent_bytes"] - later[0]["sent"]["sent_bytes"]
+        assert sent * 8 / span <= 630_000, sent * 8 / span  # never more than the link takes
+        # and what it sends gets through: alice sees it move, steadily
+        alice.expect("stats", lambda e: e["video"].get("victim", {}).get("fps", 0) >= 20,
+                     timeout=30)
+        victim.send("leave")
+        victim.finish()
+    finally:
+        for bot in started:
+            bot.cleanup()
