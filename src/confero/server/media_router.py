@@ -781,14 +781,14 @@ class MediaRouter:
 
         First every picture gets its cheapest form (the low copy's base layer, else the
         camera's); when even those do not all fit, pictures are paused in order of
-        priority (the first only on a link it would flood): a link that carries one picture gets one
-        smooth picture instead of frozen ones and a queue that also drowns its audio. Then,
-        in order of priority, a picture moves up to the full-size camera where all of it
-        fits with a tenth of headroom (and back down once not even 15 fps of it fit). A
-        paused picture resumes with a third of headroom, from a keyframe asked of its
-        publisher, as does a copy moving up; the form it replaces keeps flowing
-        until that keyframe goes out (:meth:`_forward_video`), so a switch shows no
-        gap."""
+        priority (the first only on a link it would flood): a link that carries one
+        picture gets one smooth picture instead of frozen ones and a queue that also
+        drowns its audio. Then, in order of priority, a picture moves up to the full-size
+        camera where all of it fits with a tenth of headroom (and back down once not even
+        15 fps of it fit). A paused picture resumes with a third of headroom, from a
+        keyframe asked of its publisher, as does a copy moving up; the form it replaces
+        keeps flowing until that keyframe goes out (:meth:`_forward_video`), so a switch
+        shows no gap."""
         out: list[Datagram] = []
         budget = float(receiver.downlink.video_share(1))
         plan: list[tuple[_Source, str]] = []
