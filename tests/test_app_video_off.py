@@ -92,7 +92,7 @@ def test_receive_no_video_from_the_more_menu_and_back(
 
     action.trigger()  # video again: from a keyframe the server asks Ada for
     assert not action.isChecked() and not tile.video_held
-    qtbot.waitUntil(tile.shows_video, timeout=WAIT)
+    qtbot.waitUntil(tile.shows_video, timeout=WAIT)  # a new picture, not one from before
     assert video_packets(window, "Ada") > before
     assert media_event(server, "pli_for_resume") > 0
     assert VIDEO_HELD.lower() not in tile.accessibleName()

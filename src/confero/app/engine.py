@@ -92,6 +92,12 @@ class FrameStore:
         with self._lock:
             return self._images.get(key)
 
+    @property
+    def serial(self) -> int:
+        """The serial of the newest picture put so far (later ones have higher ones)."""
+        with self._lock:
+            return self._serial
+
     def drop(self, key: str) -> None:
         with self._lock:
             self._images.pop(key, None)

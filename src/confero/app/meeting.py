@@ -82,6 +82,9 @@ class MeetingController:
         self.chimes_action.setChecked(self.chimes.enabled)
         self.no_video_action = self._action(menu, "Receive no video (saves bandwidth)",
                                             self._no_video_toggled, checkable=True)
+        #: the frame store's serial when video was asked for again: older pictures of
+        #: the others are from before the pause, and never shown
+        self._video_since = 0
         self._action(menu, "Keyboard shortcuts\t?", self.show_help)
         menu.addSeparator()
         self._action(menu, "Use the synthetic camera",
@@ -577,16 +580,20 @@ class MeetingController:
             self.engine.end_meeting_for_all()
 
     def _no_video_toggled(self, off: bool) -> None:
+        if not off:  # pictures from before the pause are stale: only newer ones show
+            self._video_since = self.engine.frames.serial
         self.engine.set_receive_video(not off)
         self.pull_frames()  # the tiles say so at once
 
     def pull_frames(self) -> None:
         stage = self.page.stage
         held = self.no_video_action.isChecked()
+        since = self._video_since
         for participant_id, tile in stage.tiles.items():
-            tile.set_video_held(held and participant_id != screen_key(SELF))  # not our own
+            ours = participant_id == screen_key(SELF)
+            tile.set_video_held(held and not ours)  # not our own
             latest = self.engine.frames.get(participant_id)
-            if latest is not None and tile.camera:
+            if latest is not None and tile.camera and (ours or latest[1] > since):
                 tile.set_image(*latest)
         own = self.engine.frames.get(SELF)
         view = self.page.self_view
