@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.bots import BotProcess, tone_levels
 from tests.conftest import read_json_line
-from tests.netlab import Impairment, Lab, nat_topology, star
+from tests.netlab import Impairment, Lab, Namespace, nat_topology, star
 
 ECHO = """
 import socket
@@ -42,6 +42,16 @@ for _ in range(int(sys.argv[2])):
     except OSError:
         print("lost")
 """
+
+
+def start_server(namespace: Namespace, tmp_path: Path) -> str:
+    """A real server process in ``namespace`` listening on every address; its port."""
+    server = namespace.popen(
+        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
+         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
 
 
 def test_loss_and_delay_act_on_the_link(netlab: Lab) -> None:
@@ -78,12 +88,7 @@ def test_a_bot_behind_a_lossy_link_still_gets_video_and_audio(
     lossy = Impairment(loss_pct=10)
     topology.downlink("victim").impair(lossy)
     topology.uplink("victim").impair(lossy)
-    server = topology.server.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    port = start_server(topology.server, tmp_path)
     started: list[BotProcess] = []
     try:
         common = ["--video", "synthetic", "--fps", "15", "--stats-interval", "0.5",
@@ -153,12 +158,7 @@ def test_a_client_whose_network_drops_all_udp_carries_its_media_over_tcp(
                   "    meta l4proto udp counter drop\n"
                   "  }\n"
                   "}\n")
-    server = topology.server.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    port = start_server(topology.server, tmp_path)
     started: list[BotProcess] = []
 
     def launch(role: str, *args: str) -> BotProcess:
@@ -225,12 +225,7 @@ def test_a_slow_downlink_gets_the_low_copy_and_the_full_picture_once_it_recovers
     topology = star(netlab, ["alice", "victim"])
     victim_down = topology.downlink("victim")
     victim_down.impair(Impairment(rate_kbit=300))
-    server = topology.server.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    port = start_server(topology.server, tmp_path)
     started: list[BotProcess] = []
 
     def alice_seen(event: dict[str, Any]) -> dict[str, Any]:
@@ -275,12 +270,7 @@ def test_a_capped_uplink_is_followed_by_the_senders_own_estimate(
     encoder sends less than it allows: nothing then tells it the link is full."""
     topology = star(netlab, ["alice", "victim"])
     topology.uplink("victim").impair(Impairment(rate_kbit=600))
-    server = topology.server.popen(
-        [sys.executable, "-m", "confero.cli", "server", "--host", "0.0.0.0", "--port", "0",
-         "--media-port", "0", "--data-dir", str(tmp_path / "data"), "--empty-grace", "3"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+    port = start_server(topology.server, tmp_path)
     started: list[BotProcess] = []
 
     def target(event: dict[str, Any]) -> float:
