@@ -52,6 +52,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds per thread of this process, by thread name (threads of one name, e.g. a
+    pool's, are summed): where the app's CPU goes."""
+    import threading
+
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    seconds: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(task.name), "")
+        name = name.rstrip("_0123456789") or name  # a pool's threads as one
+        name = name or text[text.index("(") + 1:text.rindex(")")] + " " + task.name
+        fields = text.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        seconds[name] = seconds.get(name, 0.0) + cpu
+    return seconds
+
+
 def server_view(url: str) -> dict[str, Any]:
     """The server's estimate of the subscribers' downlinks (min/median/max, bit/s) and the
     temporal layers it forwards (layer -> streams), from its /metrics."""
@@ -185,9 +206,12 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str,
             painted = {t.name: t.painted_frames for t in grid.tiles.values()}
             others = {"server": [server.pid], "bots": [proc.pid for proc in bots]}
             others0 = {k: sum(map(cpu_seconds, pids)) for k, pids in others.items()}
+            threads0 = thread_cpu_seconds()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             wait(app, lambda: False, window_s)
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            threads = {name: round((seconds - threads0.get(name, 0.0)) / wall, 3)
+                       for name, seconds in thread_cpu_seconds().items()}
             shares = {f"{k}_cpu_share_of_one_core":
                       round((sum(map(cpu_seconds, pids)) - others0[k]) / wall, 3)
                       for k, pids in others.items()}
@@ -199,6 +223,12 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str,
                 "tile_fps_min": round(fps[0], 1),
                 "tile_fps_median": round(fps[len(fps) // 2], 1),
                 "app_cpu_share_of_one_core": round(cpu / wall, 3),
+                # per thread: the GUI (painting), the engine (network, SRTP, jitter
+                # buffers), the decoder (VP8 and the conversion to the tile's size)
+                "app_cpu_by_thread": {name: share for name, share in sorted(
+                    threads.items(), key=lambda item: -item[1]) if share >= 0.005},
+                "app_cpu_ms_per_painted_frame": round(
+                    1000 * cpu / max(1.0, sum(fps) * wall), 2),
                 # the two cores are shared: what the server and the bots' encoders took,
                 # and the machine's load (other work on it counts too)
                 **shares,

@@ -25,6 +25,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from confero import client as api
+from confero.app.pictures import PictureSizes, fitted_size, frame_to_image
 from confero.client.call import Call, CallVideo
 from confero.client.e2ee_call import NoPassphrase
 from confero.client.media import AudioSource, VideoSource
@@ -54,7 +55,8 @@ SCREEN_SUFFIX = ":screen"
 
 def screen_key(participant_id: str) -> str:
     return participant_id + SCREEN_SUFFIX
-MAX_TILE_WIDTH = 640  # pictures are scaled down to this before they cross to the GUI
+#: a picture is scaled down to this before it crosses to the GUI, until its tile says its size
+MAX_TILE_WIDTH = 640
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,9 @@ class DeviceChoice:
 
 
 def to_qimage(frame: av.VideoFrame, max_width: int = MAX_TILE_WIDTH) -> QImage:
-    if frame.width > max_width:
-        height = max(2, round(frame.height * max_width / frame.width) // 2 * 2)
-        frame = frame.reformat(width=max_width, height=height)
-    rgb = frame.to_ndarray(format="rgb24")
-    height, width, _ = rgb.shape
-    return QImage(rgb.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+    """A picture for the self-view and the device check: no wider than ``max_width``."""
+    width, height = fitted_size(frame.width, frame.height, 0, 0, max_width)
+    return frame_to_image(frame, width, height)
 
 
 class FrameStore:
@@ -180,6 +179,8 @@ class Engine(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.frames = FrameStore()
+        #: how large each tile shows its pictures: the decoder thread converts to that
+        self.pictures = PictureSizes(MAX_TILE_WIDTH)
         self.client: api.Client | None = None
         self.call: Call | None = None  # the call logic shared with the bot
         self._video: _TappedVideo | None = None
@@ -239,7 +240,7 @@ class Engine(QObject):
         client.add_listener(self._on_event)
         client.add_listener(self._on_ui_event)
         self.client = client
-        self.call = Call(client, on_video=self._on_video, prepare_video=to_qimage,
+        self.call = Call(client, on_video=self._on_video, prepare_video=self.pictures.convert,
                          device_playout=True, on_source_error=self._source_failed,
                          on_media_started=self._media_started, on_e2ee=self._on_e2ee,
                          on_muted_level=self.muted_level.emit,
@@ -618,6 +619,7 @@ class Engine(QObject):
         participant = call_video.participant
         if participant is not None and call_video.video.prepared is not None:
             key = screen_key(participant.id) if call_video.kind == "screen" else participant.id
+            self.pictures.bind(call_video.video.ssrc, key)
             self.frames.put(key, call_video.video.prepared)
 
     def _on_event(self, event: api.ClientEvent) -> None:
@@ -633,6 +635,8 @@ class Engine(QObject):
             case api.ParticipantLeft():
                 self.frames.drop(event.participant_id)
                 self.frames.drop(screen_key(event.participant_id))
+                self.pictures.forget(event.participant_id)
+                self.pictures.forget(screen_key(event.participant_id))
                 self.participant_left.emit(event)
             case api.MediaChanged():
                 if not event.camera:

@@ -589,7 +589,9 @@ class MeetingController:
         stage = self.page.stage
         held = self.no_video_action.isChecked()
         since = self._video_since
+        sizes = self.engine.pictures
         for participant_id, tile in stage.tiles.items():
+            sizes.show_at(participant_id, *tile.picture_size())
             ours = participant_id == screen_key(SELF)
             tile.set_video_held(held and not ours)  # not our own
             latest = self.engine.frames.get(participant_id)

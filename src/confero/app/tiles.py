@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPainterPath, QPen
+from PySide6.QtCore import QPointF, QRectF, QSize, QSizeF, Qt
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetrics,
+    QImage,
+    QMouseEvent,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+)
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from confero.app import icons
@@ -19,6 +29,7 @@ from confero.app.quality import ConnectionQuality
 from confero.app.theme import COLOURS
 
 _BACKGROUND = QColor(48, 49, 52)
+_WINDOW = QColor(COLOURS["window"])
 _SPEAKING = QColor(COLOURS["good"])
 _OFF = QColor(COLOURS["off"])
 _HAND = QColor(COLOURS["fair"])
@@ -71,6 +82,11 @@ class VideoTile(QWidget):
         self.image: QImage | None = None
         self.serial = -1
         self.painted_frames = 0
+        #: the name strip, drawn once per (text, state, width) instead of on every picture
+        self._label_cache: tuple[tuple[object, ...], QPixmap] | None = None
+        #: the rounded corners, as a path to fill over the picture (clipping every
+        #: picture to a rounded path cost more than the picture's copy)
+        self._corners: tuple[QRectF, QPainterPath] | None = None
         self.on_double_click: Callable[[str], None] | None = None
         self._small = small
         self.name = ""
@@ -161,24 +177,55 @@ class VideoTile(QWidget):
         if self.on_double_click is not None:
             self.on_double_click(self.participant_id)
 
+    def picture_size(self) -> tuple[int, int]:
+        """The largest picture the tile shows, in device pixels: the decoder thread
+        converts to this, so painting copies the picture instead of scaling it."""
+        ratio = self.devicePixelRatioF()
+        return (max(2, round((self.width() - 4) * ratio)),
+                max(2, round((self.height() - 4) * ratio)))
+
+    def _corner_path(self, rect: QRectF) -> QPainterPath:
+        if self._corners is None or self._corners[0] != rect:
+            outside = QPainterPath()
+            outside.addRect(rect)
+            rounded = QPainterPath()
+            rounded.addRoundedRect(rect, 8, 8)
+            self._corners = (QRectF(rect), outside.subtracted(rounded))
+        return self._corners[1]
+
     def paintEvent(self, event: object) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         rect = QRectF(self.rect()).adjusted(2, 2, -2, -2)
-        path = QPainterPath()
-        path.addRoundedRect(rect, 8, 8)
-        painter.fillPath(path, _BACKGROUND)
-        painter.setClipPath(path)
         if self.image is not None and self.e2ee != "cannot decrypt":
-            scaled = self.image.size().scaled(rect.size().toSize(),
-                                              Qt.AspectRatioMode.KeepAspectRatio)
-            target = QRectF(0, 0, scaled.width(), scaled.height())
+            ratio = self.devicePixelRatioF()
+            natural = QSizeF(self.image.width() / ratio, self.image.height() / ratio)
+            shown = natural.scaled(rect.size(), Qt.AspectRatioMode.KeepAspectRatio)
+            # A picture converted for this tile's size is copied. Others are resampled:
+            # the tile just changed size, or the picture is smaller than the tile (the
+            # low-resolution copy, a small camera, a picture from before the tile's size
+            # was known).
+            exact = abs(shown.width() - natural.width()) < 1.5 and abs(
+                shown.height() - natural.height()) < 1.5
+            if exact:
+                shown = natural
+            else:
+                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+            target = QRectF(QPointF(0, 0), shown)
             target.moveCenter(rect.center())
-            painter.drawImage(target, self.image)
+            if target != rect:
+                painter.fillRect(rect, _BACKGROUND)  # the letterbox
+            # on whole pixels, a picture the size of its place is copied, not resampled
+            painter.drawImage(target.toRect() if exact else target, self.image)
             self.painted_frames += 1
+            parent = self.parentWidget()
+            behind = parent.palette().window() if parent is not None else _WINDOW
+            painter.fillPath(self._corner_path(rect), behind)
         else:
+            path = QPainterPath()
+            path.addRoundedRect(rect, 8, 8)
+            painter.fillPath(path, _BACKGROUND)
             self._paint_initials(painter, rect)
-        painter.setClipping(False)
         self._paint_label(painter, rect)
         if self.hand:
             self._paint_badge(painter, rect, "✋ hand", _HAND)
@@ -215,14 +262,29 @@ class VideoTile(QWidget):
         painter.drawText(circle, Qt.AlignmentFlag.AlignCenter, initials(self.name))
 
     def _paint_label(self, painter: QPainter, rect: QRectF) -> None:
+        ratio = self.devicePixelRatioF()
+        state = (self.name, self.pinned, self.shared_screen, self.microphone, self.camera,
+                 int(rect.width()), self._small, ratio, self.font().key())
+        if self._label_cache is None or self._label_cache[0] != state:
+            self._label_cache = (state, self._draw_label(int(rect.width()), ratio))
+        painter.drawPixmap(QPointF(rect.left() + 6, rect.bottom() - 26), self._label_cache[1])
+
+    def _draw_label(self, room_width: int, ratio: float) -> QPixmap:
+        """The name strip (mic and camera state, then the name) on a transparent pixmap."""
         font = QFont(self.font())
         font.setPixelSize(11 if self._small else 13)
-        painter.setFont(font)
-        room = int(rect.width()) - 70
+        metrics = QFontMetrics(font)
+        room = room_width - 70
         name = ("📌 " if self.pinned else "") + self.name
-        label = painter.fontMetrics().elidedText(name, Qt.TextElideMode.ElideRight, room)
-        width = painter.fontMetrics().horizontalAdvance(label) + 56
-        box = QRectF(rect.left() + 6, rect.bottom() - 26, width, 20)
+        label = metrics.elidedText(name, Qt.TextElideMode.ElideRight, room)
+        width = metrics.horizontalAdvance(label) + 56
+        pixmap = QPixmap(max(1, round(width * ratio)), round(20 * ratio))
+        pixmap.setDevicePixelRatio(ratio)
+        pixmap.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pixmap)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setFont(font)
+        box = QRectF(0, 0, width, 20)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(0, 0, 0, 150))
         painter.drawRoundedRect(box, 4, 4)
@@ -233,6 +295,8 @@ class VideoTile(QWidget):
                                self.camera)
         painter.setPen(Qt.GlobalColor.white)
         painter.drawText(box.adjusted(44, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
+        painter.end()
+        return pixmap
 
     def _paint_badge(self, painter: QPainter, rect: QRectF, text: str, colour: QColor,
                      top: float = 8, lock: bool = False) -> None:

@@ -62,7 +62,7 @@ class Call:
         on_audio: Callable[[Samples], None] | None = None,
         on_source_error: Callable[[str, str], None] | None = None,
         on_media_started: Callable[[], None] | None = None,
-        prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        prepare_video: Callable[[int, av.VideoFrame], Any] | None = None,
         on_muted_level: Callable[[int], None] | None = None,
         fps: int = 30,
         device_playout: bool = False,
@@ -77,7 +77,7 @@ class Call:
     ) -> None:
         """``device_playout``: a sound device will pull audio (:meth:`pull_audio`);
         otherwise the session plays out on a 20 ms schedule and hands frames to
-        ``on_audio``. ``prepare_video`` runs on the decoder thread per decoded frame.
+        ``on_audio``. ``prepare_video(ssrc, frame)`` runs on the decoder thread per decoded frame.
         ``simulcast``: send a low-resolution copy of the camera too (issue 9; not in an
         E2EE meeting), for the server to forward to those whose downlink is slow."""
         self.client = client

@@ -128,7 +128,7 @@ class MediaSession(asyncio.DatagramProtocol):
         device_playout: bool = False,
         receive_video: bool = True,
         on_source_error: Callable[[str, str], None] | None = None,
-        prepare_video: Callable[[av.VideoFrame], Any] | None = None,
+        prepare_video: Callable[[int, av.VideoFrame], Any] | None = None,
         cipher: FrameCipher | None = None,
         on_level: Callable[[int], None] | None = None,
         media_transport: str = "auto",
@@ -141,8 +141,9 @@ class MediaSession(asyncio.DatagramProtocol):
     ) -> None:
         """``device_playout``: a sound device pulls audio with :meth:`pull_audio` (from its
         own thread, on its own clock); otherwise a 20 ms schedule on the event loop does,
-        and hands each frame to ``on_audio``. ``prepare_video`` runs on the decoder
-        thread for every decoded frame (convert it for display there, not on the loop).
+        and hands each frame to ``on_audio``. ``prepare_video(ssrc, frame)`` runs on the
+        decoder thread for every decoded frame (convert it for display there, not on the
+        loop).
 
         ``media_transport``: ``auto`` (UDP; the WebSocket at ``stream_url`` when nothing
         comes back over UDP within :data:`FALLBACK_AFTER`), ``udp`` or ``tcp`` (only;
@@ -790,7 +791,7 @@ class MediaSession(asyncio.DatagramProtocol):
         frame = decoder.decode(data)
         if frame is None:
             return None
-        prepared = self._prepare_video(frame) if self._prepare_video is not None else None
+        prepared = self._prepare_video(ssrc, frame) if self._prepare_video is not None else None
         return frame, prepared
 
     def _decoded(self, event: VideoFrameReady, generation: int,
