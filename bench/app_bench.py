@@ -89,18 +89,40 @@ def server_view(url: str) -> dict[str, Any]:
     return {"downlink_estimate_bps": estimate, "forwarded_layer_streams": layers}
 
 
-async def generate(url: str, count: int, bitrate: int) -> None:
+def load_camera(path: str) -> Any:
+    """``SyntheticCamera`` from the file ``path`` (another tree's ``media/video.py``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("camera_from", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SyntheticCamera
+
+
+async def generate(url: str, count: int, bitrate: int, camera_from: str | None) -> None:
     """``count`` publishers of pre-encoded 640x480@30 VP8 in one process; the first creates
     the meeting and prints its id. They ask for no video, so they cost the server little.
     A PLI is answered with a keyframe of the next picture (encoded apart beforehand), so a
-    receiver that fell behind recovers at once, as from a live encoder."""
+    receiver that fell behind recovers at once, as from a live encoder.
+
+    They also run against an older tree (``bench/app_reference.py``): what that tree's
+    client cannot do is skipped, and ``camera_from`` gives them today's test picture, whose
+    decoding costs what today's does."""
     from capacity_bench import FPS, Participant
 
     from confero.client import Client
     from confero.media.video import SyntheticCamera, Vp8Encoder
-    from confero.protocol import consent, rtcp
+    from confero.protocol import rtcp
     from confero.protocol.rtp import is_rtcp
     from confero.protocol.srtp import SrtpError
+
+    try:
+        from confero.protocol import consent
+    except ImportError:  # a tree from before consent freshness
+        consent = None  # type: ignore[assignment]
+    if camera_from:
+        SyntheticCamera = load_camera(camera_from)
 
     class Sender(Participant):
         keyframe_wanted = False
@@ -114,7 +136,7 @@ async def generate(url: str, count: int, bitrate: int) -> None:
             except (SrtpError, rtcp.RtcpError):
                 return  # a load generator: what it cannot read, it ignores
             for packet in packets:
-                echo = consent.answer(packet, self.grant.video_ssrc)
+                echo = consent.answer(packet, self.grant.video_ssrc) if consent else None
                 if echo is not None:
                     self.transport.sendto(self.srtp.protect_rtcp(echo))
                 self.keyframe_wanted |= isinstance(packet, rtcp.Pli)
@@ -135,7 +157,10 @@ async def generate(url: str, count: int, bitrate: int) -> None:
         client = Client(url, f"p{index}")
         await client.connect()
         if index == 0:
-            result = await client.create_meeting("bench", mode="server")
+            try:
+                result = await client.create_meeting("bench", mode="server")
+            except TypeError:  # a tree from before the meeting modes
+                result = await client.create_meeting("bench")
             meeting = result.meeting.id
             print(json.dumps({"meeting_id": meeting}), flush=True)
         else:
@@ -146,7 +171,10 @@ async def generate(url: str, count: int, bitrate: int) -> None:
             lambda g=grant: Sender(g),  # type: ignore[misc]
             remote_addr=("127.0.0.1", grant.port))
         senders.append(sender)
-        await client.set_media(camera=True, microphone=False, receive_video=False)
+        try:
+            await client.set_media(camera=True, microphone=False, receive_video=False)
+        except TypeError:  # a tree from before "receive no video": the server sends it
+            await client.set_media(camera=True, microphone=False)
     frame, start = 0, loop.time()
     while True:
         for sender, stream, keys in zip(senders, streams, keyframes, strict=True):
@@ -160,7 +188,7 @@ async def generate(url: str, count: int, bitrate: int) -> None:
 
 
 def measure(app: QApplication, tiles: int, window_s: float, size: str,
-            senders: str = "bots") -> dict[str, Any]:
+            senders: str = "bots", camera_from: str | None = None) -> dict[str, Any]:
     width, height = size.split("x")
     with tempfile.TemporaryDirectory() as data:
         server = subprocess.Popen(
@@ -183,7 +211,8 @@ def measure(app: QApplication, tiles: int, window_s: float, size: str,
 
             if senders == "pre-encoded":
                 first = subprocess.Popen(
-                    [sys.executable, __file__, "--generate", url, "--tiles", str(tiles)],
+                    [sys.executable, __file__, "--generate", url, "--tiles", str(tiles),
+                     *(["--camera-from", camera_from] if camera_from else [])],
                     stdout=subprocess.PIPE, text=True)
                 bots.append(first)
             else:
@@ -252,14 +281,18 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--senders", choices=["bots", "pre-encoded"], default="bots")
+    parser.add_argument("--camera-from", metavar="VIDEO_PY",
+                        help="the pre-encoded senders' test picture: SyntheticCamera from "
+                        "this file (bench/app_reference.py passes today's)")
     parser.add_argument("--generate", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:  # the pre-encoded senders' own process
-        asyncio.run(generate(args.generate, args.tiles[0], 400_000))
+        asyncio.run(generate(args.generate, args.tiles[0], 400_000, args.camera_from))
         return
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
-    results = [measure(app, n, args.window, args.size, args.senders) for n in args.tiles]
+    results = [measure(app, n, args.window, args.size, args.senders, args.camera_from)
+               for n in args.tiles]
     print(json.dumps({
         "bench": "app_ui",
         "platform": os.environ["QT_QPA_PLATFORM"],
