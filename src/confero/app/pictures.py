@@ -4,10 +4,11 @@ Painting a 640x480 RGB888 picture into a 400-pixel tile made the GUI thread conv
 format and scale it on every paint (about 0.6 ms per picture, 9 tiles at 30 fps: 16 % of a
 core), after the decoder thread had spent 0.45 ms making that RGB888 copy. Here the decoder
 thread converts YUV straight to the tile's size in the raster engine's own 32-bit format
-(libswscale, one pass, a scaler kept per size instead of rebuilt per frame), so painting
-is a plain copy (0.04 ms). The GUI says how large each tile is (:meth:`show_at`); a stream
-is tied to its tile's key when its first picture arrives (:meth:`bind`), and until then
-it is converted at its own size up to ``max_width``.
+(libswscale: scaled in YUV, then converted, with scalers kept per size instead of rebuilt
+per frame), so painting is a plain copy (0.04 ms). The GUI says how large each tile is
+(:meth:`PictureSizes.show_at`); a stream is tied to its tile's key when its first picture
+arrives (:meth:`PictureSizes.bind`), and until then it is converted at its own size up to
+``default_max_width``.
 """
 
 from __future__ import annotations
@@ -36,40 +37,49 @@ def fitted_size(width: int, height: int, box_width: int, box_height: int,
     scale = min(1.0, max_width / width)
     if box_width > 0 and box_height > 0:
         scale = min(scale, box_width / width, box_height / height)
-    return max(2, round(width * scale)), max(2, round(height * scale))
+    if scale >= 1.0:
+        return width, height
+    # even, and never past the box: YUV 4:2:0 is scaled before it is converted
+    return (max(2, int(width * scale + 1e-6) // 2 * 2),
+            max(2, int(height * scale + 1e-6) // 2 * 2))
 
 
 class _Scalers(threading.local):
     def __init__(self) -> None:
-        self.kept: OrderedDict[tuple[int, int, int, int], VideoReformatter] = OrderedDict()
+        self.kept: OrderedDict[tuple[int, int, str, int, int],
+                               tuple[VideoReformatter, VideoReformatter]] = OrderedDict()
 
 
 _scalers = _Scalers()
 
 
-def _scaler(key: tuple[int, int, int, int]) -> VideoReformatter:
+def _scaler(key: tuple[int, int, str, int, int]) -> tuple[VideoReformatter, VideoReformatter]:
     kept = _scalers.kept
-    scaler = kept.get(key)
-    if scaler is None:
-        scaler = kept[key] = VideoReformatter()
+    pair = kept.get(key)
+    if pair is None:
+        pair = kept[key] = (VideoReformatter(), VideoReformatter())
         while len(kept) > _SCALERS_KEPT:
             kept.popitem(last=False)
     else:
         kept.move_to_end(key)
-    return scaler
+    return pair
 
 
 def frame_to_image(frame: av.VideoFrame, width: int, height: int) -> QImage:
     """``frame`` as a ``width`` x ``height`` RGB32 image (what the raster engine paints by
     copying). The image keeps its pixels alive: it may outlive ``frame``."""
-    scaler = _scaler((frame.width, frame.height, width, height))
+    scaler, converter = _scaler((frame.width, frame.height, frame.format.name, width, height))
+    if (width, height) != (frame.width, frame.height):
+        # Scaled in YUV first, then converted at the small size: libswscale's scaled
+        # YUV-to-RGB path cost 4x as much (1.2 against 0.3 ms at 640x480 -> 347x260).
+        frame = scaler.reformat(frame, width=width, height=height,
+                                interpolation="BILINEAR", threads=1)
     # One thread: libswscale's own pool (one per core) cost more in hand-overs than it
     # saved on pictures this small, and the decoder thread has nothing else to do meanwhile.
-    scaled = scaler.reformat(frame, width=width, height=height, format="bgra",
-                             interpolation="BILINEAR", threads=1)
-    plane = scaled.planes[0]
+    converted = converter.reformat(frame, format="bgra", threads=1)
+    plane = converted.planes[0]
     # No copy: the QImage keeps the memoryview (so the new frame's buffer) alive, and the
-    # scaler writes each picture into a new frame. RGB32 is B, G, R, 0xff in memory.
+    # converter writes each picture into a new frame. RGB32 is B, G, R, 0xff in memory.
     return QImage(memoryview(plane), width, height, plane.line_size,
                   QImage.Format.Format_RGB32)
 
