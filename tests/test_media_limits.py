@@ -3,6 +3,8 @@ address, retransmission budgets, coalesced upstream NACKs, decoder-bomb keyframe
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from confero.protocol import consent, rtcp
@@ -413,3 +415,27 @@ def test_a_slow_subscriber_keeps_the_last_speakers_picture_and_pauses_the_rest()
         resumed += [p for p in video_to_carol(out) if p.ssrc == alice.grant.video_ssrc]
     assert router.counters["pli_for_resume"] > pli_before
     assert resumed and resumed[0].payload[1] & 0x01 == 0  # the first is a keyframe
+
+
+def test_a_hole_is_asked_of_a_near_publisher_again_once_its_repair_is_overdue() -> None:
+    """With the publisher's round trip known (50 ms, from its downlink's feedback), a hole
+    the receivers keep asking for is asked of the publisher again after a little over
+    that round trip (its NACK or its retransmission was lost), not only after 0.2 s."""
+    router = MediaRouter(5000)
+    alice, bob = Peer(router, "alice", "m", 1), Peer(router, "bob", "m", 2)
+    bind(router, alice, bob)
+    router._peers["alice"].downlink.bwe.on_rtt(0.05)
+    for i in range(100):
+        if alice.seq + 1 == 60:
+            alice.seq += 1  # lost on the way to the server
+        send_video(router, alice, b"\x01" + b"v" * 100, i / 30)
+    upstream: list[float] = []
+    now = 10.0
+    while now < 10.3:  # bob asks every 20 ms, as a client's later tries do
+        out = router.handle_datagram(nack(bob, alice, [60]), bob.address, now)
+        out += router.tick(now)
+        upstream += [now] * sum(60 in n.lost for n in nacks_to(out, alice))
+        now = round(now + 0.02, 3)
+    assert upstream[0] == 10.0
+    gaps = [b - a for a, b in itertools.pairwise(upstream)]
+    assert gaps and all(0.06 <= gap <= 0.1 for gap in gaps), upstream  # 1.2 x 50 ms + 10

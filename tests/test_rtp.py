@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 
 import pytest
@@ -127,6 +128,30 @@ def test_nack_generator_asks_for_gaps_retries_and_gives_up() -> None:
     assert gen.due(0.06) == [65535]
     assert gen.due(0.2) == []  # max tries reached
     assert gen.missing_count == 0 and gen.recovered == 1
+
+
+def test_nack_asks_quickly_then_once_per_round_trip_until_max_age() -> None:
+    """Three quick asks (their answers overlap on a long round trip, so one lost answer
+    costs nothing), then one a little over each round trip while the hole stays open: a
+    repair lost three times, or fetched from the publisher first, is still asked for."""
+    gen = NackGenerator(retry_interval=0.04, min_reorder_delay=0.0, max_age=0.5)
+    gen.rtt = 0.1
+    gen.on_packet(1, 0.0)
+    gen.on_packet(3, 0.0)  # 2 lost
+    asked = []
+    for step in range(80):
+        now = step / 100
+        if gen.due(now):
+            asked.append(now)
+    assert asked[:3] == [0.0, 0.04, 0.08]
+    later = [round(b - a, 2) for a, b in itertools.pairwise(asked[2:])]
+    assert later and all(0.13 <= gap <= 0.14 for gap in later), asked  # 1.2 x rtt + 10 ms
+    assert asked[-1] < 0.5  # and no more once the hole is older than max_age
+    # without a known round trip: the quick interval all along, up to max_tries
+    gen = NackGenerator(retry_interval=0.04, min_reorder_delay=0.0, max_age=1.0, max_tries=5)
+    gen.on_packet(1, 0.0)
+    gen.on_packet(3, 0.0)
+    assert sum(bool(gen.due(step / 100)) for step in range(100)) == 5
 
 
 def test_nack_generator_waits_out_the_reordering_it_has_seen() -> None:

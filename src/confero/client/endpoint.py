@@ -324,9 +324,11 @@ class MediaEndpoint:
                                                             self.config.mix_ssrc):
                 if self._peer_srtp is not None and self.send_to_peer:  # our path in use
                     self._peer_out.append(self._peer_srtp.protect_rtcp(feedback))
+        rtt = self.congestion.bwe.rtt
         for ssrc, remote in self._remote.items():
             for frame in remote.assembler.poll(now):
                 self._frame_ready(ssrc, remote, frame)
+            remote.nack.rtt = rtt
             lost = remote.nack.due(now)
             if lost:
                 self._send_rtcp(rtcp.Nack(self.config.video_ssrc, ssrc, lost).pack())

@@ -122,6 +122,9 @@ MIN_RETRANSMIT_RATE = 32_000.0
 RETRANSMIT_BURST = 1.0
 #: Forwarded NACKs: at most one per publisher per interval.
 UPSTREAM_NACK_INTERVAL = 0.05
+#: A hole asked of a publisher is not asked again within this (or within a little over
+#: its round trip, when that is shorter and known).
+UPSTREAM_NACK_RETRY = 0.2
 #: Largest picture a VP8 keyframe may declare, in either orientation.
 DEFAULT_MAX_VIDEO_SIZE = (1920, 1080)
 #: Counters of the limits above, exported from the start (at 0) so that a dashboard or
@@ -152,7 +155,8 @@ class _VideoStream:
     rate: RateMeter = field(default_factory=RateMeter)
     refused: bool = False  # since a keyframe too large, until an acceptable one
     upstream: UpstreamNacks = field(
-        default_factory=lambda: UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL)
+        default_factory=lambda: UpstreamNacks(interval=UPSTREAM_NACK_INTERVAL,
+                                              retry=UPSTREAM_NACK_RETRY)
     )
     # its bitrate per temporal layer
     layer_rates: LayerRateMeter = field(default_factory=LayerRateMeter)
@@ -972,7 +976,7 @@ class MediaRouter:
                 continue
             plain = stream.history.get(seq)
             if plain is None:
-                self._ask_upstream(stream, seq, now)
+                self._ask_upstream(stream, seq, now, publisher.downlink.bwe.rtt)
                 continue
             if forwarder is not None:
                 resent = forwarder.resend(RtpPacket.parse(plain))
@@ -991,7 +995,14 @@ class MediaRouter:
         self.counters["retransmitted"] += len(out)
         return out + self._flush_upstream(publisher, stream, now)
 
-    def _ask_upstream(self, stream: _VideoStream, seq: int, now: float) -> None:
+    def _ask_upstream(self, stream: _VideoStream, seq: int, now: float,
+                      rtt: float | None) -> None:
+        """``rtt``: the publisher's round trip (from its downlink's feedback), if known: a
+        hole is asked of it again once an answer is overdue, not after a fixed 200 ms
+        (which, with receivers that gave up sooner, meant one try per hole)."""
+        if rtt is not None:
+            stream.upstream.retry = min(UPSTREAM_NACK_RETRY,
+                                        max(UPSTREAM_NACK_INTERVAL, 1.2 * rtt + 0.01))
         highest, first = stream.highest, stream.first
         if highest is None or first is None:
             self.counters["nack_dropped_unknown"] += 1
