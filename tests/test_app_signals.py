@@ -319,3 +319,19 @@ def test_encrypted_meeting_lock_passphrase_verified_tile_safety_code_and_cannot_
     assert blind is not None and "cannot decrypt their media" in blind.accessibleName()
     assert not blind.shows_video()
     assert window.engine.frames.get(blind.participant_id) is None  # nothing decoded
+
+
+def test_the_camera_button_follows_the_engine_after_a_stale_report(window: MainWindow) -> None:
+    """A report the engine queued before a click can arrive after it (M then V on a busy
+    machine: the report of M says the camera is off). The engine's next report, that the
+    camera now sends, must turn the button back on (it stayed "off" while the camera
+    sent: seen in a CI run under load)."""
+    controller = window.call
+    bar = window.meeting.bar
+    controller.local_media(camera=True, microphone=True)
+    assert bar.camera_button.toolTip() == "Turn the camera off (V)"
+    controller.local_media(camera=False, microphone=True)  # the stale report
+    assert bar.camera_button.toolTip() == "Turn the camera on (V)"
+    controller.local_media(camera=True, microphone=True)  # what the engine now sends
+    assert bar.camera_button.toolTip() == "Turn the camera off (V)"
+    assert window.meeting.self_view.camera

@@ -326,10 +326,13 @@ class MeetingController:
             self.toggle_hand()  # a raised hand drops when you get to talk
 
     def local_media(self, camera: bool, microphone: bool) -> None:
+        """What the engine really sends. The bar follows it both ways: a report queued
+        before a click (the M key's, arriving after V was pressed on a busy machine) may
+        turn the camera button off, and the engine's next report must turn it back on,
+        or the bar would say "off" while the camera sends."""
         self.page.self_view.set_state(camera=camera, microphone=microphone)
         self.microphone = microphone
-        if not camera:
-            self.camera = False
+        self.camera = camera
         self.refresh()
 
     def local_screen(self, on: bool) -> None:
