@@ -79,3 +79,35 @@ def test_a_redundant_copy_fills_a_hole_but_never_starts_a_talkspurt_early() -> N
     playing.push(960, b"b", 0.04, redundant=True)  # ... and came again with c
     assert [playing.pop(), playing.pop()] == [b"b", b"c"] and playing.recovered == 1
     assert playing.late == 0
+
+
+def test_a_lossy_path_gets_two_earlier_frames_and_two_losses_in_a_row_cost_nothing() -> None:
+    """On a path with 2 % loss or more (and an estimate that affords it), each packet
+    carries the two frames before it: a listener that lost two packets in a row gets both
+    frames back from the third, and plays on without concealing anything."""
+    from confero.protocol.audio_jitter import LOST, AudioJitterBuffer
+
+    assert red.copies_for(0.0, 1_000_000) == 1
+    assert red.copies_for(0.05, 1_000_000) == 2
+    assert red.copies_for(0.05, 200_000) == 1  # a slow link: the copy would crowd video
+    history = red.RedHistory()
+    sent = []
+    for index in range(6):
+        wrapped = history.wrap(index * 960, bytes([index]), OPUS, red.copies_for(0.05, 1e6))
+        sent.append(wrapped)
+    assert sent[0] is None  # the first frame has nothing before it: sent plain
+    assert [len(red.decode(p)) for p in sent[1:]] == [2, 3, 3, 3, 3]
+    assert red.decode(sent[4]) == [red.Block(OPUS, 1920, b"\x02"), red.Block(OPUS, 960, b"\x03"),
+                                   red.Block(OPUS, 0, b"\x04")]
+    buffer = AudioJitterBuffer(target=1, adaptive=False)
+    buffer.push(0, b"\x00", 0.0)
+    buffer.push(960, red.decode(sent[1])[-1].data, 0.02)
+    played = [buffer.pop(), buffer.pop()]
+    # packets 2 and 3 are lost; 4 brings them back
+    for block in red.decode(sent[4]):
+        buffer.push(4 * 960 - block.offset, block.data, 0.08, redundant=block.offset > 0)
+    played += [buffer.pop(), buffer.pop(), buffer.pop()]
+    assert played == [b"\x00", b"\x01", b"\x02", b"\x03", b"\x04"]
+    assert LOST not in played and buffer.recovered == 2
+    history.clear()  # a new talkspurt: nothing from before it is sent again
+    assert history.wrap(9600, b"new", OPUS, 2) is None

@@ -245,7 +245,7 @@ class MediaEndpoint:
         self._audio_ts = secrets.randbelow(1 << 32)
         self._audio_marker = True
         #: our previous audio frame (RTP timestamp, payload), for RFC 2198 redundancy
-        self._previous_audio: tuple[int, bytes] | None = None
+        self._recent_audio = red.RedHistory()
         #: send each audio frame with a copy of the previous one (RFC 2198), except under
         #: E2EE (the server forwards those packets as they are, to clients that mix)
         self.redundant_audio = True
@@ -415,14 +415,17 @@ class MediaEndpoint:
                 return
         self._audio_ts = (self._audio_ts + AUDIO_FRAME_TICKS) & 0xFFFFFFFF
         wire_type, wire_payload = AUDIO_PAYLOAD_TYPE, payload
-        previous = self._previous_audio
-        if self.redundant_audio and self.cipher is None and previous is not None \
-                and not self._audio_marker:
-            # RFC 2198: the previous frame rides along, so one lost packet costs nothing
-            wire_type = RED_PAYLOAD_TYPE
-            wire_payload = red.encode(payload, AUDIO_PAYLOAD_TYPE, [
-                ((self._audio_ts - previous[0]) & 0xFFFFFFFF, previous[1])])
-        self._previous_audio = (self._audio_ts, payload)
+        if self._audio_marker:
+            self._recent_audio.clear()
+        # RFC 2198: the previous frame rides along, so one lost packet costs nothing (and
+        # the one before it on a lossy uplink)
+        bwe = self.congestion.bwe
+        wrapped = self._recent_audio.wrap(
+            self._audio_ts, payload, AUDIO_PAYLOAD_TYPE,
+            red.copies_for(bwe.loss.loss_fraction, bwe.target_bps)
+            if self.redundant_audio and self.cipher is None else 0)
+        if wrapped is not None:
+            wire_type, wire_payload = RED_PAYLOAD_TYPE, wrapped
         packet = RtpPacket(
             payload_type=wire_type,
             sequence_number=self._audio.next_seq(),
@@ -450,7 +453,7 @@ class MediaEndpoint:
     def audio_paused(self) -> None:
         """The microphone stopped sending: the next frame starts a talkspurt (marker)."""
         self._audio_marker = True
-        self._previous_audio = None
+        self._recent_audio.clear()
 
     def close(self) -> None:
         """Say goodbye (RTCP BYE) for our streams; the datagram is in the output."""

@@ -15,9 +15,17 @@ last. The blocks' payload types and offsets are checked by the receiver.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 MAX_BLOCKS = 2  # redundant blocks accepted per packet
+#: From this loss on a path, two earlier frames ride along instead of one. One copy
+#: repairs a single loss; at 5 % random loss two losses in a row still hit one packet in
+#: 400 (the measured 5 % loss row kept ~8 concealments in 25 s, each heard as a click),
+#: and a second copy makes it one in 8000, for one more Opus frame (~30 kbit/s).
+SECOND_COPY_LOSS = 0.02
+#: Nor on a link estimated slower than this: there the copy would take video's place.
+SECOND_COPY_MIN_BPS = 300_000
 MAX_OFFSET = (1 << 14) - 1
 MAX_BLOCK_LENGTH = (1 << 10) - 1
 
@@ -50,6 +58,35 @@ def encode(primary: bytes, payload_type: int, redundant: list[tuple[int, bytes]]
         body += data
     headers.append(payload_type & 0x7F)
     return bytes(headers + body + primary)
+
+
+def copies_for(loss_fraction: float, estimate_bps: float) -> int:
+    """How many earlier frames to send along on a path with this loss and estimate."""
+    if loss_fraction >= SECOND_COPY_LOSS and estimate_bps >= SECOND_COPY_MIN_BPS:
+        return 2
+    return 1
+
+
+class RedHistory:
+    """The last frames a sender sent on one stream, to ride along in its next packets."""
+
+    def __init__(self, depth: int = MAX_BLOCKS) -> None:
+        self._frames: deque[tuple[int, bytes]] = deque(maxlen=depth)
+
+    def clear(self) -> None:
+        """A talkspurt starts: what came before it is not sent again."""
+        self._frames.clear()
+
+    def wrap(self, timestamp: int, payload: bytes, payload_type: int,
+             copies: int) -> bytes | None:
+        """The RED payload of this frame with up to ``copies`` earlier ones, or None when
+        there are none (send the frame plain). The frame is kept for the next packets."""
+        earlier = list(self._frames)[-copies:] if copies > 0 else []
+        self._frames.append((timestamp, payload))
+        if not earlier:
+            return None
+        return encode(payload, payload_type,
+                      [((timestamp - ts) & 0xFFFFFFFF, data) for ts, data in earlier])
 
 
 def decode(payload: bytes, expected_type: int | None = None) -> list[Block]:

@@ -197,7 +197,7 @@ class _Peer:
     #: all retransmissions to this participant, within a share of its downlink estimate
     retransmit_total: TokenBucket | None = None
     #: the last mix frame sent to this listener (RTP timestamp, Opus), for RFC 2198
-    previous_mix: tuple[int, bytes] | None = None
+    recent_mix: red.RedHistory = field(default_factory=red.RedHistory)
     # congestion control: our link to this participant, and the feedback on theirs to us
     downlink: Downlink = field(default_factory=Downlink)
     # as a subscriber: publisher stream SSRC -> which of its layers we send here, renumbered
@@ -1082,14 +1082,16 @@ class MediaRouter:
                 if mixed:
                     extensions[EXT_MIXER_LEVELS] = bytes(level for level, _ in mixed)
                 wire_type, wire_payload = AUDIO_PAYLOAD_TYPE, payload
-                previous = listener.previous_mix
-                if previous is not None and not listener.mix_was_silent:
-                    # RFC 2198: the previous mix frame rides along (a lost packet costs
-                    # the listener nothing)
-                    wire_type = RED_PAYLOAD_TYPE
-                    wire_payload = red.encode(payload, AUDIO_PAYLOAD_TYPE, [(
-                        (meeting.mix_timestamp - previous[0]) & 0xFFFFFFFF, previous[1])])
-                listener.previous_mix = (meeting.mix_timestamp, payload)
+                if listener.mix_was_silent:
+                    listener.recent_mix.clear()
+                # RFC 2198: the previous mix frame rides along (a lost packet costs the
+                # listener nothing), and the one before it too on a lossy link
+                bwe = listener.downlink.bwe
+                wrapped = listener.recent_mix.wrap(
+                    meeting.mix_timestamp, payload, AUDIO_PAYLOAD_TYPE,
+                    red.copies_for(bwe.loss.loss_fraction, bwe.target_bps))
+                if wrapped is not None:
+                    wire_type, wire_payload = RED_PAYLOAD_TYPE, wrapped
                 packet = RtpPacket(
                     payload_type=wire_type,
                     sequence_number=listener.mix_seq,
