@@ -279,7 +279,11 @@ def test_two_e2ee_meetings_each_hear_and_see_only_their_others(
         for stranger in set(all_tones) - set(members):
             assert absent(levels, all_tones[stranger]), (name, "hears", stranger, levels)
         streams = summary["stats"]["sender_audio"].values()  # mixed here, per sender
-        assert len([s for s in streams if s["played"] > 5]) == len(others)
+        # (said in full when it fails: it failed once in ~17 runs beside three busy
+        # loops, with the tones heard in the recording, and the cause is not known yet)
+        assert len([s for s in streams if s["played"] > 5]) == len(others), (
+            name, summary["stats"]["sender_audio"], summary["e2ee"],
+            summary["stats"]["audio_buffer"])
 
 
 def test_e2ee_holds_on_the_peer_to_peer_path_too(
