@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.bots import BotProcess, tone_levels
 from tests.conftest import read_json_line
-from tests.netlab import Impairment, Lab, Namespace, nat_topology, star
+from tests.netlab import Impairment, Lab, Namespace, Star, nat_topology, star
 
 ECHO = """
 import socket
@@ -52,6 +52,12 @@ def start_server(namespace: Namespace, tmp_path: Path) -> str:
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     return str(read_json_line(server, 30)["url"]).rsplit(":", 1)[1].split("/")[0]
+
+
+def star_bot(topology: Star, port: str, role: str, *args: str) -> BotProcess:
+    """A bot in ``role``'s namespace, talking to the server across its link."""
+    return BotProcess(f"ws://{topology.links[role].a.ip}:{port}/ws", role, *args,
+                      prefix=topology.clients[role].argv([]))
 
 
 def test_loss_and_delay_act_on_the_link(netlab: Lab) -> None:
@@ -93,15 +99,12 @@ def test_a_bot_behind_a_lossy_link_still_gets_video_and_audio(
     try:
         common = ["--video", "synthetic", "--fps", "15", "--stats-interval", "0.5",
                   "--check-stamps"]
-        alice = BotProcess(f"ws://{topology.links['alice'].a.ip}:{port}/ws", "alice",
-                           "--create", "lossy", "--audio", "sine:437", *common,
-                           prefix=topology.clients["alice"].argv([]))
+        alice = star_bot(topology, port, "alice", "--create", "lossy", "--audio", "sine:437",
+                         *common)
         started.append(alice)
         meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
-        victim = BotProcess(f"ws://{topology.links['victim'].a.ip}:{port}/ws", "victim",
-                            "--join", meeting, "--audio", "sine:691",
-                            "--record", str(tmp_path / "rec"), *common,
-                            prefix=topology.clients["victim"].argv([]))
+        victim = star_bot(topology, port, "victim", "--join", meeting, "--audio", "sine:691",
+                          "--record", str(tmp_path / "rec"), *common)
         started.append(victim)
         victim.expect("joined", timeout=30)
         victim.expect("video_started", lambda e: e["name"] == "alice", timeout=30)
@@ -162,9 +165,8 @@ def test_a_client_whose_network_drops_all_udp_carries_its_media_over_tcp(
     started: list[BotProcess] = []
 
     def launch(role: str, *args: str) -> BotProcess:
-        bot = BotProcess(f"ws://{topology.links[role].a.ip}:{port}/ws", role,
-                         "--video", "synthetic", "--fps", "15", "--stats-interval", "0.5",
-                         "--check-stamps", *args, prefix=topology.clients[role].argv([]))
+        bot = star_bot(topology, port, role, "--video", "synthetic", "--fps", "15",
+                       "--stats-interval", "0.5", "--check-stamps", *args)
         started.append(bot)
         return bot
 
@@ -235,14 +237,12 @@ def test_a_slow_downlink_gets_the_low_copy_and_the_full_picture_once_it_recovers
         return float(alice_seen(event).get("low", {}).get("fps", 0.0))
 
     try:
-        alice = BotProcess(f"ws://{topology.links['alice'].a.ip}:{port}/ws", "alice",
-                           "--create", "slow", "--mode", "server", "--audio", "sine:437",
-                           "--stats-interval", "0.5", prefix=topology.clients["alice"].argv([]))
+        alice = star_bot(topology, port, "alice", "--create", "slow", "--mode", "server",
+                         "--audio", "sine:437", "--stats-interval", "0.5")
         started.append(alice)
         meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
-        victim = BotProcess(f"ws://{topology.links['victim'].a.ip}:{port}/ws", "victim",
-                            "--join", meeting, "--video", "none", "--stats-interval", "0.5",
-                            prefix=topology.clients["victim"].argv([]))
+        victim = star_bot(topology, port, "victim", "--join", meeting, "--video", "none",
+                          "--stats-interval", "0.5")
         started.append(victim)
         victim.expect("joined", timeout=30)
         # the copy is what reaches the victim, and it moves
@@ -277,14 +277,12 @@ def test_a_capped_uplink_is_followed_by_the_senders_own_estimate(
         return float((event.get("uplink") or {}).get("target_bps", 0))
 
     try:
-        alice = BotProcess(f"ws://{topology.links['alice'].a.ip}:{port}/ws", "alice",
-                           "--create", "capped", "--mode", "server", "--video", "none",
-                           "--stats-interval", "0.5", prefix=topology.clients["alice"].argv([]))
+        alice = star_bot(topology, port, "alice", "--create", "capped", "--mode", "server",
+                         "--video", "none", "--stats-interval", "0.5")
         started.append(alice)
         meeting = str(alice.expect("joined", timeout=30)["meeting_id"])
-        victim = BotProcess(f"ws://{topology.links['victim'].a.ip}:{port}/ws", "victim",
-                            "--join", meeting, "--audio", "sine:691", "--stats-interval",
-                            "0.5", prefix=topology.clients["victim"].argv([]))
+        victim = star_bot(topology, port, "victim", "--join", meeting, "--audio", "sine:691",
+                          "--stats-interval", "0.5")
         started.append(victim)
         victim.expect("joined", timeout=30)
         victim.expect("stats", lambda e: target(e) >= 450_000, timeout=60)  # it grew
