@@ -84,10 +84,13 @@ def through_device_check(qtbot: QtBot, window: MainWindow, *, audio: bool = True
 
 
 def image_array(image: QImage) -> np.ndarray:  # type: ignore[type-arg]
+    """The image's pixels as an (height, width, 3) array of its own: a view into the
+    converted QImage would outlive it (freed on return; read back as garbage, or a
+    segfault once the picture is large enough to be unmapped)."""
     rgb = image.convertToFormat(QImage.Format.Format_RGB888)
     data = np.frombuffer(rgb.constBits(), dtype=np.uint8, count=rgb.sizeInBytes())
     return data.reshape(rgb.height(), rgb.bytesPerLine())[:, : rgb.width() * 3].reshape(
-        rgb.height(), rgb.width(), 3)
+        rgb.height(), rgb.width(), 3).copy()
 
 
 def shown_identity(image: QImage) -> int:
