@@ -25,7 +25,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from confero import client as api
-from confero.app.pictures import PictureSizes, fitted_size, frame_to_image
+from confero.app.pictures import DEFAULT_MAX_WIDTH, PictureSizes, fitted_size, frame_to_image
 from confero.client.call import Call, CallVideo
 from confero.client.e2ee_call import NoPassphrase
 from confero.client.media import AudioSource, VideoSource
@@ -55,8 +55,6 @@ SCREEN_SUFFIX = ":screen"
 
 def screen_key(participant_id: str) -> str:
     return participant_id + SCREEN_SUFFIX
-#: a picture is scaled down to this before it crosses to the GUI, until its tile says its size
-MAX_TILE_WIDTH = 640
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class DeviceChoice:
     device: str = ""
 
 
-def to_qimage(frame: av.VideoFrame, max_width: int = MAX_TILE_WIDTH) -> QImage:
+def to_qimage(frame: av.VideoFrame, max_width: int = DEFAULT_MAX_WIDTH) -> QImage:
     """A picture for the self-view and the device check: no wider than ``max_width``."""
     width, height = fitted_size(frame.width, frame.height, 0, 0, max_width)
     return frame_to_image(frame, width, height)
@@ -180,7 +178,7 @@ class Engine(QObject):
         super().__init__()
         self.frames = FrameStore()
         #: how large each tile shows its pictures: the decoder thread converts to that
-        self.pictures = PictureSizes(MAX_TILE_WIDTH)
+        self.pictures = PictureSizes()
         self.client: api.Client | None = None
         self.call: Call | None = None  # the call logic shared with the bot
         self._video: _TappedVideo | None = None

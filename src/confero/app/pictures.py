@@ -20,7 +20,8 @@ import av
 from av.video.reformatter import VideoReformatter
 from PySide6.QtGui import QImage
 
-#: A picture nobody said the size of is scaled down to this width.
+#: A picture nobody said the size of (its tile is not known yet) is scaled down to this
+#: width before it crosses to the GUI.
 DEFAULT_MAX_WIDTH = 640
 #: Nor is any picture converted wider than this, whatever the tile (a shared screen on a
 #: very large stage): the conversion's cost grows with the pixels.
@@ -98,12 +99,10 @@ class PictureSizes:
         self._sizes: dict[str, tuple[int, int]] = {}
 
     def show_at(self, key: str, width: int, height: int) -> None:
-        if self._sizes.get(key) != (width, height):
-            self._sizes[key] = (width, height)
+        self._sizes[key] = (width, height)
 
     def bind(self, ssrc: int, key: str) -> None:
-        if self._keys.get(ssrc) != key:
-            self._keys[ssrc] = key
+        self._keys[ssrc] = key
 
     def forget(self, key: str) -> None:
         self._sizes.pop(key, None)
